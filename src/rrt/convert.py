@@ -1,0 +1,83 @@
+"""Conversion of a pretrained CausalLM into a (Relaxed) Recursive Transformer."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import PreTrainedModel
+
+from .families import family_of
+from .modeling import RecursiveConfig, RecursiveForCausalLM
+from .sharing import INITS, depth_to_slot, init_sources
+
+LORA_INITS = ("svd", "zero")
+
+
+def parse_rank(value) -> int | str:
+    """A LoRA rank: a non-negative integer or 'full'."""
+    if value == "full":
+        return "full"
+    try:
+        rank = int(value)
+    except (TypeError, ValueError):
+        rank = -1
+    if rank < 0 or str(value).strip() not in (str(rank), f"+{rank}"):
+        raise ValueError(f"rank must be a non-negative integer or 'full', got {value!r}")
+    return rank
+
+
+@torch.no_grad()
+def convert(base: PreTrainedModel, *, loops: int, init: str = "stepwise", sharing: str = "cycle",
+            rank="0", rank_attn=None, rank_mlp=None, lora_init: str = "svd", lora_alpha: float | None = None,
+            per_depth_norms: bool = False, seed: int = 0) -> RecursiveForCausalLM:
+    """Build the recursive model and initialise it from `base` (paper Sec. 2)."""
+    text = copy.deepcopy(base.config)
+    family = family_of(text)
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if lora_init not in LORA_INITS:
+        raise ValueError(f"lora_init must be one of {LORA_INITS}, got {lora_init!r}")
+    rank = parse_rank(rank)
+    layer_map = depth_to_slot(text.num_hidden_layers, loops, sharing)
+    config = RecursiveConfig(
+        text_config=text, num_loops=loops, sharing=sharing, layer_map=layer_map, init=init,
+        init_sources=init_sources(layer_map, init, seed),
+        lora_rank_attn=parse_rank(rank_attn) if rank_attn is not None else rank,
+        lora_rank_mlp=parse_rank(rank_mlp) if rank_mlp is not None else rank,
+        lora_init=lora_init, lora_alpha=lora_alpha, per_depth_norms=per_depth_norms, seed=seed,
+    )
+    dtype = base.get_input_embeddings().weight.dtype
+    torch.manual_seed(seed)
+    model = RecursiveForCausalLM(config).to(dtype)
+    if init == "scratch":  # random weights everywhere: the from-scratch control
+        return model
+
+    originals = base.get_submodule(family.layers_path)
+    layers_prefix = family.layers_path + "."
+    # Embeddings, final norm, LM head: as in the base model.
+    outer = {k: v for k, v in base.state_dict().items() if not k.startswith(layers_prefix)}
+    missing, unexpected = model.base.load_state_dict(outer, strict=False)
+    stray = [k for k in missing if not k.startswith(layers_prefix)] + list(unexpected)
+    if stray:
+        raise RuntimeError(f"state dicts of base and recursive model disagree outside the layers: {stray[:5]}")
+
+    # Shared slots: the mean of their source layers (a single layer unless `average`).
+    for block, sources in zip(model.recursive_block, config.init_sources):
+        source_sds = [originals[i].state_dict() for i in sources]
+        for name, tensor in block.state_dict().items():
+            mean = torch.stack([sd[name].float() for sd in source_sds]).mean(0)
+            tensor.copy_(mean.to(tensor.dtype))
+
+    # Each depth: its own norms/biases, and LoRA = truncated SVD of (W_depth - W_shared).
+    for layer in model.depth_layers:
+        original = originals[layer.depth]
+        for key, norm in layer.norms.items():
+            norm.load_state_dict(original.get_submodule(key.replace("__", ".")).state_dict())
+        for key, own in layer.linears.items():
+            path = key.replace("__", ".")
+            source = original.get_submodule(path)
+            if own.bias is not None:
+                own.bias.copy_(source.bias)
+            if lora_init == "svd":
+                own.init_svd(source.weight.float() - layer.block.get_submodule(path).weight.float())
+    return model

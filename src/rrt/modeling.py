@@ -1,0 +1,231 @@
+"""RecursiveConfig and RecursiveForCausalLM: a transformers-native Recursive Transformer.
+
+The model wraps the base family's own CausalLM (`self.base`), so embeddings, masks, rotary
+embeddings, caches, logit soft-capping, loss and `generate()` are all transformers' code.
+Only the decoder-layer list is changed: it holds one `DepthLayer` per original depth, and
+each runs one of the K shared layers in `self.recursive_block` with that depth's own
+LoRA, norms and identity (KV-cache slot, sliding/global attention, rotary type).
+
+Parameter names in a checkpoint:
+    recursive_block.{k}.…                    the K shared (unique) layers
+    base.model.layers.{l}.linears.{path}.…   depth l's LoRA A/B (and bias if per depth)
+    base.model.layers.{l}.norms.{path}.…     depth l's norms (with per-depth norms)
+    base.model.embed_tokens / norm / lm_head  as in the base family
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers.configuration_utils import SubConfigSpec
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .families import family_of, without_layers
+from .relax import DepthLinear, DepthNorm, RelaxedLinear, is_norm, resolve_rank
+from .sharing import depth_to_slot, loop_index
+
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def _key(path: str) -> str:
+    """ModuleDict keys cannot hold dots."""
+    return path.replace(".", "__")
+
+
+class RecursiveConfig(PreTrainedConfig):
+    """`text_config` is the base model's own config, unchanged: its num_hidden_layers is the
+    number of unrolled depths L (one KV-cache slot each), its layer_types the per-depth
+    attention types. The fields below say how those depths share K = L/B layers."""
+
+    model_type = "recursive"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    text_config: dict | PreTrainedConfig | None = None
+    num_loops: int = 1
+    sharing: str = "cycle"
+    layer_map: list[int] | None = None  # depth -> shared slot
+    init: str = "stepwise"
+    init_sources: list[list[int]] | None = None  # slot -> original layers it was built from
+    lora_rank_attn: int | str = 0  # int or "full"
+    lora_rank_mlp: int | str = 0
+    lora_alpha: float | None = None  # LoRA output scale alpha/r; None: scale 1
+    lora_init: str = "svd"
+    per_depth_norms: bool = False
+    seed: int = 0
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.layer_map is None:
+            self.layer_map = depth_to_slot(self.text_config.num_hidden_layers, self.num_loops, self.sharing)
+        # Tying lives in the base CausalLM's own config; mirror it for transformers' checks.
+        self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+
+    @property
+    def num_slots(self) -> int:
+        return max(self.layer_map) + 1
+
+    def rank_for(self, group: str) -> int | str:
+        return self.lora_rank_attn if group == "attn" else self.lora_rank_mlp
+
+
+class DepthLayer(GradientCheckpointingLayer):
+    """Depth l of the unrolled model: runs its shared slot with depth l's own parameters.
+
+    Binding is a few attribute writes: which DepthLinear/norm each placeholder of the
+    shared block dispatches to, and the per-depth identity the family's constructor gives
+    layer l (layer_idx -> its own KV-cache slot; Gemma 2/3 sliding window and layer type).
+    Gradient checkpointing happens here, so a recomputation rebinds the same depth.
+    """
+
+    def __init__(self, block: nn.Module, depth: int, slot: int, loop: int,
+                 linears: dict[str, DepthLinear], norms: dict[str, nn.Module],
+                 identity: list[tuple[nn.Module, str, object]]):
+        super().__init__()
+        self.depth, self.slot, self.loop = depth, slot, loop
+        self.__dict__["block"] = block  # registered once, in RecursiveForCausalLM.recursive_block
+        self.linears = nn.ModuleDict({_key(p): m for p, m in linears.items()})
+        self.norms = nn.ModuleDict({_key(p): m for p, m in norms.items()})
+        self.__dict__["_bindings"] = [(block.get_submodule(p), m) for p, m in {**linears, **norms}.items()]
+        self.__dict__["_identity"] = identity
+
+    def forward(self, *args, **kwargs):
+        for module, attr, value in self._identity:
+            module.__dict__[attr] = value
+        for placeholder, own in self._bindings:
+            placeholder.__dict__["active"] = own
+        try:
+            return self.block(*args, **kwargs)
+        finally:
+            for placeholder, _ in self._bindings:
+                placeholder.__dict__["active"] = None
+
+    def extra_repr(self) -> str:
+        return f"depth={self.depth}, slot={self.slot}, loop={self.loop}"
+
+
+def _plain_attrs(module: nn.Module) -> dict[str, object]:
+    return {k: v for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, _PLAIN)}
+
+
+def _depth_identities(layer_cls, text_config, block: nn.Module, depths: list[int]):
+    """For each depth, the plain attributes (over the whole block) that the family's own
+    constructor sets differently for that depth than for the block as built."""
+    with torch.device("meta"):
+        refs = {d: layer_cls(text_config, layer_idx=d) for d in depths}
+    varying: set[tuple[str, str]] = set()
+    for ref in refs.values():
+        for path, sub in ref.named_modules():
+            own = _plain_attrs(block.get_submodule(path))
+            for attr, value in _plain_attrs(sub).items():
+                if own.get(attr, object()) != value:
+                    varying.add((path, attr))
+    return {
+        d: [(block.get_submodule(p), a, getattr(refs[d].get_submodule(p), a)) for p, a in sorted(varying)]
+        for d in depths
+    }
+
+
+class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = RecursiveConfig
+    base_model_prefix = "base"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["DepthLayer"]
+
+    def __init__(self, config: RecursiveConfig):
+        super().__init__(config)
+        text = config.text_config
+        self.family = family_of(text)
+        layer_cls = self.family.layer_cls(text)
+        layer_map = config.layer_map
+        if len(layer_map) != text.num_hidden_layers:
+            raise ValueError(f"layer_map has {len(layer_map)} depths, base model has {text.num_hidden_layers}")
+
+        depths_of = [[d for d, s in enumerate(layer_map) if s == k] for k in range(config.num_slots)]
+        self.recursive_block = nn.ModuleList(layer_cls(text, layer_idx=ds[0]) for ds in depths_of)
+        with without_layers(text):
+            self.base = self.family.causal_lm_cls(text)(text)
+
+        depth_layers: list[DepthLayer | None] = [None] * len(layer_map)
+        for slot, block in enumerate(self.recursive_block):
+            identities = _depth_identities(layer_cls, text, block, depths_of[slot])
+            linears, norms = self._relax_block(block)
+            for depth in depths_of[slot]:
+                depth_layers[depth] = DepthLayer(
+                    block, depth, slot, loop_index(layer_map, depth),
+                    linears={p: make() for p, make in linears.items()},
+                    norms={p: copy.deepcopy(n) for p, n in norms.items()},
+                    identity=identities[depth],
+                )
+        self.base.set_submodule(self.family.layers_path, nn.ModuleList(depth_layers))
+        self.post_init()
+
+    def _relax_block(self, block: nn.Module):
+        """Swap the shared block's linears/norms for placeholders where depths own something.
+        Returns per-path factories for each depth's DepthLinear and the norm templates."""
+        cfg = self.config
+        per_depth = cfg.per_depth_norms
+        linears, norms = {}, {}
+        for path, module in list(block.named_modules()):
+            if isinstance(module, nn.Linear):
+                rank = resolve_rank(cfg.rank_for(self.family.module_group(path)), module.in_features, module.out_features)
+                own_bias = per_depth and module.bias is not None
+                if rank == 0 and not own_bias:
+                    continue
+                scale = 1.0 if cfg.lora_alpha is None or rank == 0 else cfg.lora_alpha / rank
+                shared = RelaxedLinear(module.in_features, module.out_features, bias=module.bias is not None and not own_bias,
+                                       device=module.weight.device, dtype=module.weight.dtype)
+                block.set_submodule(path, shared)
+                linears[path] = (lambda i=module.in_features, o=module.out_features, r=rank, s=scale, b=own_bias:
+                                 DepthLinear(i, o, r, s, b))
+            elif per_depth and is_norm(module):
+                norms[path] = module
+                block.set_submodule(path, DepthNorm())
+        return linears, norms
+
+    # --- plumbing: the base CausalLM does the work -------------------------------------
+    @property
+    def depth_layers(self) -> nn.ModuleList:
+        return self.base.get_submodule(self.family.layers_path)
+
+    def get_input_embeddings(self):
+        return self.base.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.base.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.base.get_output_embeddings()
+
+    def _init_weights(self, module):
+        if isinstance(module, DepthLinear):
+            for p in module.parameters(recurse=False):
+                nn.init.zeros_(p)
+        else:
+            self.base._init_weights(module)
+
+    def _set_gradient_checkpointing(self, *args, **kwargs):
+        super()._set_gradient_checkpointing(*args, **kwargs)
+        # Checkpoint whole depths (DepthLayer), never the shared block alone: its
+        # recomputation would run outside the depth's binding.
+        for block in self.recursive_block:
+            block.gradient_checkpointing = False
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, **kwargs):
+        return self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=past_key_values, inputs_embeds=inputs_embeds, labels=labels,
+                         use_cache=use_cache, logits_to_keep=logits_to_keep, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self.base.generate(*args, **kwargs)
+
+
+AutoConfig.register(RecursiveConfig.model_type, RecursiveConfig)
+AutoModelForCausalLM.register(RecursiveConfig, RecursiveForCausalLM)
