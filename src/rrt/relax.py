@@ -38,11 +38,12 @@ class DepthLinear(nn.Module):
 
     @torch.no_grad()
     def init_svd(self, residual: torch.Tensor) -> None:
-        """Best rank-r approximation of `residual` (W_depth - W_shared), in fp32:
+        """Best rank-r approximation of `residual` (W_depth - W_shared), factorised in fp64
+        (at least the fp32 the paper asks for) and stored in the parameter dtype:
         scale * B @ A == U_r S_r V_r^T exactly, so full rank restores W_depth."""
         if self.rank == 0:
             return
-        u, s, vh = torch.linalg.svd(residual.detach().to(torch.float32), full_matrices=False)
+        u, s, vh = torch.linalg.svd(residual.detach().to(torch.float64), full_matrices=False)
         r = self.rank
         self.lora_B.copy_((u[:, :r] * s[:r]) / self.scale)
         self.lora_A.copy_(vh[:r])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
+
 SHARINGS = ("cycle", "sequence")
 INITS = ("stepwise", "average", "lower", "random", "scratch")
 
@@ -31,10 +33,7 @@ def stepwise_indices(num_layers: int, num_slots: int) -> list[int]:
 
     Python's round (banker's rounding) is the rule, e.g. L=18, K=9 -> [0,2,4,6,8,11,13,15,17].
     """
-    if num_slots == 1:
-        return [0]
-    step = (num_layers - 1) / (num_slots - 1)
-    return [round(i * step) for i in range(num_slots)]
+    return [round(float(x)) for x in np.linspace(0, num_layers - 1, num_slots)]
 
 
 def init_sources(layer_map: list[int], init: str, seed: int = 0) -> list[list[int]] | None:

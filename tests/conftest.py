@@ -1,0 +1,56 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM,
+    GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM,
+)
+
+import rrt  # noqa: E402,F401
+
+VOCAB = 96
+_COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_attention_heads=4,
+               max_position_embeddings=64)
+
+
+def _configs(layers: int):
+    return {
+        "llama": (LlamaForCausalLM, LlamaConfig(**_COMMON, num_key_value_heads=2, num_hidden_layers=layers,
+                                                tie_word_embeddings=True)),
+        "gemma": (GemmaForCausalLM, GemmaConfig(**_COMMON, num_key_value_heads=1, head_dim=16,
+                                                num_hidden_layers=layers)),
+        # Sliding window 4 < test sequence length, so local and global depths differ.
+        "gemma2": (Gemma2ForCausalLM, Gemma2Config(**_COMMON, num_key_value_heads=2, head_dim=16,
+                                                   num_hidden_layers=layers, sliding_window=4)),
+        # Pattern 4 puts sliding and global depths on the same slot under cycle sharing.
+        "gemma3": (Gemma3ForCausalLM, Gemma3TextConfig(**_COMMON, num_key_value_heads=2, head_dim=16,
+                                                        num_hidden_layers=layers, sliding_window=4,
+                                                        sliding_window_pattern=4)),
+        "gpt_neox": (GPTNeoXForCausalLM, GPTNeoXConfig(**_COMMON, num_hidden_layers=layers)),
+    }
+
+
+FAMILIES = list(_configs(2))
+
+
+def make_tiny(family: str, layers: int = 6, seed: int = 0):
+    """A small random model of `family` whose norms and biases differ from layer to layer
+    (fresh init makes them all equal, which would hide per-depth bugs)."""
+    torch.manual_seed(seed)
+    cls, config = _configs(layers)[family]
+    model = cls(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.2)
+    return model
+
+
+@pytest.fixture
+def ids():
+    return torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
