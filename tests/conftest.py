@@ -54,3 +54,18 @@ def make_tiny(family: str, layers: int = 6, seed: int = 0):
 @pytest.fixture
 def ids():
     return torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """The embedded SmolLM2-135M as an fp32 HF directory (materialised once per session, ~40 s)."""
+    from rrt.embedded import materialize
+
+    return materialize(tmp_path_factory.mktemp("models") / "smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)

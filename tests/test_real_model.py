@@ -12,11 +12,9 @@ TEXT = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars i
 
 
 @pytest.fixture(scope="session")
-def smollm2(tmp_path_factory):
-    from rrt.embedded import materialize
-
-    path = materialize(tmp_path_factory.mktemp("models") / "smollm2-135m")
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
+def smollm2(smollm2_dir):
+    return (AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(smollm2_dir))
 
 
 def test_materialized_model_is_smollm2(smollm2):

@@ -3,6 +3,7 @@ exit, and never leaves a partial output directory (set RRT_DEBUG=1 for traceback
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+PIPELINE_MODULES = ("data", "evaluate", "train", "baselines", "aggregate")
 
 
 class UsageError(Exception):
@@ -138,6 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("materialize-default", help="write the embedded SmolLM2-135M as an fp32 HF directory")
     m.add_argument("--out", required=True)
     m.set_defaults(func=_cmd_materialize_default)
+
+    # Pipeline stages: each module adds its own subcommands.
+    for name in PIPELINE_MODULES:
+        try:
+            module = importlib.import_module(f"rrt.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"rrt.{name}":
+                raise
+            continue
+        module.register(sub)
     return p
 
 
