@@ -44,3 +44,7 @@ def test_cli_reduce(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "rrt reduce: error: --layers/--init: layers must be in 1..6, got 9"
     assert not (tmp_path / "r9").exists()
+    assert main(["reduce", "--base", str(base_dir), "--out", str(tmp_path / "b2"), "--loops", "2"]) == 0
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tmp_path / "b2").num_hidden_layers == 3

@@ -50,8 +50,13 @@ def _cmd_reduce(args) -> None:
     except ValueError as e:
         raise UsageError(str(e)) from None
     base = load_model_dir(args.base, "--base")
+    num_layers = args.layers
+    if args.loops is not None:  # as many layers as a B-loop recursive model has unique ones
+        if args.loops < 1 or config.num_hidden_layers % args.loops:
+            raise UsageError(f"--loops {args.loops} does not divide the {config.num_hidden_layers} layers")
+        num_layers = config.num_hidden_layers // args.loops
     try:
-        model = reduce_depth(base, args.layers, args.init, args.seed)
+        model = reduce_depth(base, num_layers, args.init, args.seed)
     except ValueError as e:
         raise UsageError(f"--layers/--init: {e}") from None
     with atomic_output_dir(args.out) as tmp:
@@ -68,7 +73,9 @@ def register(sub) -> None:
     p = sub.add_parser("reduce", help="reduced-size non-recursive baseline: the first K layers, or random")
     p.add_argument("--base", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--layers", required=True, type=int, help="K: number of layers to keep")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--layers", type=int, help="K: number of layers to keep")
+    size.add_argument("--loops", type=int, help="keep L/B layers: the size of a B-loop recursive model")
     p.add_argument("--init", default="lower", choices=["lower", "scratch"])
     p.add_argument("--seed", default=0, type=int)
     p.set_defaults(func=_cmd_reduce)

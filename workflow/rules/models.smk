@@ -1,0 +1,49 @@
+rule convert:
+    """A recursive (or relaxed recursive) variant, initialised from its base model."""
+    input:
+        base=lambda wc: base_dir(variant(wc).base),
+    output:
+        directory("results/models/init/{variant}"),
+    wildcard_constraints:
+        variant="|".join(VARIANTS.index[VARIANTS.kind == "recursive"]) or "^$",
+    params:
+        v=variant,
+    log:
+        "results/logs/convert/{variant}.log",
+    conda:
+        "../../envs/rrt.yaml"
+    shell:
+        "rrt convert --base {input.base} --out {output} --init {params.v.init} --loops {params.v.loops} "
+        "--sharing {params.v.sharing} --rank {params.v.rank} > {log} 2>&1"
+
+
+rule reduce:
+    """Reduced-size baseline: L/loops layers, the first ones or random."""
+    input:
+        base=lambda wc: base_dir(variant(wc).base),
+    output:
+        directory("results/models/init/{variant}"),
+    wildcard_constraints:
+        variant="|".join(VARIANTS.index[VARIANTS.kind == "reduced"]) or "^$",
+    params:
+        v=variant,
+    log:
+        "results/logs/reduce/{variant}.log",
+    conda:
+        "../../envs/rrt.yaml"
+    shell:
+        "rrt reduce --base {input.base} --out {output} --loops {params.v.loops} --init {params.v.init} > {log} 2>&1"
+
+
+rule params:
+    """Parameter counts (non-embedding, LoRA, embedding, total) of the evaluated model."""
+    input:
+        final_dir,
+    output:
+        "results/params/{variant}.json",
+    log:
+        "results/logs/params/{variant}.log",
+    conda:
+        "../../envs/rrt.yaml"
+    shell:
+        "rrt info {input} --json {output} > {log} 2>&1"

@@ -1,0 +1,33 @@
+rule aggregate:
+    """Summary table, comparison with the paper, and the report's figures."""
+    input:
+        evals=expand("results/eval/{variant}.json", variant=VARIANTS.index),
+        params=expand("results/params/{variant}.json", variant=VARIANTS.index),
+        train=[f"results/train/{v}/train_summary.json" for v in VARIANTS.index if needs_training(v)],
+        variants=config["variants"],
+        paper=config.get("paper_reference", []),
+    output:
+        summary=report("results/tables/summary.csv", caption="../report/summary.rst", category="1. Results",
+                       labels={"table": "summary"}),
+        summary_md="results/tables/summary.md",
+        paper=report("results/tables/paper_comparison.csv", caption="../report/paper_comparison.rst",
+                     category="1. Results", labels={"table": "comparison with the paper"}),
+        paper_md="results/tables/paper_comparison.md",
+        fig_params=report("results/figures/accuracy_vs_params.png", caption="../report/accuracy_vs_params.rst",
+                          category="2. Figures", labels={"figure": "accuracy vs size"}),
+        fig_init=report("results/figures/init_comparison.png", caption="../report/init_comparison.rst",
+                        category="2. Figures", labels={"figure": "initialisation"}),
+        fig_rank=report("results/figures/relaxed_rank.png", caption="../report/relaxed_rank.rst",
+                        category="2. Figures", labels={"figure": "relaxation rank"}),
+        fig_loss=report("results/figures/loss_curves.png", caption="../report/loss_curves.rst",
+                        category="2. Figures", labels={"figure": "training loss"}),
+    params:
+        paper=optional_args(paper=config.get("paper_reference")),
+    log:
+        "results/logs/aggregate.log",
+    conda:
+        "../../envs/rrt.yaml"
+    shell:
+        "rrt aggregate --variants {input.variants} {params.paper} --eval-dir results/eval "
+        "--params-dir results/params --train-dir results/train --tables results/tables "
+        "--figures results/figures > {log} 2>&1"
