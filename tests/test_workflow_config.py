@@ -1,0 +1,67 @@
+"""Workflow configuration: schema validation and the DAG, without running any job."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def dry_run(tmp_path, config: dict, variants: str | None = None):
+    if variants is not None:
+        (tmp_path / "variants.tsv").write_text(variants)
+        config["variants"] = str(tmp_path / "variants.tsv")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    out = subprocess.run([SNAKEMAKE, "all", "-n", "--cores", "1", "-s", str(ROOT / "Snakefile"),
+                          "-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")],
+                         cwd=ROOT, capture_output=True, text=True)
+    return out.returncode, out.stdout + out.stderr
+
+
+@pytest.fixture
+def test_config(tmp_path):
+    config = yaml.safe_load((ROOT / ".test/config/config.yaml").read_text())
+    config["variants"] = str(ROOT / ".test/config/variants.tsv")
+    config["paper_reference"] = str(ROOT / "config/paper_reference.tsv")
+    # config.yaml of the repo is loaded first by the Snakefile; copy it where -d points
+    (tmp_path / "config").mkdir()
+    shutil.copy(ROOT / "config/config.yaml", tmp_path / "config/config.yaml")
+    return config
+
+
+def test_test_config_builds_the_whole_dag(tmp_path, test_config):
+    code, text = dry_run(tmp_path, test_config)
+    assert code == 0, text[-2000:]
+    for rule, count in (("convert", 4), ("reduce", 1), ("uptrain", 6), ("evaluate", 7), ("aggregate", 1)):
+        assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
+
+
+def test_schema_error_names_the_key(tmp_path, test_config):
+    test_config["train"]["lr"] = -1
+    code, text = dry_run(tmp_path, test_config)
+    assert code != 0
+    assert "-1 is less than or equal to the minimum of 0" in text and "'lr'" in text, text[-2000:]
+
+
+def test_unknown_key_is_rejected(tmp_path, test_config):
+    test_config["eval"]["limt"] = 3
+    code, text = dry_run(tmp_path, test_config)
+    assert code != 0 and "'limt' was unexpected" in text, text[-2000:]
+
+
+def test_variant_with_unknown_base_is_rejected(tmp_path, test_config):
+    variants = ("variant\tkind\tbase\tinit\tloops\tsharing\trank\tkd\ttokens\n"
+                "x\trecursive\tnope\taverage\t2\tcycle\t0\tfalse\tdefault\n")
+    code, text = dry_run(tmp_path, test_config, variants)
+    assert code != 0 and "variant 'x' uses base 'nope', not in base_models" in text, text[-2000:]
+
+
+def test_bad_rank_in_variants_is_rejected(tmp_path, test_config):
+    variants = ("variant\tkind\tbase\tinit\tloops\tsharing\trank\tkd\ttokens\n"
+                "x\trecursive\ttiny\taverage\t2\tcycle\tlots\tfalse\tdefault\n")
+    code, text = dry_run(tmp_path, test_config, variants)
+    assert code != 0 and "'lots' does not match" in text, text[-2000:]
