@@ -15,6 +15,7 @@ Parameter names in a checkpoint:
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
@@ -182,8 +183,8 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
                 shared = RelaxedLinear(module.in_features, module.out_features, bias=module.bias is not None and not own_bias,
                                        device=module.weight.device, dtype=module.weight.dtype)
                 block.set_submodule(path, shared)
-                linears[path] = (lambda i=module.in_features, o=module.out_features, r=rank, s=scale, b=own_bias:
-                                 DepthLinear(i, o, r, s, b))
+                linears[path] = functools.partial(DepthLinear, module.in_features, module.out_features, rank,
+                                                  scale, own_bias)
             elif per_depth and is_norm(module):
                 norms[path] = module
                 block.set_submodule(path, DepthNorm())
