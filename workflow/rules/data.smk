@@ -6,7 +6,7 @@ rule base_model:
     log:
         "results/logs/base_model/{base}.log",
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/model.yaml"
     shell:
         "rrt base-model {params.args} --out {output} > {log} 2>&1"
 
@@ -20,7 +20,7 @@ rule corpus:
     log:
         "results/logs/corpus.log",
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/model.yaml"
     shell:
         "rrt corpus --source {params.source} --out {output} > {log} 2>&1"
 
@@ -40,7 +40,7 @@ rule tokenize:
     log:
         "results/logs/tokenize/{base}.log",
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/model.yaml"
     shell:
         "rrt tokenize --corpus {input.corpus} --tokenizer {input.tokenizer} --out {output} "
         "--block-size {params.block} {params.caps} > {log} 2>&1"

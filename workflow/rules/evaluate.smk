@@ -19,7 +19,7 @@ rule evaluate:
         mem_mb=res("evaluate", "mem_mb", 8000),
         runtime=res("evaluate", "runtime", 60),
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/eval.yaml"
     shell:
         "OMP_NUM_THREADS={threads} rrt eval --model {input.model} --out {output} {params.ppl} "
         "--tasks {params.tasks} --source {params.e[source]} {params.limit} --batch-size {params.e[batch_size]} "

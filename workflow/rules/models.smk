@@ -11,7 +11,7 @@ rule convert:
     log:
         "results/logs/convert/{variant}.log",
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/model.yaml"
     shell:
         "rrt convert --base {input.base} --out {output} --init {params.v.init} --loops {params.v.loops} "
         "--sharing {params.v.sharing} --rank {params.v.rank} > {log} 2>&1"
@@ -30,7 +30,7 @@ rule reduce:
     log:
         "results/logs/reduce/{variant}.log",
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/model.yaml"
     shell:
         "rrt reduce --base {input.base} --out {output} --loops {params.v.loops} --init {params.v.init} > {log} 2>&1"
 
@@ -44,6 +44,6 @@ rule params:
     log:
         "results/logs/params/{variant}.log",
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/model.yaml"
     shell:
         "rrt info {input} --json {output} > {log} 2>&1"

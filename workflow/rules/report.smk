@@ -26,7 +26,7 @@ rule aggregate:
     log:
         "results/logs/aggregate.log",
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/report.yaml"
     shell:
         "rrt aggregate --variants {input.variants} {params.paper} --eval-dir results/eval "
         "--params-dir results/params --train-dir results/train --tables results/tables "

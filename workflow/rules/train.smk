@@ -28,7 +28,7 @@ rule uptrain:
         mem_mb=res("train", "mem_mb", 8000),
         runtime=res("train", "runtime", 60),
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/model.yaml"
     shell:
         "OMP_NUM_THREADS={threads} {params.t[launcher]} rrt train --model {input.model} --data {input.data}/train "
         "--out {params.out} --max-tokens {params.tokens} --batch-tokens {params.t[batch_tokens]} "
