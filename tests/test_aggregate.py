@@ -20,14 +20,13 @@ PAPER = ("paper_ref\tpaper_setting\tpaper_non_embedding_B\tpaper_tokens\tpaper_a
 def results(tmp_path):
     (tmp_path / "variants.tsv").write_text(VARIANTS)
     (tmp_path / "paper.tsv").write_text(PAPER)
-    for d in ("eval", "params", "train"):
+    for d in ("eval", "train"):
         (tmp_path / d).mkdir()
     for i, (name, params) in enumerate((("orig", 1000), ("rec", 500), ("rel", 600))):
         accs = {f"acc_{t}": 0.5 + 0.01 * i + 0.001 * j for j, t in enumerate(TASKS)}
         accs["acc_avg"] = sum(accs.values()) / len(TASKS)
         (tmp_path / "eval" / f"{name}.json").write_text(json.dumps({"ppl_wiki": 10.0 + i, "ppl_fiction": 20.0 + i,
-                                                                  **accs}))
-        (tmp_path / "params" / f"{name}.json").write_text(json.dumps({"non_embedding": params}))
+                                                                  "params": {"non_embedding": params}, **accs}))
         if name != "orig":
             (tmp_path / "train" / name).mkdir()
             (tmp_path / "train" / name / "train_summary.json").write_text(json.dumps({"tokens": 4096}))
@@ -37,8 +36,7 @@ def results(tmp_path):
 
 
 def test_summary_table(results):
-    summary = aggregate(results / "variants.tsv", results / "paper.tsv", results / "eval", results / "params",
-                        results / "train", results / "tables", results / "figures")
+    summary = aggregate(results / "variants.tsv", results / "paper.tsv", results / "eval", results / "train", results / "tables", results / "figures")
     assert list(summary.columns) == ["variant", "non_embedding_params", "tokens", "ppl_fiction", "ppl_wiki",
                                      *ACC_COLUMNS]
     written = pd.read_csv(results / "tables/summary.csv")
@@ -52,8 +50,7 @@ def test_summary_table(results):
 
 
 def test_paper_comparison(results):
-    aggregate(results / "variants.tsv", results / "paper.tsv", results / "eval", results / "params",
-              results / "train", results / "tables", results / "figures")
+    aggregate(results / "variants.tsv", results / "paper.tsv", results / "eval", results / "train", results / "tables", results / "figures")
     table = pd.read_csv(results / "tables/paper_comparison.csv").set_index("variant")
     assert table.loc["rec", "paper_acc_avg"] == 51.7
     assert table.loc["rec", "paper_acc_avg_vs_original"] == pytest.approx(51.7 - 61.7)
@@ -64,7 +61,7 @@ def test_paper_comparison(results):
 def test_missing_result_is_one_line(results, capsys):
     (results / "eval/rel.json").unlink()
     code = main(["aggregate", "--variants", str(results / "variants.tsv"), "--eval-dir", str(results / "eval"),
-                 "--params-dir", str(results / "params"), "--train-dir", str(results / "train"),
+                 "--train-dir", str(results / "train"),
                  "--tables", str(results / "t"), "--figures", str(results / "f")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == f"rrt aggregate: error: missing result: {results / 'eval/rel.json'}"

@@ -23,16 +23,15 @@ def read_variants(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def summarize(variants: pd.DataFrame, eval_dir: Path, params_dir: Path, train_dir: Path) -> pd.DataFrame:
+def summarize(variants: pd.DataFrame, eval_dir: Path, train_dir: Path) -> pd.DataFrame:
     """One row per variant: variant, non_embedding_params, tokens, ppl_<set>..., acc_<task>...,
     acc_avg. Accuracies in percent, as in the paper."""
     rows = []
     for v in variants.itertuples():
         result = _read_json(eval_dir / f"{v.variant}.json")
-        params = _read_json(params_dir / f"{v.variant}.json")
         summary_file = train_dir / v.variant / "train_summary.json"
         tokens = _read_json(summary_file)["tokens"] if summary_file.exists() and v.kind != "original" else 0
-        row = {"variant": v.variant, "non_embedding_params": params["non_embedding"], "tokens": tokens}
+        row = {"variant": v.variant, "non_embedding_params": result["params"]["non_embedding"], "tokens": tokens}
         row.update({k: result[k] for k in sorted(result) if k.startswith("ppl_")})
         row.update({k: 100 * result[k] for k in ACC_COLUMNS if k in result})
         rows.append(row)
@@ -129,12 +128,12 @@ def make_figures(summary: pd.DataFrame, variants: pd.DataFrame, curves: pd.DataF
 FIGURES = ["accuracy_vs_params.png", "init_comparison.png", "relaxed_rank.png", "loss_curves.png"]
 
 
-def aggregate(variants_tsv, paper_tsv, eval_dir, params_dir, train_dir, tables_dir, figures_dir) -> pd.DataFrame:
+def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_dir) -> pd.DataFrame:
     variants = read_variants(variants_tsv)
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(variants, Path(eval_dir), Path(params_dir), Path(train_dir))
+    summary = summarize(variants, Path(eval_dir), Path(train_dir))
     _write(summary, tables_dir / "summary")
     paper = pd.read_csv(paper_tsv, sep="\t") if paper_tsv else pd.DataFrame({"paper_ref": []})
     _write(compare_with_paper(summary, variants, paper), tables_dir / "paper_comparison")
@@ -145,12 +144,11 @@ def aggregate(variants_tsv, paper_tsv, eval_dir, params_dir, train_dir, tables_d
 def _cmd_aggregate(args) -> None:
     from .cli import UsageError
 
-    for flag, path in (("--variants", args.variants), ("--eval-dir", args.eval_dir), ("--params-dir", args.params_dir)):
+    for flag, path in (("--variants", args.variants), ("--eval-dir", args.eval_dir)):
         if not Path(path).exists():
             raise UsageError(f"{flag} {path} does not exist")
     try:
-        summary = aggregate(args.variants, args.paper, args.eval_dir, args.params_dir, args.train_dir,
-                            args.tables, args.figures)
+        summary = aggregate(args.variants, args.paper, args.eval_dir, args.train_dir, args.tables, args.figures)
     except FileNotFoundError as e:
         raise UsageError(f"missing result: {e.filename}") from None
     print(summary.to_markdown(index=False, floatfmt=".2f"))
@@ -161,7 +159,6 @@ def register(sub) -> None:
     p.add_argument("--variants", required=True, help="variants TSV")
     p.add_argument("--paper", default=None, help="paper reference TSV")
     p.add_argument("--eval-dir", required=True)
-    p.add_argument("--params-dir", required=True)
     p.add_argument("--train-dir", required=True)
     p.add_argument("--tables", required=True, help="output directory for tables")
     p.add_argument("--figures", required=True, help="output directory for figures")

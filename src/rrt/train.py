@@ -1,11 +1,23 @@
-"""Uptraining (paper Sec. 3) with HF Trainer: AdamW, cosine schedule with warmup, gradient
-accumulation to a token-batch target, fp32 on CPU / bf16 on GPU, DeepSpeed when given,
-optional knowledge distillation from the full-size model, checkpoints and resume.
+"""Uptraining (paper Sec. 3) with HF Trainer, optionally distilling from a teacher.
 
-All parameters are trained (the shared block and every depth's LoRA). With a teacher the
-loss is (1 - kd_weight) * CE + kd_weight * KD (the paper does not state its mix).
-Checkpoints go to out/checkpoints; a rerun resumes from the last one and continues the
-same run (same data order, optimizer and scheduler state).
+What the paper fixes and what this module adds where it is silent:
+- AdamW, lr 2e-4, cosine schedule with linear warmup (optionally decaying to
+  min_lr_ratio * lr instead of 0), gradient clipping at 1.0 (Trainer's default).
+- A token budget: one optimizer step sees about `batch_tokens` tokens
+  (micro-batch x block length x accumulation x ranks) and the run about `max_tokens`.
+- All parameters are trained: for a RecursiveForCausalLM the shared block and every
+  depth's LoRA, for a plain model everything.
+- fp32 on CPU (bf16 matmuls are ~30x slower on the CPUs we run on), bf16 mixed precision
+  on GPU; DeepSpeed when a config is given.
+- With a teacher: loss = (1 - kd_weight) * CE + kd_weight * KD, KD from `rrt.kd` on the
+  predicted positions. The paper does not state its mix; kd_weight = 1 is pure KD.
+- Checkpoints every `save_steps` in out/checkpoints (last 2 kept). A rerun resumes from the
+  last complete one and continues the same run: same data order, optimizer, scheduler and
+  RNG state, so an interrupted-and-resumed run ends with the weights and loss history of an
+  uninterrupted one. The run's settings are kept in out/train_config.json and a rerun with
+  other settings is refused rather than silently mixed.
+- Outputs: out/final (model + tokenizer, renamed into place last, so its existence means the
+  run is complete and a rerun is a no-op), out/loss.csv, out/train_summary.json.
 """
 from __future__ import annotations
 
@@ -13,6 +25,8 @@ import csv
 import json
 import math
 import os
+import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -20,188 +34,496 @@ import torch
 
 from .kd import KINDS, kd_loss
 
-
-def schedule(max_tokens: int, batch_tokens: int, block_size: int, micro_batch_size: int, world_size: int = 1):
-    """(gradient accumulation steps, optimizer steps, tokens per step) so that one step sees
-    about batch_tokens tokens and the run about max_tokens."""
-    per_micro = micro_batch_size * block_size * world_size
-    if batch_tokens < per_micro:
-        raise ValueError(f"batch_tokens={batch_tokens} is smaller than one micro-batch "
-                         f"({micro_batch_size} x {block_size} tokens x {world_size} ranks)")
-    accum = max(1, round(batch_tokens / per_micro))
-    step_tokens = per_micro * accum
-    return accum, max(1, max_tokens // step_tokens), step_tokens
+CHECKPOINTS = "checkpoints"
+FINAL_TMP = ".final.tmp"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# Settings that define a run: a resume with any of them changed would not continue it.
+RUN_KEYS = ("model_dir", "data_dir", "max_tokens", "batch_tokens", "micro_batch_size", "lr", "warmup_steps",
+            "min_lr_ratio", "weight_decay", "seed", "teacher_dir", "kd_kind", "kd_weight", "kd_temperature",
+            "bf16", "deepspeed", "world_size")
 
 
-def _make_trainer_class():
+# --- batch arithmetic -------------------------------------------------------------------
+def plan_batches(batch_tokens: int, block_size: int, micro_batch_size: int, world_size: int = 1):
+    """(micro-batch size, accumulation steps, tokens per optimizer step) so that one step
+    sees about `batch_tokens` tokens. The micro-batch shrinks when a whole step needs fewer
+    blocks than one micro-batch holds; otherwise accumulation is rounded to the nearest
+    integer, so a step sees between 3/4 and 5/4 of batch_tokens in the worst case."""
+    if block_size < 2:
+        raise ValueError(f"blocks must hold at least 2 tokens, got {block_size}")
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    blocks_per_rank = batch_tokens / (block_size * world_size)
+    if blocks_per_rank < 1:
+        raise ValueError(f"batch_tokens={batch_tokens} is smaller than one block of {block_size} tokens"
+                         + (f" on each of {world_size} ranks" if world_size > 1 else ""))
+    micro = min(micro_batch_size, int(blocks_per_rank))
+    accum = max(1, round(blocks_per_rank / micro))
+    return micro, accum, micro * accum * block_size * world_size
+
+
+def num_steps(max_tokens: int, step_tokens: int) -> int:
+    """Optimizer steps whose tokens come closest to max_tokens (at least one)."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    return max(1, round(max_tokens / step_tokens))
+
+
+# --- data -------------------------------------------------------------------------------
+def load_blocks(data_dir):
+    """The packed training set and its block length. It must hold one `input_ids` column
+    of equal-length rows (what `rrt tokenize` writes); the first and last rows are checked,
+    not every row, which would read the whole set."""
+    from datasets import load_from_disk
+
+    data = load_from_disk(str(data_dir))
+    if not hasattr(data, "column_names") or "input_ids" not in data.column_names:
+        raise ValueError(f"{data_dir}: expected a datasets.Dataset with an input_ids column")
+    if len(data) == 0:
+        raise ValueError(f"{data_dir}: the dataset is empty")
+    data = data.select_columns(["input_ids"])
+    block = len(data[0]["input_ids"])
+    if len(data[len(data) - 1]["input_ids"]) != block:
+        raise ValueError(f"{data_dir}: rows have different lengths (expected packed blocks)")
+    return data, block
+
+
+# --- the Trainer ------------------------------------------------------------------------
+def _trainer_class():
+    """Built lazily so that `import rrt.train` (done by the CLI) does not import Trainer."""
     from transformers import Trainer
 
     class UptrainTrainer(Trainer):
-        """Next-token CE on packed blocks, plus KD against a frozen teacher if given."""
+        """Causal-LM cross-entropy on packed blocks, mixed with KD against a frozen teacher.
+
+        The loss returned is a per-micro-batch mean (every block has the same length, so
+        the mean of the micro-batch means is the token mean of the step); Trainer divides it
+        by the accumulation steps (loss_is_scaled_for_ga = False)."""
+
+        loss_is_scaled_for_ga = False
 
         def __init__(self, *args, teacher=None, kd_kind="fkl", kd_weight=0.5, kd_temperature=1.0, **kwargs):
             super().__init__(*args, **kwargs)
-            self.teacher, self.kd_kind, self.kd_weight, self.kd_temperature = teacher, kd_kind, kd_weight, kd_temperature
-            self._parts = {"ce": [], "kd": []}
-            # Blocks all have the same length: the mean per micro-batch divided by the
-            # accumulation steps (what Trainer does when this is False) is exact.
-            self.model_accepts_loss_kwargs = False
+            self.teacher = None if teacher is None else teacher.to(self.args.device)
+            self.kd_kind, self.kd_weight, self.kd_temperature = kd_kind, kd_weight, kd_temperature
+            self._parts: dict[str, list[torch.Tensor]] = {"ce": [], "kd": []}
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             ids = inputs["input_ids"]
-            out = model(input_ids=ids, labels=ids)
+            labels = inputs.get("labels", ids)
+            out = model(input_ids=ids, attention_mask=inputs.get("attention_mask"), labels=labels)
             loss = out.loss
-            self._parts["ce"].append(out.loss.detach().item())
+            self._parts["ce"].append(loss.detach().float())
             if self.teacher is not None:
                 with torch.no_grad():
-                    teacher_logits = self.teacher(input_ids=ids).logits
-                kd = kd_loss(out.logits[:, :-1], teacher_logits[:, :-1], self.kd_kind, self.kd_temperature)
-                self._parts["kd"].append(kd.detach().item())
-                loss = (1 - self.kd_weight) * out.loss + self.kd_weight * kd
+                    teacher_logits = self.teacher(input_ids=ids, attention_mask=inputs.get("attention_mask")).logits
+                # Position i predicts token i+1: the last position predicts nothing.
+                kd = kd_loss(out.logits[:, :-1], teacher_logits[:, :-1], self.kd_kind, self.kd_temperature,
+                             mask=labels[:, 1:] != -100)
+                self._parts["kd"].append(kd.detach())
+                loss = (1 - self.kd_weight) * loss + self.kd_weight * kd
             return (loss, out) if return_outputs else loss
 
         def log(self, logs, *args, **kwargs):
-            for name, values in self._parts.items():
-                if "loss" in logs and values:
-                    logs[name] = sum(values) / len(values)
-                    values.clear()
+            """Add the mean CE and KD of the micro-batches since the last log (averaged
+            over ranks) beside Trainer's total loss."""
+            if "loss" in logs:
+                for name, values in self._parts.items():
+                    if values:
+                        mean = self.accelerator.reduce(torch.stack(values).mean(), reduction="mean")
+                        logs[name] = mean.item()
+                        values.clear()
             super().log(logs, *args, **kwargs)
 
     return UptrainTrainer
 
 
-def _last_checkpoint(path: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def _quiet_progress():
+    """Trainer's progress bar, with the latest loss as its postfix instead of a printed
+    dict per log step."""
+    from transformers.trainer_callback import ProgressCallback
 
-    return get_last_checkpoint(str(path)) if path.is_dir() else None
+    class QuietProgress(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+                self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
 
-
-def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int, micro_batch_size: int = 4,
-          lr: float = 2e-4, warmup_steps: int = 0, weight_decay: float = 0.0, seed: int = 0, teacher_dir=None,
-          kd_kind: str = "fkl", kd_weight: float = 0.5, kd_temperature: float = 1.0, save_steps: int = 100,
-          deepspeed: str | None = None, max_steps: int | None = None) -> dict:
-    """Uptrain `model_dir` on the packed blocks in `data_dir`; results in `out_dir`.
-    `max_steps` stops early (the schedule stays that of the whole run): used to test resume."""
-    from datasets import load_from_disk
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, default_data_collator
-
-    import rrt  # noqa: F401
-
-    out_dir = Path(out_dir)
-    final = out_dir / "final"
-    if final.exists():
-        print(f"{final} exists: nothing to do")
-        return json.loads((out_dir / "train_summary.json").read_text())
-    data = load_from_disk(str(data_dir))
-    block = len(data[0]["input_ids"])
-    cuda = torch.cuda.is_available()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    accum, steps, step_tokens = schedule(max_tokens, batch_tokens, block, micro_batch_size, world)
-    dtype = torch.bfloat16 if cuda else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    teacher = None
-    if teacher_dir is not None:
-        teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=dtype).eval().requires_grad_(False)
-        if cuda:
-            teacher = teacher.cuda()
-    args = TrainingArguments(
-        output_dir=str(out_dir / "checkpoints"), per_device_train_batch_size=micro_batch_size,
-        gradient_accumulation_steps=accum, max_steps=steps, learning_rate=lr, lr_scheduler_type="cosine",
-        warmup_steps=warmup_steps, weight_decay=weight_decay, optim="adamw_torch", max_grad_norm=1.0,
-        logging_steps=1, save_strategy="steps", save_steps=save_steps, save_total_limit=2, report_to=[],
-        seed=seed, data_seed=seed, use_cpu=not cuda, bf16=cuda, deepspeed=deepspeed, dataloader_num_workers=0,
-    )
-    trainer = _make_trainer_class()(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
-                                    teacher=teacher, kd_kind=kd_kind, kd_weight=kd_weight,
-                                    kd_temperature=kd_temperature)
-    if max_steps is not None:  # stop early without changing the schedule of the whole run
-        from transformers import TrainerCallback
-
-        class Stop(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step >= max_steps:
-                    control.should_save, control.should_training_stop = True, True
-
-        trainer.add_callback(Stop())
-    resume = _last_checkpoint(out_dir / "checkpoints")
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - start
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    _write_loss_csv(out_dir / "loss.csv", history, step_tokens)
-    if max_steps is not None and trainer.state.global_step < steps:
-        return {"steps": trainer.state.global_step, "stopped_early": True}
-    summary = {"steps": steps, "tokens": steps * step_tokens, "tokens_per_step": step_tokens,
-               "gradient_accumulation": accum, "block_size": block, "seconds": seconds,
-               "tokens_per_second": (steps * step_tokens) / seconds if seconds else math.nan,
-               "resumed_from": resume, "final_loss": history[-1]["loss"] if history else None,
-               "teacher": str(teacher_dir) if teacher_dir else None, "kd": kd_kind if teacher_dir else None,
-               "kd_weight": kd_weight if teacher_dir else None, "lr": lr, "warmup_steps": warmup_steps}
-    tmp = out_dir / ".final.tmp"
-    trainer.save_model(str(tmp))
-    if (Path(model_dir) / "tokenizer_config.json").exists():
-        AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
-    (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    tmp.rename(final)
-    return summary
+    return QuietProgress
 
 
-def _write_loss_csv(path: Path, history: list[dict], step_tokens: int) -> None:
-    fields = ["step", "tokens_seen", "loss", "ce", "kd", "lr"]
-    tmp = path.with_suffix(".csv.tmp")
+# --- checkpoints and the run's identity -------------------------------------------------
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def last_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint. Trainer writes trainer_state.json last, so a
+    checkpoint without it was cut off while saving: it is removed (it cannot be resumed
+    from, and would otherwise be taken for the newest)."""
+    if not checkpoints.is_dir():
+        return None
+    candidates = sorted((p for p in checkpoints.glob("checkpoint-*") if _step_of(p) >= 0), key=_step_of)
+    for path in reversed(candidates):
+        if (path / "trainer_state.json").is_file():
+            return path
+        if _is_main_process():
+            shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun/deepspeed launch (or the only process): the one that writes."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _check_same_run(out_dir: Path, config: dict, resuming: bool) -> None:
+    """Record the run's settings; refuse to resume checkpoints made with other settings."""
+    path = out_dir / "train_config.json"
+    run = {k: config[k] for k in RUN_KEYS}
+    if resuming and path.is_file():
+        before = json.loads(path.read_text())
+        changed = [k for k in RUN_KEYS if before.get(k) != run[k]]
+        if changed:
+            k = changed[0]
+            raise ValueError(f"{out_dir / CHECKPOINTS} holds a run with {k}={before.get(k)!r}, not {run[k]!r}: "
+                             f"remove it or use another output directory")
+    if _is_main_process():
+        _write_json(path, run)
+
+
+# --- outputs ----------------------------------------------------------------------------
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_loss_csv(path: Path, history: list[dict], with_kd: bool) -> None:
+    """One row per logged step; `tokens_seen` is Trainer's exact count (all ranks)."""
+    fields = ["step", "tokens_seen", "loss", "ce"] + (["kd"] if with_kd else []) + ["lr"]
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         for h in history:
-            w.writerow({"step": h["step"], "tokens_seen": h["step"] * step_tokens, "loss": h["loss"],
+            w.writerow({"step": h["step"], "tokens_seen": h.get("num_input_tokens_seen", ""), "loss": h["loss"],
                         "ce": h.get("ce", ""), "kd": h.get("kd", ""), "lr": h.get("learning_rate", "")})
     os.replace(tmp, path)
 
 
-# --- CLI ------------------------------------------------------------------------------
-def _cmd_train(args) -> None:
+def _has_tokenizer(model_dir) -> bool:
+    return any((Path(model_dir) / f).is_file() for f in TOKENIZER_FILES)
+
+
+def _save_final(trainer, model_dir, tmp: Path) -> None:
+    from transformers import AutoTokenizer
+
+    trainer.save_model(str(tmp))  # every rank: collective under DeepSpeed, rank 0 writes
+    if trainer.is_world_process_zero() and _has_tokenizer(model_dir):
+        AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
+
+
+# --- DeepSpeed --------------------------------------------------------------------------
+ZERO2 = {
+    "bf16": {"enabled": "auto"},
+    "zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True,
+                          "reduce_bucket_size": "auto"},
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+}
+
+
+def write_deepspeed_config(path, stage: int = 2) -> Path:
+    """A ZeRO config whose batch, accumulation, clipping and precision are all "auto", i.e.
+    taken from TrainingArguments, so it cannot contradict `train`'s own settings."""
+    config = json.loads(json.dumps(ZERO2))
+    config["zero_optimization"]["stage"] = stage
+    path = Path(path)
+    path.write_text(json.dumps(config, indent=2) + "\n")
+    return path
+
+
+def _single_process_env() -> None:
+    """DeepSpeed needs a torch.distributed rendezvous; without a launcher (torchrun,
+    deepspeed) it looks for MPI. Declare a one-process world instead."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+# --- the run ----------------------------------------------------------------------------
+def _resolve_bf16(bf16) -> bool:
+    if bf16 == "auto":
+        return torch.cuda.is_available()
+    if isinstance(bf16, bool):
+        return bf16
+    raise ValueError(f"bf16 must be True, False or 'auto', got {bf16!r}")
+
+
+def _vocab(model) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def _load_teacher(teacher_dir, dtype, student_vocab: int):
+    """The teacher, once: eval mode, frozen, in the compute dtype (the Trainer moves it to
+    the training device)."""
+    from transformers import AutoModelForCausalLM
+
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=dtype).eval().requires_grad_(False)
+    if _vocab(teacher) != student_vocab:
+        raise ValueError(f"teacher {teacher_dir} has vocab {_vocab(teacher)}, the student {student_vocab}")
+    return teacher
+
+
+def _training_args(out_dir: Path, config: dict, micro: int, accum: int, steps: int, bf16: bool):
+    from transformers import TrainingArguments
+
+    cosine = config["min_lr_ratio"] == 0
+    extra = {"deepspeed": config["deepspeed"]} if config["deepspeed"] else {}
+    return TrainingArguments(
+        output_dir=str(out_dir / CHECKPOINTS),
+        per_device_train_batch_size=micro, gradient_accumulation_steps=accum, max_steps=steps,
+        learning_rate=config["lr"], weight_decay=config["weight_decay"], optim="adamw_torch", max_grad_norm=1.0,
+        lr_scheduler_type="cosine" if cosine else "cosine_with_min_lr", warmup_steps=config["warmup_steps"],
+        lr_scheduler_kwargs={} if cosine else {"min_lr_rate": config["min_lr_ratio"]},
+        logging_steps=config["log_steps"], save_strategy="steps", save_steps=config["save_steps"],
+        save_total_limit=2, report_to=[], seed=config["seed"], data_seed=config["seed"],
+        use_cpu=not torch.cuda.is_available(), bf16=bf16, dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(), dataloader_drop_last=True,
+        include_num_input_tokens_seen="all", disable_tqdm=not config["progress"], **extra,
+    )
+
+
+def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int, micro_batch_size: int = 4,
+          lr: float = 2e-4, warmup_steps: int = 0, min_lr_ratio: float = 0.0, weight_decay: float = 0.0,
+          seed: int = 0, teacher_dir=None, kd_kind: str = "fkl", kd_weight: float = 0.5,
+          kd_temperature: float = 1.0, save_steps: int = 100, log_steps: int = 1, deepspeed=None,
+          bf16="auto", progress: bool = True, keep_checkpoints: bool = False, callbacks=()) -> dict:
+    """Uptrain the model in `model_dir` on the packed blocks in `data_dir`; write `out_dir`.
+
+    Returns the summary (also in out_dir/train_summary.json). If out_dir/final exists the
+    run is complete: nothing is done and the stored summary is returned. Checkpoints are
+    removed once the final model is in place unless keep_checkpoints (at 135M parameters
+    each is ~1.6 GB with the optimizer state). `callbacks` are extra TrainerCallbacks.
+    Bad settings raise ValueError."""
+    from transformers import AutoModelForCausalLM, default_data_collator
+    from transformers.utils import logging as hf_logging
+
+    import rrt  # noqa: F401  registers the recursive model type
+
+    hf_logging.disable_progress_bar()  # weight-loading bars; Trainer's own bar stays
+
+    out_dir = Path(out_dir)
+    final = out_dir / "final"
+    if final.exists():
+        print(f"{final} exists: training is complete, nothing to do")
+        summary = out_dir / "train_summary.json"
+        return json.loads(summary.read_text()) if summary.is_file() else {}
+    config = _validate(dict(
+        model_dir=model_dir, data_dir=data_dir, max_tokens=max_tokens, batch_tokens=batch_tokens,
+        micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
+        weight_decay=weight_decay, seed=seed, teacher_dir=teacher_dir, kd_kind=kd_kind, kd_weight=kd_weight,
+        kd_temperature=kd_temperature, save_steps=save_steps, log_steps=log_steps, deepspeed=deepspeed,
+        bf16=bf16, progress=progress))
+    data, block = load_blocks(data_dir)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    micro, accum, step_tokens = plan_batches(batch_tokens, block, micro_batch_size, world)
+    if len(data) < micro * world:
+        raise ValueError(f"{data_dir} holds {len(data)} blocks, fewer than one micro-batch ({micro} x {world} ranks)")
+    steps = num_steps(max_tokens, step_tokens)
+    use_bf16 = _resolve_bf16(bf16)
+    config.update(bf16=use_bf16, world_size=world, model_dir=str(Path(model_dir).resolve()),
+                  data_dir=str(Path(data_dir).resolve()),
+                  teacher_dir=str(Path(teacher_dir).resolve()) if teacher_dir else None,
+                  deepspeed=str(Path(deepspeed).resolve()) if deepspeed else None)
+    if deepspeed:
+        _single_process_env()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if _is_main_process():  # leftovers of a run killed while saving its final model
+        shutil.rmtree(out_dir / FINAL_TMP, ignore_errors=True)
+    resume = last_checkpoint(out_dir / CHECKPOINTS)
+    _check_same_run(out_dir, config, resuming=resume is not None)
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    teacher = None
+    if teacher_dir:
+        teacher = _load_teacher(teacher_dir, torch.bfloat16 if use_bf16 else torch.float32, _vocab(model))
+    args = _training_args(out_dir, config, micro, accum, steps, use_bf16)
+    trainer = _trainer_class()(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
+                               teacher=teacher, kd_kind=kd_kind, kd_weight=kd_weight, kd_temperature=kd_temperature,
+                               callbacks=list(callbacks) + ([] if keep_checkpoints else [_no_last_checkpoint()]))
+    _swap_progress_bar(trainer)
+
+    start_tokens = _tokens_in_checkpoint(resume)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    seconds = time.perf_counter() - start
+
+    summary = _summary(trainer, config, steps=steps, micro=micro, accum=accum, block=block, seconds=seconds,
+                       session_tokens=trainer.state.num_input_tokens_seen - start_tokens, resume=resume)
+    _finish(trainer, out_dir, model_dir, summary, with_kd=teacher is not None, keep_checkpoints=keep_checkpoints)
+    return summary
+
+
+def _validate(config: dict) -> dict:
+    """The arguments of `train` that describe the run, checked."""
+    if config["kd_kind"] not in KINDS:
+        raise ValueError(f"kd loss must be one of {', '.join(KINDS)}, got {config['kd_kind']!r}")
+    if not 0 <= config["kd_weight"] <= 1:
+        raise ValueError(f"kd_weight must be in [0, 1], got {config['kd_weight']}")
+    if not config["kd_temperature"] > 0:
+        raise ValueError(f"kd_temperature must be > 0, got {config['kd_temperature']}")
+    if not 0 <= config["min_lr_ratio"] <= 1:
+        raise ValueError(f"min_lr_ratio must be in [0, 1], got {config['min_lr_ratio']}")
+    for key in ("save_steps", "log_steps"):
+        if config[key] < 1:
+            raise ValueError(f"{key} must be >= 1, got {config[key]}")
+    if config["warmup_steps"] < 0 or config["lr"] <= 0 or config["weight_decay"] < 0:
+        raise ValueError("lr must be > 0, warmup_steps and weight_decay >= 0")
+    if config["teacher_dir"] is None:  # KD settings mean nothing without a teacher
+        config.update(kd_kind=None, kd_weight=None, kd_temperature=None)
+    return config
+
+
+def _no_last_checkpoint():
+    """Trainer checkpoints after the last step; the final model is saved right after it, so
+    that checkpoint (model + optimizer state, ~1.6 GB and ~7 s at 135M parameters on CPU)
+    would only be deleted again."""
+    from transformers import TrainerCallback
+
+    class NoLastCheckpoint(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_save = False
+
+    return NoLastCheckpoint()
+
+
+def _swap_progress_bar(trainer) -> None:
+    """Keep the console to one progress bar (or nothing when progress is off): Trainer
+    otherwise prints a dict per log step."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.pop_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_quiet_progress())
+
+
+def _tokens_in_checkpoint(checkpoint: Path | None) -> int:
+    if checkpoint is None:
+        return 0
+    return json.loads((checkpoint / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
+
+
+def _summary(trainer, config: dict, *, steps, micro, accum, block, seconds, session_tokens, resume) -> dict:
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    last = history[-1] if history else {}
+    return {
+        "steps": trainer.state.global_step, "tokens": trainer.state.num_input_tokens_seen,
+        "tokens_per_step": micro * accum * block * config["world_size"], "micro_batch_size": micro,
+        "gradient_accumulation": accum, "block_size": block, "planned_steps": steps,
+        "seconds": round(seconds, 3), "session_tokens": session_tokens,
+        "tokens_per_second": session_tokens / seconds if seconds > 0 else math.nan,
+        "resumed_from_step": _step_of(resume) if resume else None,
+        "final_loss": last.get("loss"), "final_ce": last.get("ce"), "final_kd": last.get("kd"),
+        "threads": torch.get_num_threads(), "device": str(trainer.args.device), "config": config,
+    }
+
+
+def _finish(trainer, out_dir: Path, model_dir, summary: dict, with_kd: bool, keep_checkpoints: bool) -> None:
+    """loss.csv and the summary first, the final model renamed into place last: `final`
+    exists only once everything is written."""
+    tmp = out_dir / FINAL_TMP
+    _save_final(trainer, model_dir, tmp)
+    if not trainer.is_world_process_zero():
+        return
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    _write_loss_csv(out_dir / "loss.csv", history, with_kd)
+    _write_json(out_dir / "train_summary.json", summary)
+    tmp.rename(out_dir / "final")
+    if not keep_checkpoints:
+        shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
+    print(f"trained {summary['steps']} steps, {summary['tokens']:,} tokens, "
+          f"{summary['tokens_per_second']:.1f} tokens/s; final loss {summary['final_loss']:.4f}; "
+          f"saved to {out_dir / 'final'}")
+
+
+# --- CLI --------------------------------------------------------------------------------
+def _check_cli(args) -> None:
+    """One-line errors for bad arguments, before anything is loaded."""
     from .cli import UsageError, load_config_dir
 
     load_config_dir(args.model, "--model")
-    if not (Path(args.data) / "dataset_info.json").is_file():
-        raise UsageError(f"--data {args.data}: not a dataset saved by `rrt tokenize`")
-    kd_given = any(v is not None for v in (args.kd_loss, args.kd_weight, args.kd_temperature))
-    if kd_given and args.teacher is None:
-        raise UsageError("--kd-loss/--kd-weight/--kd-temperature need --teacher")
+    data = Path(args.data)
+    if not data.is_dir():
+        raise UsageError(f"--data directory {data} does not exist")
+    if not (data / "dataset_info.json").is_file() and not (data / "state.json").is_file():
+        raise UsageError(f"--data {data} is not a dataset saved with save_to_disk (e.g. by `rrt tokenize`)")
+    kd_flags = [f for f, v in (("--kd-loss", args.kd_loss), ("--kd-weight", args.kd_weight),
+                               ("--kd-temperature", args.kd_temperature)) if v is not None]
+    if kd_flags and args.teacher is None:
+        raise UsageError(f"{kd_flags[0]} needs --teacher")
+    if args.kd_loss is not None and args.kd_loss not in KINDS:
+        raise UsageError(f"--kd-loss must be one of {', '.join(KINDS)}, got {args.kd_loss!r}")
     if args.teacher is not None:
         load_config_dir(args.teacher, "--teacher")
     if args.deepspeed is not None and not Path(args.deepspeed).is_file():
-        raise UsageError(f"--deepspeed {args.deepspeed} does not exist")
-    if args.kd_weight is not None and not 0 <= args.kd_weight <= 1:
-        raise UsageError(f"--kd-weight must be in [0, 1], got {args.kd_weight}")
+        raise UsageError(f"--deepspeed file {args.deepspeed} does not exist")
+    for flag, value in (("--max-tokens", args.max_tokens), ("--batch-tokens", args.batch_tokens),
+                        ("--micro-batch-size", args.micro_batch_size), ("--save-steps", args.save_steps)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+
+
+def _cmd_train(args) -> None:
+    from .cli import UsageError
+
+    _check_cli(args)
+    kd = {}
+    if args.teacher is not None:
+        kd = {"teacher_dir": args.teacher, "kd_kind": args.kd_loss or "fkl",
+              "kd_weight": 0.5 if args.kd_weight is None else args.kd_weight,
+              "kd_temperature": 1.0 if args.kd_temperature is None else args.kd_temperature}
     try:
-        summary = train(args.model, args.data, args.out, max_tokens=args.max_tokens, batch_tokens=args.batch_tokens,
-                        micro_batch_size=args.micro_batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-                        weight_decay=args.weight_decay, seed=args.seed, teacher_dir=args.teacher,
-                        kd_kind=args.kd_loss or "fkl", kd_weight=0.5 if args.kd_weight is None else args.kd_weight,
-                        kd_temperature=args.kd_temperature or 1.0, save_steps=args.save_steps,
-                        deepspeed=args.deepspeed)
+        train(args.model, args.data, args.out, max_tokens=args.max_tokens, batch_tokens=args.batch_tokens,
+              micro_batch_size=args.micro_batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+              min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, seed=args.seed,
+              save_steps=args.save_steps, log_steps=args.log_steps, deepspeed=args.deepspeed,
+              keep_checkpoints=args.keep_checkpoints, **kd)
     except ValueError as e:
-        raise UsageError(str(e)) from None
-    print(json.dumps(summary, indent=1))
+        raise UsageError(str(e).strip().splitlines()[0]) from None
 
 
 def register(sub) -> None:
-    t = sub.add_parser("train", help="uptrain a model on packed blocks (optionally with KD from a teacher)")
-    t.add_argument("--model", required=True)
-    t.add_argument("--data", required=True, help="packed training blocks (rrt tokenize .../train)")
-    t.add_argument("--out", required=True)
-    t.add_argument("--max-tokens", type=int, required=True)
+    t = sub.add_parser("train", help="uptrain a model on packed blocks, optionally distilling from a teacher",
+                       description="Uptrain all parameters with AdamW and a cosine schedule. Resumes from "
+                                   "OUT/checkpoints; does nothing if OUT/final exists.")
+    t.add_argument("--model", required=True, help="HF model directory to train (base or recursive)")
+    t.add_argument("--data", required=True, help="packed training blocks (a dataset saved by `rrt tokenize`)")
+    t.add_argument("--out", required=True, help="output directory: final/, loss.csv, train_summary.json")
+    t.add_argument("--max-tokens", type=int, required=True, help="training tokens in all")
     t.add_argument("--batch-tokens", type=int, required=True, help="tokens per optimizer step")
-    t.add_argument("--micro-batch-size", type=int, default=4)
-    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--micro-batch-size", type=int, default=4, help="blocks per forward pass (default 4)")
+    t.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (paper: 2e-4)")
     t.add_argument("--warmup-steps", type=int, default=0)
+    t.add_argument("--min-lr-ratio", type=float, default=0.0, help="cosine decays to this fraction of --lr")
     t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--save-steps", type=int, default=100)
-    t.add_argument("--teacher", default=None, help="full-size model to distil from")
-    t.add_argument("--kd-loss", default=None, choices=KINDS)
+    t.add_argument("--seed", type=int, default=0, help="seed of the data order and of any randomness")
+    t.add_argument("--save-steps", type=int, default=100, help="checkpoint interval in optimizer steps")
+    t.add_argument("--log-steps", type=int, default=1, help="loss.csv interval in optimizer steps")
+    t.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints after the run")
+    t.add_argument("--teacher", default=None, help="model directory to distil from (the full-size model)")
+    t.add_argument("--kd-loss", default=None, help="fkl (default, paper) | rkl | jsd | tvd")
     t.add_argument("--kd-weight", type=float, default=None, help="loss = (1-w) CE + w KD (default 0.5)")
-    t.add_argument("--kd-temperature", type=float, default=None)
-    t.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config (GPU runs)")
+    t.add_argument("--kd-temperature", type=float, default=None, help="softens both distributions (default 1)")
+    t.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config passed to the Trainer")
     t.set_defaults(func=_cmd_train)

@@ -22,7 +22,7 @@ rule corpus:
     conda:
         "../../envs/model.yaml"
     shell:
-        "rrt corpus --source {params.source} --out {output} > {log} 2>&1"
+        "rrt corpus --source {params.source} --hub-train-chars {params.hub_chars} --out {output} > {log} 2>&1"
 
 
 rule tokenize:

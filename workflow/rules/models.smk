@@ -7,14 +7,14 @@ rule convert:
     wildcard_constraints:
         variant="|".join(VARIANTS.index[VARIANTS.kind == "recursive"]) or "^$",
     params:
-        v=variant,
+        v=lambda wc: variant(wc).to_dict(),
     log:
         "results/logs/convert/{variant}.log",
     conda:
         "../../envs/model.yaml"
     shell:
-        "rrt convert --base {input.base} --out {output} --init {params.v.init} --loops {params.v.loops} "
-        "--sharing {params.v.sharing} --rank {params.v.rank} > {log} 2>&1"
+        "rrt convert --base {input.base} --out {output} --init {params.v[init]} --loops {params.v[loops]} "
+        "--sharing {params.v[sharing]} --rank {params.v[rank]} > {log} 2>&1"
 
 
 rule reduce:
@@ -26,24 +26,11 @@ rule reduce:
     wildcard_constraints:
         variant="|".join(VARIANTS.index[VARIANTS.kind == "reduced"]) or "^$",
     params:
-        v=variant,
+        v=lambda wc: variant(wc).to_dict(),
     log:
         "results/logs/reduce/{variant}.log",
     conda:
         "../../envs/model.yaml"
     shell:
-        "rrt reduce --base {input.base} --out {output} --loops {params.v.loops} --init {params.v.init} > {log} 2>&1"
+        "rrt reduce --base {input.base} --out {output} --loops {params.v[loops]} --init {params.v[init]} > {log} 2>&1"
 
-
-rule params:
-    """Parameter counts (non-embedding, LoRA, embedding, total) of the evaluated model."""
-    input:
-        final_dir,
-    output:
-        "results/params/{variant}.json",
-    log:
-        "results/logs/params/{variant}.log",
-    conda:
-        "../../envs/model.yaml"
-    shell:
-        "rrt info {input} --json {output} > {log} 2>&1"

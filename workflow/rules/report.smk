@@ -2,7 +2,6 @@ rule aggregate:
     """Summary table, comparison with the paper, and the report's figures."""
     input:
         evals=expand("results/eval/{variant}.json", variant=VARIANTS.index),
-        params=expand("results/params/{variant}.json", variant=VARIANTS.index),
         train=[f"results/train/{v}/train_summary.json" for v in VARIANTS.index if needs_training(v)],
         variants=config["variants"],
         paper=config.get("paper_reference", []),
@@ -29,5 +28,5 @@ rule aggregate:
         "../../envs/report.yaml"
     shell:
         "rrt aggregate --variants {input.variants} {params.paper} --eval-dir results/eval "
-        "--params-dir results/params --train-dir results/train --tables results/tables "
+        "--train-dir results/train --tables results/tables "
         "--figures results/figures > {log} 2>&1"
