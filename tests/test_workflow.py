@@ -1,0 +1,111 @@
+"""The whole Snakemake workflow on the small test config (.test/config): a tiny random
+llama with the real SmolLM2 tokenizer, the real embedded corpus and the 7 real tasks.
+Runs every rule once (about 1.5 minutes on 2 cores), then checks what a user reads."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+# the rules call `rrt`: this interpreter's scripts first, and no network
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+       "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+TASKS = ["lambada", "hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    # targets before --configfile, which takes several values
+    return subprocess.run([SNAKEMAKE, *args, "--cores", "2", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+                           "--configfile", str(workdir / "test.yaml")],
+                          cwd=ROOT, capture_output=True, text=True, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("workflow")
+    config = yaml.safe_load((ROOT / ".test/config/config.yaml").read_text())
+    config["variants"] = str(ROOT / ".test/config/variants.tsv")
+    config["paper_reference"] = str(ROOT / "config/paper_reference.tsv")
+    (work / "test.yaml").write_text(yaml.safe_dump(config))
+    (work / "config").mkdir()  # the Snakefile's own configfile, relative to -d
+    (work / "config/config.yaml").write_text((ROOT / "config/config.yaml").read_text())
+    out = snakemake(work, "all")
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    return work, config
+
+
+def test_summary_has_every_variant_with_sizes_and_scores(run):
+    work, config = run
+    variants = pd.read_csv(config["variants"], sep="\t")
+    summary = pd.read_csv(work / "results/tables/summary.csv").set_index("variant")
+    assert list(summary.index) == list(variants.variant)
+    full = summary.loc["full-original", "non_embedding_params"]
+    # 4 layers looped twice: 2 unique layers + the final norm
+    hidden = config["base_models"]["tiny"]["tiny"]["hidden_size"]
+    assert summary.loc["rec-average", "non_embedding_params"] == (full - hidden) // 2 + hidden
+    assert summary.loc["relaxed-average-r4", "non_embedding_params"] > summary.loc["rec-average", "non_embedding_params"]
+    trained = variants.variant[variants.kind != "original"]
+    assert (summary.loc[trained, "tokens"] == config["train"]["tokens"]).all()
+    assert summary.loc["full-original", "tokens"] == 0
+    for task in TASKS:
+        assert summary[f"acc_{task}"].between(0, 100).all()
+    for name in ("wiki", "science", "fiction"):
+        assert summary[f"ppl_{name}"].map(math.isfinite).all()
+    assert sorted(p.name for p in (work / "results/figures").iterdir()) == [
+        "accuracy_vs_params.png", "init_comparison.png", "loss_curves.png", "relaxed_rank.png"]
+
+
+def test_eval_json_matches_an_independent_perplexity(run):
+    from transformers import AutoModelForCausalLM
+
+    from rrt.evaluate import perplexity
+
+    work, _ = run
+    result = json.loads((work / "results/eval/full-original.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(work / "results/models/base/tiny").eval()
+    again = perplexity(model, work / "results/data/tokens/tiny/heldout_wiki")
+    assert result["ppl_wiki"] == pytest.approx(again["ppl"], rel=1e-5)
+    assert set(result["tasks"]) == set(TASKS) and all(t["n"] == 2 for t in result["tasks"].values())
+
+
+def test_uptraining_logged_every_step_and_kd(run):
+    work, config = run
+    t = config["train"]
+    steps = t["tokens"] // t["batch_tokens"]
+    loss = pd.read_csv(work / "results/train/rec-stepwise/loss.csv")
+    assert list(loss.step) == list(range(1, steps + 1))
+    assert list(loss.tokens_seen) == [t["batch_tokens"] * s for s in loss.step]
+    kd = pd.read_csv(work / "results/train/rec-stepwise-kd/loss.csv")
+    assert "kd" in kd.columns and (kd.kd > 0).all()
+    assert not (work / "results/train/rec-stepwise/checkpoints").exists()  # removed once final exists
+
+
+def test_second_run_does_nothing_and_one_variant_reruns_alone(run):
+    work, _ = run
+    dry = snakemake(work, "all", "-n")
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
+    target = work / "results/eval/rec-average.json"
+    before = json.loads(target.read_text())
+    target.unlink()
+    again = snakemake(work, "results/eval/rec-average.json")
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert "evaluate" in log and "uptrain" not in log and "convert" not in log
+    after = json.loads(target.read_text())
+    for key in [k for k in before if k.startswith(("ppl_", "acc_"))]:
+        assert after[key] == pytest.approx(before[key], rel=1e-6), key
+
+
+def test_html_report(run):
+    work, _ = run
+    out = snakemake(work, "--report", str(work / "report.html"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    html = (work / "report.html").read_text(errors="replace")
+    assert "summary" in html and "loss_curves.png" in html
