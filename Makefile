@@ -45,6 +45,7 @@ run: install
 report: reports/report.html
 
 reports/report.html: results/tables/summary.csv
+	mkdir -p reports
 	$(BIN)/snakemake --cores 1 --report $@
 
 lint: install

@@ -109,3 +109,37 @@ def test_html_report(run):
     assert out.returncode == 0, out.stderr[-3000:]
     html = (work / "report.html").read_text(errors="replace")
     assert "summary" in html and "loss_curves.png" in html
+
+
+def test_interrupted_uptraining_resumes_on_rerun(run):
+    """Stop Snakemake (as a cancelled cluster job would be) once the first checkpoint of
+    an uptrain job exists; the rerun resumes from that checkpoint and completes the run.
+    Runs last: it retrains rec-average with more steps."""
+    import signal
+    import time
+
+    work, config = run
+    out = work / "results/train/rec-average"
+    longer = {**config["train"], "tokens": 64 * config["train"]["batch_tokens"], "save_steps": 2}
+    (work / "longer.yaml").write_text(yaml.safe_dump({"train": longer}))
+    cmd = [SNAKEMAKE, "--forcerun", "uptrain", "--cores", "1", "-s", str(ROOT / "Snakefile"), "-d", str(work),
+           "--configfile", str(work / "test.yaml"), str(work / "longer.yaml"), "--",
+           "results/train/rec-average/final"]  # targets are relative to -d
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while not list((out / "checkpoints").glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
+        assert proc.poll() is None, "uptrain finished before it could be interrupted"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert not (out / "final").exists()
+    saved = sorted(int(p.parent.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+    assert saved
+
+    rerun = subprocess.run(cmd[:1] + ["--rerun-incomplete"] + cmd[3:], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed_from_step"] >= saved[0] and summary["steps"] == 64
+    loss = pd.read_csv(out / "loss.csv")
+    assert list(loss.step) == list(range(1, 65))  # the history before the interruption is kept

@@ -5,6 +5,8 @@ rule base_model:
         args=lambda wc: base_model_args(config["base_models"][wc.base]),
     log:
         "results/logs/base_model/{base}.log",
+    benchmark:
+        "results/benchmarks/base_model/{base}.tsv"
     conda:
         "../../envs/model.yaml"
     shell:
@@ -19,6 +21,8 @@ rule corpus:
         hub_chars=config["data"]["hub_train_chars"],
     log:
         "results/logs/corpus.log",
+    benchmark:
+        "results/benchmarks/corpus.tsv"
     conda:
         "../../envs/model.yaml"
     shell:
@@ -39,6 +43,8 @@ rule tokenize:
         ),
     log:
         "results/logs/tokenize/{base}.log",
+    benchmark:
+        "results/benchmarks/tokenize/{base}.tsv"
     conda:
         "../../envs/model.yaml"
     shell:

@@ -13,6 +13,8 @@ rule evaluate:
         variants=" ".join(f"--variant {t}={config['eval']['variant']}" for t in config["eval"]["tasks"]),
     log:
         "results/logs/evaluate/{variant}.log",
+    benchmark:
+        "results/benchmarks/evaluate/{variant}.tsv"
     threads: res("evaluate", "threads", 2)
     resources:
         gpus=res("evaluate", "gpus", 0),

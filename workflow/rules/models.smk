@@ -10,6 +10,8 @@ rule convert:
         v=lambda wc: variant(wc).to_dict(),
     log:
         "results/logs/convert/{variant}.log",
+    benchmark:
+        "results/benchmarks/convert/{variant}.tsv"
     conda:
         "../../envs/model.yaml"
     shell:
@@ -29,6 +31,8 @@ rule reduce:
         v=lambda wc: variant(wc).to_dict(),
     log:
         "results/logs/reduce/{variant}.log",
+    benchmark:
+        "results/benchmarks/reduce/{variant}.tsv"
     conda:
         "../../envs/model.yaml"
     shell:

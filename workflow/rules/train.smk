@@ -22,6 +22,8 @@ rule uptrain:
         deepspeed=optional_args(deepspeed=config["train"]["deepspeed"]),
     log:
         "results/logs/uptrain/{variant}.log",
+    benchmark:
+        "results/benchmarks/uptrain/{variant}.tsv"
     threads: res("train", "threads", 2)
     resources:
         gpus=res("train", "gpus", 0),
