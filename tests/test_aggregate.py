@@ -65,3 +65,19 @@ def test_missing_result_is_one_line(results, capsys):
                  "--tables", str(results / "t"), "--figures", str(results / "f")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == f"rrt aggregate: error: missing result: {results / 'eval/rel.json'}"
+
+
+def test_stage_times_from_snakemake_benchmarks(tmp_path):
+    from rrt.aggregate import stage_times
+
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rel, seconds, rss in (("uptrain/a.tsv", 60.0, 2000.5), ("uptrain/b.tsv", 40.0, 2500.0),
+                              ("corpus.tsv", 8.5, "-")):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + f"{seconds}\t0:00:00\t{rss}\t1\t1\t1\t0\t0\t50\t{seconds}\n")
+    table = stage_times(tmp_path).set_index("rule")
+    assert table.loc["uptrain", "jobs"] == 2 and table.loc["uptrain", "seconds_total"] == 100.0
+    assert table.loc["uptrain", "seconds_mean"] == 50.0 and table.loc["uptrain", "max_rss_mb"] == 2500.0
+    assert table.loc["corpus", "seconds_total"] == 8.5 and pd.isna(table.loc["corpus", "max_rss_mb"])
+    assert table.loc["all jobs", "jobs"] == 3 and table.loc["all jobs", "seconds_total"] == 108.5

@@ -58,6 +58,9 @@ def test_summary_has_every_variant_with_sizes_and_scores(run):
         assert summary[f"acc_{task}"].between(0, 100).all()
     for name in ("wiki", "science", "fiction"):
         assert summary[f"ppl_{name}"].map(math.isfinite).all()
+    stages = pd.read_csv(work / "results/tables/stage_times.csv").set_index("rule")
+    assert stages.loc["uptrain", "jobs"] == len(trained) and stages.loc["evaluate", "jobs"] == len(variants)
+    assert {"base_model", "corpus", "tokenize", "convert", "reduce"} <= set(stages.index)
     assert sorted(p.name for p in (work / "results/figures").iterdir()) == [
         "accuracy_vs_params.png", "init_comparison.png", "loss_curves.png", "relaxed_rank.png"]
 

@@ -125,10 +125,32 @@ def make_figures(summary: pd.DataFrame, variants: pd.DataFrame, curves: pd.DataF
     save(fig, "loss_curves.png")
 
 
+def stage_times(bench_dir: Path) -> pd.DataFrame:
+    """Per rule, from Snakemake's `benchmark:` files (bench_dir/<rule>/<job>.tsv or
+    bench_dir/<rule>.tsv): jobs, total / mean / max seconds and peak memory. Job-seconds add
+    up; with parallel jobs the wall time of the run is less than the total."""
+    rows = []
+    for path in sorted(Path(bench_dir).rglob("*.tsv")):
+        rule = path.parent.name if path.parent != Path(bench_dir) else path.stem
+        bench = pd.read_csv(path, sep="\t")
+        rows.append({"rule": rule, "job": path.stem, "seconds": float(bench["s"].iloc[-1]),
+                     "max_rss_mb": pd.to_numeric(bench["max_rss"], errors="coerce").iloc[-1]})
+    columns = ["rule", "jobs", "seconds_total", "seconds_mean", "seconds_max", "max_rss_mb"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    jobs = pd.DataFrame(rows)
+    table = jobs.groupby("rule", sort=False).agg(
+        jobs=("job", "size"), seconds_total=("seconds", "sum"), seconds_mean=("seconds", "mean"),
+        seconds_max=("seconds", "max"), max_rss_mb=("max_rss_mb", "max")).reset_index()
+    total = {"rule": "all jobs", "jobs": len(jobs), "seconds_total": jobs.seconds.sum(),
+             "seconds_mean": jobs.seconds.mean(), "seconds_max": jobs.seconds.max(), "max_rss_mb": jobs.max_rss_mb.max()}
+    return pd.concat([table, pd.DataFrame([total])], ignore_index=True)[columns]
+
+
 FIGURES = ["accuracy_vs_params.png", "init_comparison.png", "relaxed_rank.png", "loss_curves.png"]
 
 
-def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_dir) -> pd.DataFrame:
+def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_dir, bench_dir=None) -> pd.DataFrame:
     variants = read_variants(variants_tsv)
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +160,8 @@ def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_
     paper = pd.read_csv(paper_tsv, sep="\t") if paper_tsv else pd.DataFrame({"paper_ref": []})
     _write(compare_with_paper(summary, variants, paper), tables_dir / "paper_comparison")
     make_figures(summary, variants, loss_curves(variants, Path(train_dir)), figures_dir)
+    if bench_dir is not None:
+        _write(stage_times(Path(bench_dir)), tables_dir / "stage_times")
     return summary
 
 
@@ -148,7 +172,8 @@ def _cmd_aggregate(args) -> None:
         if not Path(path).exists():
             raise UsageError(f"{flag} {path} does not exist")
     try:
-        summary = aggregate(args.variants, args.paper, args.eval_dir, args.train_dir, args.tables, args.figures)
+        summary = aggregate(args.variants, args.paper, args.eval_dir, args.train_dir, args.tables, args.figures,
+                            args.benchmarks)
     except FileNotFoundError as e:
         raise UsageError(f"missing result: {e.filename}") from None
     print(summary.to_markdown(index=False, floatfmt=".2f"))
@@ -162,4 +187,6 @@ def register(sub) -> None:
     p.add_argument("--train-dir", required=True)
     p.add_argument("--tables", required=True, help="output directory for tables")
     p.add_argument("--figures", required=True, help="output directory for figures")
+    p.add_argument("--benchmarks", default=None,
+                   help="Snakemake benchmark directory: adds stage_times.csv/.md to --tables")
     p.set_defaults(func=_cmd_aggregate)

@@ -12,6 +12,9 @@ rule aggregate:
         paper=report("results/tables/paper_comparison.csv", caption="../report/paper_comparison.rst",
                      category="1. Results", labels={"table": "comparison with the paper"}),
         paper_md="results/tables/paper_comparison.md",
+        stage_times=report("results/tables/stage_times.csv", caption="../report/stage_times.rst",
+                           category="1. Results", labels={"table": "stage times"}),
+        stage_times_md="results/tables/stage_times.md",
         fig_params=report("results/figures/accuracy_vs_params.png", caption="../report/accuracy_vs_params.rst",
                           category="2. Figures", labels={"figure": "accuracy vs size"}),
         fig_init=report("results/figures/init_comparison.png", caption="../report/init_comparison.rst",
@@ -29,4 +32,4 @@ rule aggregate:
     shell:
         "rrt aggregate --variants {input.variants} {params.paper} --eval-dir results/eval "
         "--train-dir results/train --tables results/tables "
-        "--figures results/figures > {log} 2>&1"
+        "--figures results/figures --benchmarks results/benchmarks > {log} 2>&1"
