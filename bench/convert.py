@@ -46,7 +46,7 @@ def load(path):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
-def main() -> None:
+def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", default=None, help="keep models/data here (default: a temp dir)")
     ap.add_argument("--repeats", type=int, default=3)
@@ -102,11 +102,16 @@ def main() -> None:
             results[f"{init}_{label}"] = ppl(convert(base, loops=2, init=init, **kw).eval())
             print(f"{init}_{label}: {results[f'{init}_{label}']}", file=sys.stderr)
 
-    json.dump({"model": "SmolLM2-135M-Instruct", "loops": 2, "threads": torch.get_num_threads(),
-               "timing": timing, "perplexity_before_uptraining": results,
-               "ppl_tokens_per_set": args.ppl_tokens, "block_size": args.block_size}, sys.stdout, indent=1)
-    print()
+    return {"model": "SmolLM2-135M-Instruct", "loops": 2, "threads": torch.get_num_threads(),
+            "timing": timing, "perplexity_before_uptraining": results,
+            "ppl_tokens_per_set": args.ppl_tokens, "block_size": args.block_size}
 
 
 if __name__ == "__main__":
-    main()
+    # stdout carries only the JSON: libraries imported on the way (DeepSpeed's accelerator
+    # probe) log to stdout, so everything before the result goes to stderr
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):
+        result = main()
+    print(json.dumps(result, indent=1))
