@@ -65,3 +65,23 @@ def test_bad_rank_in_variants_is_rejected(tmp_path, test_config):
                 "x\trecursive\ttiny\taverage\t2\tcycle\tlots\tfalse\tdefault\n")
     code, text = dry_run(tmp_path, test_config, variants)
     assert code != 0 and "'lots' does not match" in text, text[-2000:]
+
+
+def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
+    """config/paper.yaml (hub models, 8-GPU uptraining) plans without touching the network:
+    the uptrain command is a torchrun launch of the `rrt` console script with DeepSpeed, and
+    evaluation uses lm-eval's stock tasks."""
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    out = subprocess.run([SNAKEMAKE, "all", "-n", "-p", "--cores", "8", "-s", str(ROOT / "Snakefile"),
+                          "-d", str(tmp_path), "--configfile", str(ROOT / "config/paper.yaml")],
+                         cwd=ROOT, capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    for rule, count in (("base_model", 3), ("tokenize", 3), ("uptrain", 13), ("evaluate", 14)):
+        assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
+    train = [line for line in text.splitlines() if "rrt train" in line]
+    assert train and all("torchrun --nproc_per_node 8 --no-python rrt train" in line
+                         and "--deepspeed workflow/deepspeed/zero2.json" in line
+                         and "--batch-tokens 2097152" in line for line in train)
+    assert all("--source harness" in line for line in text.splitlines() if "rrt eval" in line)
+    assert "rrt corpus --source hub" in text
