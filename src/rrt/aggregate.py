@@ -3,10 +3,11 @@ and the figures of the report."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
+
+from .io import atomic_write_text
 
 TASKS = ["lambada", "hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
 ACC_COLUMNS = [f"acc_{t}" for t in TASKS] + ["acc_avg"]
@@ -59,9 +60,7 @@ def compare_with_paper(summary: pd.DataFrame, variants: pd.DataFrame, paper: pd.
 def _write(df: pd.DataFrame, stem: Path) -> None:
     """CSV and Markdown, each atomically."""
     for suffix, text in ((".csv", df.to_csv(index=False)), (".md", df.to_markdown(index=False, floatfmt=".2f"))):
-        tmp = stem.with_suffix(suffix + ".tmp")
-        tmp.write_text(text + ("\n" if not text.endswith("\n") else ""))
-        os.replace(tmp, stem.with_suffix(suffix))
+        atomic_write_text(stem.with_suffix(suffix), text + ("\n" if not text.endswith("\n") else ""))
 
 
 def loss_curves(variants: pd.DataFrame, train_dir: Path) -> pd.DataFrame:

@@ -98,18 +98,14 @@ def _cmd_convert(args) -> None:
 
 
 def _cmd_info(args) -> None:
-    import json
-
     from .describe import describe
+    from .io import atomic_write_json
     from .params import count_params
 
     model = load_model_dir(args.model)
     print(describe(model))
     if args.json:
-        tmp = Path(f"{args.json}.tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(count_params(model), indent=1) + "\n")
-        os.replace(tmp, args.json)
+        atomic_write_json(args.json, count_params(model))
 
 
 def _cmd_base_model(args) -> None:

@@ -44,13 +44,14 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import os
 import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import torch
+
+from .io import atomic_write_json, atomic_write_text
 
 TASKS = ["lambada", "hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
 HEADLINE_NORM = {"hellaswag", "piqa", "arc_easy", "arc_challenge", "openbookqa"}
@@ -209,14 +210,7 @@ def _write_if_changed(path: Path, text: str) -> None:
     `datasets` cache built from it)."""
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def write_task(workdir, task: str, variant: str = DEFAULT_VARIANT, docs: list[dict] | None = None) -> Path:
@@ -320,18 +314,6 @@ def _load(model_dir, need_tokenizer: bool):
     return model, tokenizer
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, tasks: list[str] | None = None,
                    source: str = "embedded", limit: int | None = None, batch_size: int = 8, workdir=None,
                    variants: dict[str, str] | None = None, default_variant: str = DEFAULT_VARIANT) -> dict:
@@ -361,7 +343,7 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
         result["acc_avg"] = sum(result[f"acc_{t}"] for t in tasks) / len(tasks)
     seconds["total"] = time.perf_counter() - start
     result["seconds"] = seconds
-    _write_json_atomic(Path(out_json), result)
+    atomic_write_json(out_json, result)
     return result
 
 

@@ -22,6 +22,7 @@ What the paper fixes and what this module adds where it is silent:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from .io import atomic_write_json, atomic_write_text
 from .kd import KINDS, kd_loss
 
 CHECKPOINTS = "checkpoints"
@@ -191,27 +193,20 @@ def _check_same_run(out_dir: Path, config: dict, resuming: bool) -> None:
             raise ValueError(f"{out_dir / CHECKPOINTS} holds a run with {k}={before.get(k)!r}, not {run[k]!r}: "
                              f"remove it or use another output directory")
     if _is_main_process():
-        _write_json(path, run)
+        atomic_write_json(path, run)
 
 
 # --- outputs ----------------------------------------------------------------------------
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _write_loss_csv(path: Path, history: list[dict], with_kd: bool) -> None:
     """One row per logged step; `tokens_seen` is Trainer's exact count (all ranks)."""
     fields = ["step", "tokens_seen", "loss", "ce"] + (["kd"] if with_kd else []) + ["lr"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for h in history:
-            w.writerow({"step": h["step"], "tokens_seen": h.get("num_input_tokens_seen", ""), "loss": h["loss"],
-                        "ce": h.get("ce", ""), "kd": h.get("kd", ""), "lr": h.get("learning_rate", "")})
-    os.replace(tmp, path)
+    buffer = io.StringIO()
+    w = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for h in history:
+        w.writerow({"step": h["step"], "tokens_seen": h.get("num_input_tokens_seen", ""), "loss": h["loss"],
+                    "ce": h.get("ce", ""), "kd": h.get("kd", ""), "lr": h.get("learning_rate", "")})
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _has_tokenizer(model_dir) -> bool:
@@ -448,7 +443,7 @@ def _finish(trainer, out_dir: Path, model_dir, summary: dict, with_kd: bool, kee
         return
     history = [h for h in trainer.state.log_history if "loss" in h]
     _write_loss_csv(out_dir / "loss.csv", history, with_kd)
-    _write_json(out_dir / "train_summary.json", summary)
+    atomic_write_json(out_dir / "train_summary.json", summary)
     tmp.rename(out_dir / "final")
     if not keep_checkpoints:
         shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
