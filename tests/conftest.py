@@ -69,3 +69,18 @@ def smollm2_tokenizer(smollm2_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+def cli_error(capsys, argv, code=2, progress_ok=False) -> str:
+    """Run `rrt argv`, expect exit `code` and a one-line error on stderr; return that line.
+    progress_ok: progress-bar lines (model loading) may precede the error line."""
+    from rrt.cli import main
+
+    capsys.readouterr()
+    assert main(list(argv)) == code
+    lines = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
+    if progress_ok:
+        assert [line for line in lines if "error" in line] == lines[-1:], lines
+    else:
+        assert len(lines) == 1, lines
+    return lines[-1]

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from rrt.aggregate import ACC_COLUMNS, FIGURES, TASKS, aggregate
-from rrt.cli import main
+
+from .conftest import cli_error
 
 VARIANTS = """variant\tkind\tbase\tinit\tloops\tsharing\trank\tkd\ttokens\tpaper_ref
 orig\toriginal\tb\t-\t1\t-\t0\tfalse\t0\tfull_original
@@ -60,11 +61,10 @@ def test_paper_comparison(results):
 
 def test_missing_result_is_one_line(results, capsys):
     (results / "eval/rel.json").unlink()
-    code = main(["aggregate", "--variants", str(results / "variants.tsv"), "--eval-dir", str(results / "eval"),
-                 "--train-dir", str(results / "train"),
-                 "--tables", str(results / "t"), "--figures", str(results / "f")])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err == f"rrt aggregate: error: missing result: {results / 'eval/rel.json'}"
+    err = cli_error(capsys, ["aggregate", "--variants", str(results / "variants.tsv"), "--eval-dir",
+                             str(results / "eval"), "--train-dir", str(results / "train"),
+                             "--tables", str(results / "t"), "--figures", str(results / "f")])
+    assert err == f"rrt aggregate: error: missing result: {results / 'eval/rel.json'}"
 
 
 def test_stage_times_from_snakemake_benchmarks(tmp_path):

@@ -5,7 +5,7 @@ from transformers import AutoModelForCausalLM
 
 from rrt.cli import main
 
-from .conftest import make_tiny
+from .conftest import cli_error, make_tiny
 
 
 @pytest.fixture
@@ -29,11 +29,7 @@ def test_convert_and_info(base_dir, tmp_path, capsys):
 
 
 def _fails(argv, capsys, match):
-    capsys.readouterr()
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code != 0
-    assert len(err.splitlines()) == 1, err
+    err = cli_error(capsys, argv)
     assert match in err, err
 
 

@@ -12,6 +12,8 @@ from rrt.cli import main
 from rrt.data import (build_corpus, contaminated, document_separator, eval_ngrams, lambada_passages, ngrams,
                       pack_blocks, tokenize_corpus)
 
+from .conftest import cli_error
+
 EOS = 50  # id of <eos> in the word tokenizer below
 
 
@@ -105,11 +107,10 @@ def test_smollm2_documents_end_with_endoftext(smollm2_tokenizer, tmp_path):
 
 def test_a_split_shorter_than_a_block_is_an_error(tmp_path, tok_dir, capsys):
     corpus = write_corpus(tmp_path / "corpus", [words(1, 2, 3, 4, 5)], y=[words(20, 21)])
-    code, err = run_cli(capsys, "tokenize", "--corpus", str(corpus), "--tokenizer", str(tok_dir),
-                        "--out", str(tmp_path / "out"), "--block-size", "4")
-    assert code == 2  # found after tokenizing, so progress bars come first
-    assert err.splitlines()[-1] == (f"rrt tokenize: error: {corpus / 'heldout_y.jsonl'} has 3 tokens, "
-                                    "less than one block of 4")
+    # found after tokenizing, so progress bars come first
+    err = cli_error(capsys, ["tokenize", "--corpus", str(corpus), "--tokenizer", str(tok_dir),
+                             "--out", str(tmp_path / "out"), "--block-size", "4"], progress_ok=True)
+    assert err == f"rrt tokenize: error: {corpus / 'heldout_y.jsonl'} has 3 tokens, less than one block of 4"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "tok"]
 
 
@@ -215,12 +216,6 @@ def test_corpus_failure_leaves_no_output(tmp_path, monkeypatch):
 
 
 # --- CLI --------------------------------------------------------------------------------
-def run_cli(capsys, *argv):
-    code = main(list(argv))
-    err = capsys.readouterr().err.strip()
-    return code, err
-
-
 def test_cli_tokenize(tmp_path, tok_dir, capsys):
     corpus = write_corpus(tmp_path / "corpus", [words(1, 2, 3), words(4, 5)])
     code = main(["tokenize", "--corpus", str(corpus), "--tokenizer", str(tok_dir), "--out", str(tmp_path / "out"),
@@ -245,15 +240,14 @@ def test_cli_tokenize_errors_are_one_line(tmp_path, tok_dir, capsys, case):
         "out exists": ("--out", str(corpus), "already exists"),
     }[case]
     args[expected[0]] = expected[1]
-    code, err = run_cli(capsys, "tokenize", *[x for kv in args.items() for x in kv])
-    assert code == 2
-    assert len(err.splitlines()) == 1 and err.startswith("rrt tokenize: error: ") and expected[2] in err
+    err = cli_error(capsys, ["tokenize", *[x for kv in args.items() for x in kv]])
+    assert err.startswith("rrt tokenize: error: ") and expected[2] in err
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_corpus_errors_are_one_line(tmp_path, capsys):
-    code, err = run_cli(capsys, "corpus", "--out", str(tmp_path))
-    assert code == 2 and err == f"rrt corpus: error: --out {tmp_path} already exists"
-    code, err = run_cli(capsys, "corpus", "--out", str(tmp_path / "c"), "--heldout-docs", "0")
-    assert code == 2 and err == "rrt corpus: error: --heldout-docs must be >= 1, got 0"
+    err = cli_error(capsys, ["corpus", "--out", str(tmp_path)])
+    assert err == f"rrt corpus: error: --out {tmp_path} already exists"
+    err = cli_error(capsys, ["corpus", "--out", str(tmp_path / "c"), "--heldout-docs", "0"])
+    assert err == "rrt corpus: error: --heldout-docs must be >= 1, got 0"
     assert not (tmp_path / "c").exists()

@@ -15,7 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from rrt import evaluate as ev
 from rrt.cli import main
 
-from .conftest import VOCAB, make_tiny
+from .conftest import VOCAB, cli_error, make_tiny
 
 
 @pytest.fixture(autouse=True)
@@ -282,11 +282,8 @@ def small_dir(tmp_path):
 
 def _fails(argv, capsys, match, code=2):
     """Exit `code`, and the error is the one last line of stderr (progress bars may precede it)."""
-    capsys.readouterr()
-    assert main(argv) == code
-    lines = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()
-    assert [line for line in lines if "error" in line] == lines[-1:], lines
-    assert lines[-1].startswith("rrt eval: error: ") and match in lines[-1], lines
+    err = cli_error(capsys, argv, code, progress_ok=True)
+    assert err.startswith("rrt eval: error: ") and match in err, err
 
 
 @pytest.mark.parametrize("extra,match", [

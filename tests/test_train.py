@@ -12,7 +12,7 @@ from rrt.convert import convert
 from rrt.modeling import RecursiveForCausalLM
 from rrt.train import last_checkpoint, num_steps, plan_batches, train, write_deepspeed_config
 
-from .conftest import VOCAB, make_tiny
+from .conftest import VOCAB, cli_error, make_tiny
 
 BLOCK = 16
 
@@ -253,10 +253,8 @@ def test_cli_errors_are_one_line(models, tmp_path, capsys, extra, culprit):
     for i in range(0, len(flags), 2):  # override or add
         args[flags[i]] = flags[i + 1]
     argv = ["train"] + [x for kv in args.items() for x in kv]
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and culprit in err, err
+    err = cli_error(capsys, argv)
+    assert culprit in err, err
     assert not (tmp_path / "out" / "final").exists()
 
 
