@@ -28,10 +28,11 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 import rrt  # noqa: E402,F401
-from rrt.convert import convert  # noqa: E402
-from rrt.data import build_corpus, tokenize_corpus  # noqa: E402
-from rrt.embedded import materialize  # noqa: E402
-from rrt.evaluate import perplexity  # noqa: E402
+from rrt.data.corpus import build_corpus  # noqa: E402
+from rrt.data.tokens import tokenize_corpus  # noqa: E402
+from rrt.eval.perplexity import perplexity  # noqa: E402
+from rrt.model.base_models import materialize  # noqa: E402
+from rrt.model.convert import convert  # noqa: E402
 
 INITS = ["stepwise", "average", "lower", "random"]
 

@@ -7,8 +7,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import (  # noqa: E402
-    Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig, GemmaConfig, GemmaForCausalLM,
-    GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GemmaConfig,
+    GemmaForCausalLM,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
 )
 
 import rrt  # noqa: E402,F401
@@ -59,7 +67,7 @@ def ids():
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory):
     """The embedded SmolLM2-135M as an fp32 HF directory (materialised once per session, ~40 s)."""
-    from rrt.embedded import materialize
+    from rrt.model.base_models import materialize
 
     return materialize(tmp_path_factory.mktemp("models") / "smollm2-135m")
 

@@ -4,7 +4,9 @@ import json
 import pandas as pd
 import pytest
 
-from rrt.aggregate import ACC_COLUMNS, FIGURES, TASKS, aggregate
+from rrt.report.aggregate import ACC_COLUMNS, aggregate
+from rrt.report.figures import FIGURES
+from rrt.settings import TASKS
 
 from .conftest import cli_error
 
@@ -68,7 +70,7 @@ def test_missing_result_is_one_line(results, capsys):
 
 
 def test_stage_times_from_snakemake_benchmarks(tmp_path):
-    from rrt.aggregate import stage_times
+    from rrt.report.aggregate import stage_times
 
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     for rel, seconds, rss in (("uptrain/a.tsv", 60.0, 2000.5), ("uptrain/b.tsv", 40.0, 2500.0),

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from rrt.baselines import reduce_depth
 from rrt.cli import main
-from rrt.convert import convert
-from rrt.params import count_params
+from rrt.model.baselines import reduce_depth
+from rrt.model.convert import convert
+from rrt.model.params import count_params
 
 from .conftest import FAMILIES, cli_error, make_tiny
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from rrt import RecursiveForCausalLM
-from rrt.convert import convert, parse_rank
-from rrt.params import count_params
+from rrt.model.convert import convert, parse_rank
+from rrt.model.params import count_params
 
 from .conftest import FAMILIES, make_tiny
 

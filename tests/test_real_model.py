@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rrt.convert import convert
+from rrt.model.convert import convert
 
 pytestmark = pytest.mark.real_model
 

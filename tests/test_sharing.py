@@ -1,6 +1,6 @@
 import pytest
 
-from rrt.sharing import depth_to_slot, init_sources, loop_index, stepwise_indices
+from rrt.model.sharing import depth_to_slot, init_sources, loop_index, stepwise_indices
 
 
 @pytest.mark.parametrize("layers,slots,expected", [

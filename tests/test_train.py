@@ -1,6 +1,7 @@
 """Uptraining: batch arithmetic, learning, KD, resume equivalence, reruns and the CLI."""
 import csv
 import json
+from pathlib import Path
 
 import datasets
 import pytest
@@ -8,9 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from rrt.cli import main
-from rrt.convert import convert
-from rrt.modeling import RecursiveForCausalLM
-from rrt.train import last_checkpoint, num_steps, plan_batches, train, write_deepspeed_config
+from rrt.model.convert import convert
+from rrt.model.modeling import RecursiveForCausalLM
+from rrt.train.trainer import last_checkpoint, num_steps, plan_batches, train
 
 from .conftest import VOCAB, cli_error, make_tiny
 
@@ -212,8 +213,14 @@ def test_rerun_with_final_is_a_no_op(models, tmp_path, capsys):
 
 # --- CLI ----------------------------------------------------------------------------------
 def test_cli_trains_and_copies_the_tokenizer(tmp_path, capsys):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models as tok_models
+    from tokenizers import Tokenizer
+    from tokenizers import models as tok_models
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     model_dir = tmp_path / "base"
     LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -258,9 +265,13 @@ def test_cli_errors_are_one_line(models, tmp_path, capsys, extra, culprit):
     assert not (tmp_path / "out" / "final").exists()
 
 
-def test_deepspeed_config_is_all_auto(tmp_path):
-    path = write_deepspeed_config(tmp_path / "zero2.json")
-    config = json.loads(path.read_text())
+ZERO2 = Path(__file__).resolve().parents[1] / "workflow/deepspeed/zero2.json"
+
+
+def test_shipped_deepspeed_config_is_all_auto():
+    """Batch, accumulation, clipping and precision come from the Trainer's arguments, so the
+    DeepSpeed config cannot contradict `rrt train`'s own settings."""
+    config = json.loads(ZERO2.read_text())
     assert config["zero_optimization"]["stage"] == 2
     assert all(config[k] == "auto" for k in ("train_batch_size", "train_micro_batch_size_per_gpu",
                                              "gradient_accumulation_steps", "gradient_clipping"))
@@ -277,7 +288,7 @@ def test_deepspeed_zero2_on_cpu_matches_plain_training(models, tmp_path):
 
     _, rec = models
     data = save_blocks(tmp_path / "data", 8)
-    config = write_deepspeed_config(tmp_path / "zero2.json")
+    config = ZERO2
     argv = ["train", "--model", str(rec), "--data", str(data), "--max-tokens", str(4 * 2 * BLOCK),
             "--batch-tokens", str(2 * BLOCK), "--micro-batch-size", "1", "--lr", "1e-2", "--save-steps", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -68,7 +68,7 @@ def test_summary_has_every_variant_with_sizes_and_scores(run):
 def test_eval_json_matches_an_independent_perplexity(run):
     from transformers import AutoModelForCausalLM
 
-    from rrt.evaluate import perplexity
+    from rrt.eval.perplexity import perplexity
 
     work, _ = run
     result = json.loads((work / "results/eval/full-original.json").read_text())

@@ -1,23 +1,25 @@
 # Helpers shared by the rules: config validation, the variants table, and where each
-# variant's models live. No logic beyond bookkeeping: the work is in the `rrt` package.
-import pandas as pd
+# variant's models live. Bookkeeping only: the work is in the `rrt` package.
+import json
+
 from snakemake.utils import validate
+
+from rrt.errors import UsageError
+from rrt.variants import read_variants
 
 validate(config, "../schemas/config.schema.yaml")
 
-VARIANTS = pd.read_csv(
-    config["variants"], sep="\t", dtype=str, keep_default_na=False, comment="#"
-).set_index("variant", drop=False)
-VARIANTS["loops"] = VARIANTS["loops"].astype(int)
-VARIANTS["kd"] = VARIANTS["kd"].str.lower().map({"true": True, "false": False})
+try:
+    VARIANTS = read_variants(config["variants"])
+except UsageError as e:
+    raise ValueError(str(e)) from None
 validate(VARIANTS, "../schemas/variants.schema.yaml")
-if VARIANTS.index.duplicated().any():
-    raise ValueError(f"{config['variants']}: duplicate variant names {list(VARIANTS.index[VARIANTS.index.duplicated()])}")
 for _name, _row in VARIANTS.iterrows():
     if _row.base not in config["base_models"]:
         raise ValueError(f"{config['variants']}: variant {_name!r} uses base {_row.base!r}, not in base_models")
     if _row.kind == "recursive" and _row.init == "-":
         raise ValueError(f"{config['variants']}: recursive variant {_name!r} needs an init")
+
 
 wildcard_constraints:
     variant="|".join(VARIANTS.index),
@@ -30,6 +32,15 @@ def variant(wildcards):
 
 def train_tokens(row):
     return config["train"]["tokens"] if row.tokens == "default" else int(row.tokens)
+
+
+def warmup_args(row):
+    """--warmup-steps from the variant's `warmup` column, else the config's steps or ratio."""
+    if row.warmup != "default":
+        return f"--warmup-steps {int(row.warmup)}"
+    if config["train"]["warmup_steps"] is not None:
+        return f"--warmup-steps {config['train']['warmup_steps']}"
+    return f"--warmup-ratio {config['train']['warmup_ratio']}"
 
 
 def base_dir(base):
@@ -59,8 +70,8 @@ def heldout_sets():
     return config["data"]["heldout"]
 
 
-def res(group, key, default):
-    """Snakemake resources of a rule group, from config['resources'][group]."""
+def resource(group, key, default):
+    """A Snakemake resource of a rule group, from config['resources'][group]."""
     return config.get("resources", {}).get(group, {}).get(key, default)
 
 
@@ -78,7 +89,30 @@ def base_model_args(spec):
     return "--source embedded"
 
 
-
 def needs_training(name):
     row = VARIANTS.loc[name]
     return row.kind != "original" and train_tokens(row) > 0
+
+
+def benchmark_files():
+    """Every job's `benchmark:` record, which the stage-times table reads."""
+    files = [f"results/benchmarks/base_model/{b}.tsv" for b in sorted(set(VARIANTS.base))]
+    files += ["results/benchmarks/corpus.tsv"]
+    files += [f"results/benchmarks/tokenize/{b}.tsv" for b in sorted(set(VARIANTS.base))]
+    for name, row in VARIANTS.iterrows():
+        if row.kind == "recursive":
+            files.append(f"results/benchmarks/convert/{name}.tsv")
+        elif row.kind == "reduced":
+            files.append(f"results/benchmarks/reduce/{name}.tsv")
+        if needs_training(name):
+            files.append(f"results/benchmarks/uptrain/{name}.tsv")
+        files.append(f"results/benchmarks/evaluate/{name}.tsv")
+    return files
+
+
+def train_settings_json():
+    """The train settings the report states as our assumptions where the paper is silent."""
+    t = config["train"]
+    return json.dumps({"adam_betas": t["adam_betas"], "kd": t["kd"], "lr": t["lr"],
+                       "weight_decay": t["weight_decay"], "warmup_steps": t["warmup_steps"],
+                       "warmup_ratio": t["warmup_ratio"]})

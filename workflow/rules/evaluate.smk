@@ -7,22 +7,22 @@ rule evaluate:
         "results/eval/{variant}.json",
     params:
         ppl=lambda wc, input: " ".join(f"--ppl {s}={input.data}/heldout_{s}" for s in heldout_sets()),
-        e=config["eval"],
+        eval_cfg=config["eval"],
         tasks=",".join(config["eval"]["tasks"]) or "none",
         limit=optional_args(limit=config["eval"]["limit"]),
-        variants=" ".join(f"--variant {t}={config['eval']['variant']}" for t in config["eval"]["tasks"]),
     log:
         "results/logs/evaluate/{variant}.log",
     benchmark:
         "results/benchmarks/evaluate/{variant}.tsv"
-    threads: res("evaluate", "threads", 2)
+    threads: resource("evaluate", "threads", 2)
     resources:
-        gpus=res("evaluate", "gpus", 0),
-        mem_mb=res("evaluate", "mem_mb", 8000),
-        runtime=res("evaluate", "runtime", 60),
+        gpus=resource("evaluate", "gpus", 0),
+        mem_mb=resource("evaluate", "mem_mb", 8000),
+        runtime=resource("evaluate", "runtime", 60),
     conda:
         "../../envs/eval.yaml"
     shell:
         "OMP_NUM_THREADS={threads} rrt eval --model {input.model} --out {output} {params.ppl} "
-        "--tasks {params.tasks} --source {params.e[source]} {params.limit} --batch-size {params.e[batch_size]} "
-        "{params.variants} --workdir results/eval/tasks > {log} 2>&1"
+        "--tasks {params.tasks} --source {params.eval_cfg[source]} {params.limit} "
+        "--batch-size {params.eval_cfg[batch_size]} --prompt-format {params.eval_cfg[prompt_format]} "
+        "--workdir results/eval/tasks > {log} 2>&1"

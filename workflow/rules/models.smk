@@ -7,7 +7,7 @@ rule convert:
     wildcard_constraints:
         variant="|".join(VARIANTS.index[VARIANTS.kind == "recursive"]) or "^$",
     params:
-        v=lambda wc: variant(wc).to_dict(),
+        row=lambda wc: variant(wc).to_dict(),
     log:
         "results/logs/convert/{variant}.log",
     benchmark:
@@ -15,8 +15,8 @@ rule convert:
     conda:
         "../../envs/model.yaml"
     shell:
-        "rrt convert --base {input.base} --out {output} --init {params.v[init]} --loops {params.v[loops]} "
-        "--sharing {params.v[sharing]} --rank {params.v[rank]} > {log} 2>&1"
+        "rrt convert --base {input.base} --out {output} --init {params.row[init]} --loops {params.row[loops]} "
+        "--sharing {params.row[sharing]} --rank {params.row[rank]} > {log} 2>&1"
 
 
 rule reduce:
@@ -28,7 +28,7 @@ rule reduce:
     wildcard_constraints:
         variant="|".join(VARIANTS.index[VARIANTS.kind == "reduced"]) or "^$",
     params:
-        v=lambda wc: variant(wc).to_dict(),
+        row=lambda wc: variant(wc).to_dict(),
     log:
         "results/logs/reduce/{variant}.log",
     benchmark:
@@ -36,5 +36,5 @@ rule reduce:
     conda:
         "../../envs/model.yaml"
     shell:
-        "rrt reduce --base {input.base} --out {output} --loops {params.v[loops]} --init {params.v[init]} > {log} 2>&1"
+        "rrt reduce --base {input.base} --out {output} --loops {params.row[loops]} --init {params.row[init]} > {log} 2>&1"
 

@@ -5,6 +5,7 @@ rule aggregate:
         train=[f"results/train/{v}/train_summary.json" for v in VARIANTS.index if needs_training(v)],
         variants=config["variants"],
         paper=config.get("paper_reference", []),
+        benchmarks=benchmark_files(),
     output:
         summary=report("results/tables/summary.csv", caption="../report/summary.rst", category="1. Results",
                        labels={"table": "summary"}),
@@ -25,6 +26,7 @@ rule aggregate:
                         category="2. Figures", labels={"figure": "training loss"}),
     params:
         paper=optional_args(paper=config.get("paper_reference")),
+        train_settings=lambda wc: train_settings_json(),
     log:
         "results/logs/aggregate.log",
     conda:
@@ -32,4 +34,5 @@ rule aggregate:
     shell:
         "rrt aggregate --variants {input.variants} {params.paper} --eval-dir results/eval "
         "--train-dir results/train --tables results/tables "
-        "--figures results/figures --benchmarks results/benchmarks > {log} 2>&1"
+        "--figures results/figures --benchmarks results/benchmarks --train-settings '{params.train_settings}' "
+        "> {log} 2>&1"

@@ -13,27 +13,32 @@ rule uptrain:
     params:
         out="results/train/{variant}",
         tokens=lambda wc: train_tokens(variant(wc)),
-        t=config["train"],
+        train=config["train"],
+        warmup=lambda wc: warmup_args(variant(wc)),
+        extra=optional_args(loss_chunk_tokens=config["train"]["loss_chunk_tokens"])
+        + (" --gradient-checkpointing" if config["train"]["gradient_checkpointing"] else ""),
         kd=lambda wc: (
             "--teacher {} --kd-loss {loss} --kd-weight {weight} --kd-temperature {temperature}".format(
                 base_dir(variant(wc).base), **config["train"]["kd"])
             if variant(wc).kd else ""
         ),
         deepspeed=optional_args(deepspeed=config["train"]["deepspeed"]),
+        betas=",".join(str(b) for b in config["train"]["adam_betas"]),
     log:
         "results/logs/uptrain/{variant}.log",
     benchmark:
         "results/benchmarks/uptrain/{variant}.tsv"
-    threads: res("train", "threads", 2)
+    threads: resource("train", "threads", 2)
     resources:
-        gpus=res("train", "gpus", 0),
-        mem_mb=res("train", "mem_mb", 8000),
-        runtime=res("train", "runtime", 60),
+        gpus=resource("train", "gpus", 0),
+        mem_mb=resource("train", "mem_mb", 8000),
+        runtime=resource("train", "runtime", 60),
     conda:
         "../../envs/model.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {params.t[launcher]} rrt train --model {input.model} --data {input.data}/train "
-        "--out {params.out} --max-tokens {params.tokens} --batch-tokens {params.t[batch_tokens]} "
-        "--micro-batch-size {params.t[micro_batch_size]} --lr {params.t[lr]} --warmup-steps {params.t[warmup_steps]} "
-        "--weight-decay {params.t[weight_decay]} --save-steps {params.t[save_steps]} --seed {params.t[seed]} "
-        "{params.kd} {params.deepspeed} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {params.train[launcher]} rrt train --model {input.model} --data {input.data}/train "
+        "--out {params.out} --max-tokens {params.tokens} --batch-tokens {params.train[batch_tokens]} "
+        "--micro-batch-size {params.train[micro_batch_size]} --lr {params.train[lr]} {params.warmup} "
+        "--min-lr-ratio {params.train[min_lr_ratio]} --adam-betas {params.betas} "
+        "--weight-decay {params.train[weight_decay]} --save-steps {params.train[save_steps]} --seed {params.train[seed]} "
+        "{params.extra} {params.kd} {params.deepspeed} > {log} 2>&1"

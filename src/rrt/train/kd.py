@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-KINDS = ("fkl", "rkl", "jsd", "tvd")
+from ..settings import KD_KINDS as KINDS
+
 KL_TYPE = ("fkl", "rkl", "jsd")  # scaled by tau^2
 CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 64 MB per fp32 temporary
 

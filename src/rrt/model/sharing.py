@@ -6,8 +6,7 @@ import random
 
 import numpy as np
 
-SHARINGS = ("cycle", "sequence")
-INITS = ("stepwise", "average", "lower", "random", "scratch")
+from ..settings import INITS, SHARINGS
 
 
 def depth_to_slot(num_layers: int, num_loops: int, sharing: str = "cycle") -> list[int]:

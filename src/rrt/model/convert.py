@@ -6,11 +6,10 @@ import copy
 import torch
 from transformers import PreTrainedModel
 
+from ..settings import INITS, LORA_INITS
 from .families import family_of
 from .modeling import RecursiveConfig, RecursiveForCausalLM
-from .sharing import INITS, depth_to_slot, init_sources
-
-LORA_INITS = ("svd", "zero")
+from .sharing import depth_to_slot, init_sources
 
 
 def parse_rank(value) -> int | str:

@@ -7,21 +7,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import atomic_write_text
+from ..io import atomic_write_text
+from ..settings import TASKS
+from ..variants import read_variants
+from .figures import make_figures
 
-TASKS = ["lambada", "hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa"]
 ACC_COLUMNS = [f"acc_{t}" for t in TASKS] + ["acc_avg"]
 
 
 def _read_json(path: Path) -> dict:
     with open(path) as f:
         return json.load(f)
-
-
-def read_variants(path: str | Path) -> pd.DataFrame:
-    table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
-    table["loops"] = table["loops"].astype(int)
-    return table
 
 
 def summarize(variants: pd.DataFrame, eval_dir: Path, train_dir: Path) -> pd.DataFrame:
@@ -72,58 +68,6 @@ def loss_curves(variants: pd.DataFrame, train_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def make_figures(summary: pd.DataFrame, variants: pd.DataFrame, curves: pd.DataFrame, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="notebook")
-    data = variants.merge(summary, on="variant")
-    data["non_embedding_M"] = data["non_embedding_params"] / 1e6
-    data["rank_num"] = data["rank"].map(lambda r: float("nan") if r == "full" else int(r))
-
-    def save(fig, name):
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-
-    # 1. Accuracy vs non-embedding size (paper Fig. 1)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.scatterplot(data=data, x="non_embedding_M", y="acc_avg", hue="kind", style="kind", s=90, ax=ax)
-    for r in data.itertuples():
-        ax.annotate(r.variant, (r.non_embedding_M, r.acc_avg), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.set(xlabel="non-embedding parameters (M)", ylabel="few-shot accuracy, mean of 7 tasks (%)")
-    save(fig, "accuracy_vs_params.png")
-
-    # 2. Initialisation methods (pure recursive, no KD)
-    inits = data[(data.kind == "recursive") & (data.rank_num == 0) & (~data.kd.astype(str).str.lower().eq("true"))]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    sns.barplot(data=inits, x="init", y="acc_avg", ax=axes[0], color="C0")
-    axes[0].set(ylabel="accuracy, mean of 7 (%)", title="few-shot accuracy")
-    ppl_col = next((c for c in data.columns if c.startswith("ppl_")), None)
-    if ppl_col:
-        sns.barplot(data=inits, x="init", y=ppl_col, ax=axes[1], color="C1")
-        axes[1].set(title=f"perplexity ({ppl_col[4:]})")
-    save(fig, "init_comparison.png")
-
-    # 3. Relaxation: accuracy vs LoRA rank for the Average-initialised variants
-    relaxed = data[(data.kind == "recursive") & (data.init == "average")].sort_values("rank_num")
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    sns.lineplot(data=relaxed, x="rank_num", y="acc_avg", marker="o", ax=ax)
-    ax.set(xlabel="LoRA rank per depth", ylabel="accuracy, mean of 7 (%)", title="relaxed recursive (Average + SVD)")
-    save(fig, "relaxed_rank.png")
-
-    # 4. Training loss curves
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    if not curves.empty:
-        x = "tokens_seen" if "tokens_seen" in curves else "step"
-        sns.lineplot(data=curves, x=x, y="loss", hue="variant", ax=ax)
-    ax.set(ylabel="training loss", title="uptraining")
-    save(fig, "loss_curves.png")
-
-
 def stage_times(bench_dir: Path) -> pd.DataFrame:
     """Per rule, from Snakemake's `benchmark:` files (bench_dir/<rule>/<job>.tsv or
     bench_dir/<rule>.tsv): jobs, total / mean / max seconds and peak memory. Job-seconds add
@@ -146,11 +90,8 @@ def stage_times(bench_dir: Path) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame([total])], ignore_index=True)[columns]
 
 
-FIGURES = ["accuracy_vs_params.png", "init_comparison.png", "relaxed_rank.png", "loss_curves.png"]
-
-
 def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_dir, bench_dir=None) -> pd.DataFrame:
-    variants = read_variants(variants_tsv)
+    variants = read_variants(variants_tsv).reset_index(drop=True)
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -162,30 +103,3 @@ def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_
     if bench_dir is not None:
         _write(stage_times(Path(bench_dir)), tables_dir / "stage_times")
     return summary
-
-
-def _cmd_aggregate(args) -> None:
-    from .cli import UsageError
-
-    for flag, path in (("--variants", args.variants), ("--eval-dir", args.eval_dir)):
-        if not Path(path).exists():
-            raise UsageError(f"{flag} {path} does not exist")
-    try:
-        summary = aggregate(args.variants, args.paper, args.eval_dir, args.train_dir, args.tables, args.figures,
-                            args.benchmarks)
-    except FileNotFoundError as e:
-        raise UsageError(f"missing result: {e.filename}") from None
-    print(summary.to_markdown(index=False, floatfmt=".2f"))
-
-
-def register(sub) -> None:
-    p = sub.add_parser("aggregate", help="summary tables, paper comparison and figures from per-variant results")
-    p.add_argument("--variants", required=True, help="variants TSV")
-    p.add_argument("--paper", default=None, help="paper reference TSV")
-    p.add_argument("--eval-dir", required=True)
-    p.add_argument("--train-dir", required=True)
-    p.add_argument("--tables", required=True, help="output directory for tables")
-    p.add_argument("--figures", required=True, help="output directory for figures")
-    p.add_argument("--benchmarks", default=None,
-                   help="Snakemake benchmark directory: adds stage_times.csv/.md to --tables")
-    p.set_defaults(func=_cmd_aggregate)

@@ -32,13 +32,26 @@ import time
 from pathlib import Path
 
 import torch
+from datasets import load_from_disk
+from transformers import (
+    AutoModelForCausalLM,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+)
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.utils import logging as hf_logging
 
-from .io import atomic_write_json, atomic_write_text
-from .kd import KINDS, kd_loss
+from ..io import atomic_write_json, atomic_write_text
+from ..model import modeling  # noqa: F401  registers the recursive model type
+from ..model.load import copy_tokenizer
+from ..settings import KD_KINDS as KINDS
+from ..settings import TRAIN
+from .kd import kd_loss
 
 CHECKPOINTS = "checkpoints"
 FINAL_TMP = ".final.tmp"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 # Settings that define a run: a resume with any of them changed would not continue it.
 RUN_KEYS = ("model_dir", "data_dir", "max_tokens", "batch_tokens", "micro_batch_size", "lr", "warmup_steps",
             "min_lr_ratio", "weight_decay", "seed", "teacher_dir", "kd_kind", "kd_weight", "kd_temperature",
@@ -76,8 +89,6 @@ def load_blocks(data_dir):
     """The packed training set and its block length. It must hold one `input_ids` column
     of equal-length rows (what `rrt tokenize` writes); the first and last rows are checked,
     not every row, which would read the whole set."""
-    from datasets import load_from_disk
-
     data = load_from_disk(str(data_dir))
     if not hasattr(data, "column_names") or "input_ids" not in data.column_names:
         raise ValueError(f"{data_dir}: expected a datasets.Dataset with an input_ids column")
@@ -91,66 +102,56 @@ def load_blocks(data_dir):
 
 
 # --- the Trainer ------------------------------------------------------------------------
-def _trainer_class():
-    """Built lazily so that `import rrt.train` (done by the CLI) does not import Trainer."""
-    from transformers import Trainer
+class UptrainTrainer(Trainer):
+    """Causal-LM cross-entropy on packed blocks, mixed with KD against a frozen teacher.
 
-    class UptrainTrainer(Trainer):
-        """Causal-LM cross-entropy on packed blocks, mixed with KD against a frozen teacher.
+    The loss returned is a per-micro-batch mean (every block has the same length, so
+    the mean of the micro-batch means is the token mean of the step); Trainer divides it
+    by the accumulation steps (loss_is_scaled_for_ga = False)."""
 
-        The loss returned is a per-micro-batch mean (every block has the same length, so
-        the mean of the micro-batch means is the token mean of the step); Trainer divides it
-        by the accumulation steps (loss_is_scaled_for_ga = False)."""
+    loss_is_scaled_for_ga = False
 
-        loss_is_scaled_for_ga = False
+    def __init__(self, *args, teacher=None, kd_kind="fkl", kd_weight=0.5, kd_temperature=1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher = None if teacher is None else teacher.to(self.args.device)
+        self.kd_kind, self.kd_weight, self.kd_temperature = kd_kind, kd_weight, kd_temperature
+        self._parts: dict[str, list[torch.Tensor]] = {"ce": [], "kd": []}
 
-        def __init__(self, *args, teacher=None, kd_kind="fkl", kd_weight=0.5, kd_temperature=1.0, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.teacher = None if teacher is None else teacher.to(self.args.device)
-            self.kd_kind, self.kd_weight, self.kd_temperature = kd_kind, kd_weight, kd_temperature
-            self._parts: dict[str, list[torch.Tensor]] = {"ce": [], "kd": []}
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        ids = inputs["input_ids"]
+        labels = inputs.get("labels", ids)
+        out = model(input_ids=ids, attention_mask=inputs.get("attention_mask"), labels=labels)
+        loss = out.loss
+        self._parts["ce"].append(loss.detach().float())
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = self.teacher(input_ids=ids, attention_mask=inputs.get("attention_mask")).logits
+            # Position i predicts token i+1: the last position predicts nothing.
+            kd = kd_loss(out.logits[:, :-1], teacher_logits[:, :-1], self.kd_kind, self.kd_temperature,
+                         mask=labels[:, 1:] != -100)
+            self._parts["kd"].append(kd.detach())
+            loss = (1 - self.kd_weight) * loss + self.kd_weight * kd
+        return (loss, out) if return_outputs else loss
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            ids = inputs["input_ids"]
-            labels = inputs.get("labels", ids)
-            out = model(input_ids=ids, attention_mask=inputs.get("attention_mask"), labels=labels)
-            loss = out.loss
-            self._parts["ce"].append(loss.detach().float())
-            if self.teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = self.teacher(input_ids=ids, attention_mask=inputs.get("attention_mask")).logits
-                # Position i predicts token i+1: the last position predicts nothing.
-                kd = kd_loss(out.logits[:, :-1], teacher_logits[:, :-1], self.kd_kind, self.kd_temperature,
-                             mask=labels[:, 1:] != -100)
-                self._parts["kd"].append(kd.detach())
-                loss = (1 - self.kd_weight) * loss + self.kd_weight * kd
-            return (loss, out) if return_outputs else loss
-
-        def log(self, logs, *args, **kwargs):
-            """Add the mean CE and KD of the micro-batches since the last log (averaged
-            over ranks) beside Trainer's total loss."""
-            if "loss" in logs:
-                for name, values in self._parts.items():
-                    if values:
-                        mean = self.accelerator.reduce(torch.stack(values).mean(), reduction="mean")
-                        logs[name] = mean.item()
-                        values.clear()
-            super().log(logs, *args, **kwargs)
-
-    return UptrainTrainer
+    def log(self, logs, *args, **kwargs):
+        """Add the mean CE and KD of the micro-batches since the last log (averaged
+        over ranks) beside Trainer's total loss."""
+        if "loss" in logs:
+            for name, values in self._parts.items():
+                if values:
+                    mean = self.accelerator.reduce(torch.stack(values).mean(), reduction="mean")
+                    logs[name] = mean.item()
+                    values.clear()
+        super().log(logs, *args, **kwargs)
 
 
-def _quiet_progress():
+class QuietProgress(ProgressCallback):
     """Trainer's progress bar, with the latest loss as its postfix instead of a printed
     dict per log step."""
-    from transformers.trainer_callback import ProgressCallback
 
-    class QuietProgress(ProgressCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
-                self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
-
-    return QuietProgress
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
 
 
 # --- checkpoints and the run's identity -------------------------------------------------
@@ -209,40 +210,13 @@ def _write_loss_csv(path: Path, history: list[dict], with_kd: bool) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
-def _has_tokenizer(model_dir) -> bool:
-    return any((Path(model_dir) / f).is_file() for f in TOKENIZER_FILES)
-
-
 def _save_final(trainer, model_dir, tmp: Path) -> None:
-    from transformers import AutoTokenizer
-
     trainer.save_model(str(tmp))  # every rank: collective under DeepSpeed, rank 0 writes
-    if trainer.is_world_process_zero() and _has_tokenizer(model_dir):
-        AutoTokenizer.from_pretrained(model_dir).save_pretrained(tmp)
+    if trainer.is_world_process_zero():
+        copy_tokenizer(model_dir, tmp)
 
 
 # --- DeepSpeed --------------------------------------------------------------------------
-ZERO2 = {
-    "bf16": {"enabled": "auto"},
-    "zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True,
-                          "reduce_bucket_size": "auto"},
-    "gradient_accumulation_steps": "auto",
-    "gradient_clipping": "auto",
-    "train_batch_size": "auto",
-    "train_micro_batch_size_per_gpu": "auto",
-}
-
-
-def write_deepspeed_config(path, stage: int = 2) -> Path:
-    """A ZeRO config whose batch, accumulation, clipping and precision are all "auto", i.e.
-    taken from TrainingArguments, so it cannot contradict `train`'s own settings."""
-    config = json.loads(json.dumps(ZERO2))
-    config["zero_optimization"]["stage"] = stage
-    path = Path(path)
-    path.write_text(json.dumps(config, indent=2) + "\n")
-    return path
-
-
 def _single_process_env() -> None:
     """DeepSpeed needs a torch.distributed rendezvous; without a launcher (torchrun,
     deepspeed) it looks for MPI. Declare a one-process world instead."""
@@ -270,8 +244,6 @@ def _vocab(model) -> int:
 def _load_teacher(teacher_dir, dtype, student_vocab: int):
     """The teacher, once: eval mode, frozen, in the compute dtype (the Trainer moves it to
     the training device)."""
-    from transformers import AutoModelForCausalLM
-
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=dtype).eval().requires_grad_(False)
     if _vocab(teacher) != student_vocab:
         raise ValueError(f"teacher {teacher_dir} has vocab {_vocab(teacher)}, the student {student_vocab}")
@@ -279,8 +251,6 @@ def _load_teacher(teacher_dir, dtype, student_vocab: int):
 
 
 def _training_args(out_dir: Path, config: dict, micro: int, accum: int, steps: int, bf16: bool):
-    from transformers import TrainingArguments
-
     cosine = config["min_lr_ratio"] == 0
     extra = {"deepspeed": config["deepspeed"]} if config["deepspeed"] else {}
     return TrainingArguments(
@@ -297,10 +267,12 @@ def _training_args(out_dir: Path, config: dict, micro: int, accum: int, steps: i
     )
 
 
-def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int, micro_batch_size: int = 4,
-          lr: float = 2e-4, warmup_steps: int = 0, min_lr_ratio: float = 0.0, weight_decay: float = 0.0,
-          seed: int = 0, teacher_dir=None, kd_kind: str = "fkl", kd_weight: float = 0.5,
-          kd_temperature: float = 1.0, save_steps: int = 100, log_steps: int = 1, deepspeed=None,
+def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
+          micro_batch_size: int = TRAIN["micro_batch_size"], lr: float = TRAIN["lr"], warmup_steps: int = 0,
+          min_lr_ratio: float = TRAIN["min_lr_ratio"], weight_decay: float = TRAIN["weight_decay"],
+          seed: int = TRAIN["seed"], teacher_dir=None, kd_kind: str = TRAIN["kd"]["loss"],
+          kd_weight: float = TRAIN["kd"]["weight"], kd_temperature: float = TRAIN["kd"]["temperature"],
+          save_steps: int = TRAIN["save_steps"], log_steps: int = TRAIN["log_steps"], deepspeed=None,
           bf16="auto", progress: bool = True, keep_checkpoints: bool = False, callbacks=()) -> dict:
     """Uptrain the model in `model_dir` on the packed blocks in `data_dir`; write `out_dir`.
 
@@ -309,11 +281,6 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int, m
     removed once the final model is in place unless keep_checkpoints (at 135M parameters
     each is ~1.6 GB with the optimizer state). `callbacks` are extra TrainerCallbacks.
     Bad settings raise ValueError."""
-    from transformers import AutoModelForCausalLM, default_data_collator
-    from transformers.utils import logging as hf_logging
-
-    import rrt  # noqa: F401  registers the recursive model type
-
     hf_logging.disable_progress_bar()  # weight-loading bars; Trainer's own bar stays
 
     out_dir = Path(out_dir)
@@ -353,9 +320,9 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int, m
     if teacher_dir:
         teacher = _load_teacher(teacher_dir, torch.bfloat16 if use_bf16 else torch.float32, _vocab(model))
     args = _training_args(out_dir, config, micro, accum, steps, use_bf16)
-    trainer = _trainer_class()(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
+    trainer = UptrainTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
                                teacher=teacher, kd_kind=kd_kind, kd_weight=kd_weight, kd_temperature=kd_temperature,
-                               callbacks=list(callbacks) + ([] if keep_checkpoints else [_no_last_checkpoint()]))
+                               callbacks=list(callbacks) + ([] if keep_checkpoints else [NoLastCheckpoint()]))
     _swap_progress_bar(trainer)
 
     start_tokens = _tokens_in_checkpoint(resume)
@@ -389,28 +356,22 @@ def _validate(config: dict) -> dict:
     return config
 
 
-def _no_last_checkpoint():
+class NoLastCheckpoint(TrainerCallback):
     """Trainer checkpoints after the last step; the final model is saved right after it, so
     that checkpoint (model + optimizer state, ~1.6 GB and ~7 s at 135M parameters on CPU)
     would only be deleted again."""
-    from transformers import TrainerCallback
 
-    class NoLastCheckpoint(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step >= state.max_steps:
-                control.should_save = False
-
-    return NoLastCheckpoint()
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = False
 
 
 def _swap_progress_bar(trainer) -> None:
     """Keep the console to one progress bar (or nothing when progress is off): Trainer
     otherwise prints a dict per log step."""
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     trainer.pop_callback(PrinterCallback)
     if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(_quiet_progress())
+        trainer.add_callback(QuietProgress())
 
 
 def _tokens_in_checkpoint(checkpoint: Path | None) -> int:
@@ -450,75 +411,3 @@ def _finish(trainer, out_dir: Path, model_dir, summary: dict, with_kd: bool, kee
     print(f"trained {summary['steps']} steps, {summary['tokens']:,} tokens, "
           f"{summary['tokens_per_second']:.1f} tokens/s; final loss {summary['final_loss']:.4f}; "
           f"saved to {out_dir / 'final'}")
-
-
-# --- CLI --------------------------------------------------------------------------------
-def _check_cli(args) -> None:
-    """One-line errors for bad arguments, before anything is loaded."""
-    from .cli import UsageError, load_config_dir
-
-    load_config_dir(args.model, "--model")
-    data = Path(args.data)
-    if not data.is_dir():
-        raise UsageError(f"--data directory {data} does not exist")
-    if not (data / "dataset_info.json").is_file() and not (data / "state.json").is_file():
-        raise UsageError(f"--data {data} is not a dataset saved with save_to_disk (e.g. by `rrt tokenize`)")
-    kd_flags = [f for f, v in (("--kd-loss", args.kd_loss), ("--kd-weight", args.kd_weight),
-                               ("--kd-temperature", args.kd_temperature)) if v is not None]
-    if kd_flags and args.teacher is None:
-        raise UsageError(f"{kd_flags[0]} needs --teacher")
-    if args.kd_loss is not None and args.kd_loss not in KINDS:
-        raise UsageError(f"--kd-loss must be one of {', '.join(KINDS)}, got {args.kd_loss!r}")
-    if args.teacher is not None:
-        load_config_dir(args.teacher, "--teacher")
-    if args.deepspeed is not None and not Path(args.deepspeed).is_file():
-        raise UsageError(f"--deepspeed file {args.deepspeed} does not exist")
-    for flag, value in (("--max-tokens", args.max_tokens), ("--batch-tokens", args.batch_tokens),
-                        ("--micro-batch-size", args.micro_batch_size), ("--save-steps", args.save_steps)):
-        if value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}")
-
-
-def _cmd_train(args) -> None:
-    from .cli import UsageError
-
-    _check_cli(args)
-    kd = {}
-    if args.teacher is not None:
-        kd = {"teacher_dir": args.teacher, "kd_kind": args.kd_loss or "fkl",
-              "kd_weight": 0.5 if args.kd_weight is None else args.kd_weight,
-              "kd_temperature": 1.0 if args.kd_temperature is None else args.kd_temperature}
-    try:
-        train(args.model, args.data, args.out, max_tokens=args.max_tokens, batch_tokens=args.batch_tokens,
-              micro_batch_size=args.micro_batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-              min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay, seed=args.seed,
-              save_steps=args.save_steps, log_steps=args.log_steps, deepspeed=args.deepspeed,
-              keep_checkpoints=args.keep_checkpoints, **kd)
-    except ValueError as e:
-        raise UsageError(str(e).strip().splitlines()[0]) from None
-
-
-def register(sub) -> None:
-    t = sub.add_parser("train", help="uptrain a model on packed blocks, optionally distilling from a teacher",
-                       description="Uptrain all parameters with AdamW and a cosine schedule. Resumes from "
-                                   "OUT/checkpoints; does nothing if OUT/final exists.")
-    t.add_argument("--model", required=True, help="HF model directory to train (base or recursive)")
-    t.add_argument("--data", required=True, help="packed training blocks (a dataset saved by `rrt tokenize`)")
-    t.add_argument("--out", required=True, help="output directory: final/, loss.csv, train_summary.json")
-    t.add_argument("--max-tokens", type=int, required=True, help="training tokens in all")
-    t.add_argument("--batch-tokens", type=int, required=True, help="tokens per optimizer step")
-    t.add_argument("--micro-batch-size", type=int, default=4, help="blocks per forward pass (default 4)")
-    t.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (paper: 2e-4)")
-    t.add_argument("--warmup-steps", type=int, default=0)
-    t.add_argument("--min-lr-ratio", type=float, default=0.0, help="cosine decays to this fraction of --lr")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--seed", type=int, default=0, help="seed of the data order and of any randomness")
-    t.add_argument("--save-steps", type=int, default=100, help="checkpoint interval in optimizer steps")
-    t.add_argument("--log-steps", type=int, default=1, help="loss.csv interval in optimizer steps")
-    t.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints after the run")
-    t.add_argument("--teacher", default=None, help="model directory to distil from (the full-size model)")
-    t.add_argument("--kd-loss", default=None, help="fkl (default, paper) | rkl | jsd | tvd")
-    t.add_argument("--kd-weight", type=float, default=None, help="loss = (1-w) CE + w KD (default 0.5)")
-    t.add_argument("--kd-temperature", type=float, default=None, help="softens both distributions (default 1)")
-    t.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config passed to the Trainer")
-    t.set_defaults(func=_cmd_train)

