@@ -1,5 +1,6 @@
 """Aggregation of per-variant results into tables and figures."""
 import json
+import re
 
 import pandas as pd
 import pytest
@@ -15,8 +16,9 @@ orig\toriginal\tb\t-\t1\t-\t0\tfalse\t0\tfull_original
 rec\trecursive\tb\tstepwise\t2\tcycle\t0\tfalse\tdefault\trec_stepwise_b2
 rel\trecursive\tb\taverage\t2\tcycle\t8\tfalse\tdefault\trelaxed_r64
 """
-PAPER = ("paper_ref\tpaper_setting\tpaper_non_embedding_B\tpaper_tokens\tpaper_acc_avg\n"
-         "full_original\tGemma\t1.98\t0\t61.7\nrec_stepwise_b2\tGemma rec\t0.99\t15B\t51.7\n")
+PAPER = ("paper_ref\tpaper_model\tpaper_setting\tpaper_non_embedding_B\tpaper_tokens\tpaper_acc_avg\n"
+         "full_original\tGemma 2B\toriginal\t1.98\t0\t61.7\nrec_stepwise_b2\tGemma 2B\trec\t0.99\t15B\t51.7\n"
+         "pythia_rec\tPythia 1B\trec\t\t15B\t43.5\n")
 
 
 @pytest.fixture
@@ -28,6 +30,8 @@ def results(tmp_path):
     for i, (name, params) in enumerate((("orig", 1000), ("rec", 500), ("rel", 600))):
         accs = {f"acc_{t}": 0.5 + 0.01 * i + 0.001 * j for j, t in enumerate(TASKS)}
         accs["acc_avg"] = sum(accs.values()) / len(TASKS)
+        accs |= {f"{k}_stderr": 0.1 for k in list(accs)}
+        # ppl sets in evaluation order (wiki first), not alphabetical
         (tmp_path / "eval" / f"{name}.json").write_text(json.dumps({"ppl_wiki": 10.0 + i, "ppl_fiction": 20.0 + i,
                                                                   "params": {"non_embedding": params}, **accs}))
         if name != "orig":
@@ -40,14 +44,16 @@ def results(tmp_path):
 
 def test_summary_table(results):
     summary = aggregate(results / "variants.tsv", results / "paper.tsv", results / "eval", results / "train", results / "tables", results / "figures")
-    assert list(summary.columns) == ["variant", "non_embedding_params", "tokens", "ppl_fiction", "ppl_wiki",
-                                     *ACC_COLUMNS]
+    assert list(summary.columns) == ["variant", "base", "non_embedding_params", "tokens", "ppl_wiki", "ppl_fiction",
+                                     *[c for a in ACC_COLUMNS for c in (a, f"{a}_se")]]
     written = pd.read_csv(results / "tables/summary.csv")
     assert written["variant"].tolist() == ["orig", "rec", "rel"]
     assert written["tokens"].tolist() == [0, 4096, 4096]
     assert written["non_embedding_params"].tolist() == [1000, 500, 600]
     assert written.loc[1, "acc_piqa"] == pytest.approx(100 * (0.51 + 0.002))  # percent, as in the paper
-    assert (results / "tables/summary.md").read_text().startswith("| variant")
+    assert written.loc[1, "acc_piqa_se"] == pytest.approx(10.0)
+    markdown = (results / "tables/summary.md").read_text()
+    assert markdown.startswith("| variant") and "51.2 ± 10.0" in markdown
     for name in FIGURES:
         assert (results / "figures" / name).stat().st_size > 1000
 
@@ -83,3 +89,56 @@ def test_stage_times_from_snakemake_benchmarks(tmp_path):
     assert table.loc["uptrain", "seconds_mean"] == 50.0 and table.loc["uptrain", "max_rss_mb"] == 2500.0
     assert table.loc["corpus", "seconds_total"] == 8.5 and pd.isna(table.loc["corpus", "max_rss_mb"])
     assert table.loc["all jobs", "jobs"] == 3 and table.loc["all jobs", "seconds_total"] == 108.5
+
+
+def test_several_bases_compare_with_their_own_original(results):
+    """Two base models: each row's gap is to its own base's original, the paper's to the
+    original of the same paper model; nothing is averaged across bases."""
+    extra = ("orig2\toriginal\tc\t-\t1\t-\t0\tfalse\t0\t-\n"
+             "rec2\trecursive\tc\tstepwise\t2\tcycle\t0\ttrue\tdefault\tpythia_rec\n")
+    (results / "variants.tsv").write_text(VARIANTS + extra)
+    for name, acc in (("orig2", 0.30), ("rec2", 0.20)):
+        accs = {f"acc_{t}": acc for t in TASKS} | {"acc_avg": acc}
+        (results / "eval" / f"{name}.json").write_text(json.dumps({"ppl_wiki": 5.0, "ppl_fiction": 6.0,
+                                                                   "params": {"non_embedding": 7}, **accs}))
+    settings = {"adam_betas": [0.9, 0.95], "weight_decay": 0.1, "kd": {"loss": "fkl", "weight": 0.5, "temperature": 1.0}}
+    aggregate(results / "variants.tsv", results / "paper.tsv", results / "eval", results / "train",
+              results / "tables", results / "figures", train_settings=settings)
+    table = pd.read_csv(results / "tables/paper_comparison.csv").set_index("variant")
+    assert table.loc["rec2", "acc_avg_vs_original"] == pytest.approx(-10.0)  # 20% vs its own 30%
+    assert table.loc["rec", "acc_avg_vs_original"] == pytest.approx(1.0)  # still vs base b's original
+    assert pd.isna(table.loc["rec2", "paper_acc_avg_vs_original"])  # no Pythia original in the reference
+    assert table.loc["rec", "our_assumptions"] == "AdamW betas (0.9, 0.95); weight decay 0.1"
+    assert table.loc["rec2", "our_assumptions"].endswith(
+        "KD fkl: loss = 0.5 CE + 0.5 KD, T=1, teacher = the original c")
+    assert pd.isna(table.loc["orig", "our_assumptions"])
+
+
+def test_init_figure_plots_the_first_heldout_set(results):
+    from rrt.report.figures import first_ppl_column
+
+    summary = aggregate(results / "variants.tsv", results / "paper.tsv", results / "eval", results / "train",
+                        results / "tables", results / "figures")
+    assert first_ppl_column(summary) == "ppl_wiki"  # the caption's set, in evaluation order
+
+
+def test_aggregate_rule_declares_the_benchmarks_it_reads(tmp_path):
+    """The stage-times table reads every job's benchmark record: the aggregate rule declares
+    them as inputs, so Snakemake's rule graph has an edge from every stage to aggregate
+    (corpus, base_model, tokenize and convert produce nothing else aggregate reads)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    out = subprocess.run([snakemake, "--rulegraph", "-s", str(root / "Snakefile"), "-d", str(tmp_path),
+                          "--configfile", str(root / ".test/config/config.yaml"), "--config",
+                          f"variants={root}/.test/config/variants.tsv",
+                          f"paper_reference={root}/config/paper_reference.tsv"],
+                         cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    labels = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', out.stdout, re.M))
+    edges = {(labels[a], labels[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", out.stdout, re.M)}
+    for stage in ("base_model", "corpus", "tokenize", "convert", "reduce", "uptrain", "evaluate"):
+        assert (stage, "aggregate") in edges, (stage, sorted(edges))

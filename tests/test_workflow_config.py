@@ -27,9 +27,6 @@ def test_config(tmp_path):
     config = yaml.safe_load((ROOT / ".test/config/config.yaml").read_text())
     config["variants"] = str(ROOT / ".test/config/variants.tsv")
     config["paper_reference"] = str(ROOT / "config/paper_reference.tsv")
-    # config.yaml of the repo is loaded first by the Snakefile; copy it where -d points
-    (tmp_path / "config").mkdir()
-    shutil.copy(ROOT / "config/config.yaml", tmp_path / "config/config.yaml")
     return config
 
 
@@ -77,11 +74,47 @@ def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
                          cwd=ROOT, capture_output=True, text=True)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
-    for rule, count in (("base_model", 3), ("tokenize", 3), ("uptrain", 13), ("evaluate", 14)):
+    for rule, count in (("base_model", 3), ("tokenize", 3), ("uptrain", 33), ("evaluate", 36)):
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
     train = [line for line in text.splitlines() if "rrt train" in line]
     assert train and all("torchrun --nproc_per_node 8 --no-python rrt train" in line
                          and "--deepspeed workflow/deepspeed/zero2.json" in line
+                         and "--gradient-checkpointing" in line and "--loss-chunk-tokens 4096" in line
+                         and "--adam-betas 0.9,0.95" in line
                          and "--batch-tokens 2097152" in line for line in train)
+    # Warmup follows each run's length: the paper's 200 steps at 15B and 800 at 60B.
+    from rrt.train.trainer import num_steps, plan_batches
+
+    step_tokens = plan_batches(2097152, 2048, 8, world_size=8)[2]
+    for tokens, paper_warmup in ((15_000_000_000, 200), (60_000_000_000, 800)):
+        assert round(0.02796 * num_steps(tokens, step_tokens)) == paper_warmup
+    assert all("--warmup-ratio 0.02796" in line for line in train)
     assert all("--source harness" in line for line in text.splitlines() if "rrt eval" in line)
     assert "rrt corpus --source hub" in text
+
+
+def test_test_config_is_self_contained(tmp_path, test_config):
+    """With --configfile, the Snakefile does not load config/config.yaml underneath: a
+    poisoned default where -d points changes nothing in the planned commands."""
+    (tmp_path / "config").mkdir()
+    poisoned = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    poisoned["train"]["tokens"] = 999999
+    poisoned["eval"]["limit"] = 77
+    (tmp_path / "config/config.yaml").write_text(yaml.safe_dump(poisoned))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(test_config))
+    out = subprocess.run([SNAKEMAKE, "all", "-n", "-p", "--cores", "1", "-s", str(ROOT / "Snakefile"),
+                          "-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")],
+                         cwd=ROOT, capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-2000:]
+    assert "--max-tokens 512" in text and "999999" not in text
+    assert "--limit 2" in text and "--limit 77" not in text
+
+
+def test_every_config_validates_on_its_own():
+    """config.yaml, paper.yaml and the test config each validate against the schema alone."""
+    from snakemake.utils import validate
+
+    for path in ("config/config.yaml", "config/paper.yaml", ".test/config/config.yaml"):
+        config = yaml.safe_load((ROOT / path).read_text())
+        validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"))

@@ -25,6 +25,7 @@ EVAL_SOURCES = ("embedded", "harness")
 # --- defaults (the workflow's `data`, `train` and `eval` sections; the CLI's flags) -------
 DATA = {
     "source": "embedded",
+    "heldout": ["wiki", "science", "fiction"],  # held-out sets of the embedded corpus
     "seed": 0,
     "heldout_docs": 200,          # documents per held-out set
     "ngram": 13,                  # decontamination window (GPT-3's rule)

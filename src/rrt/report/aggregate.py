@@ -1,8 +1,10 @@
-"""Aggregate per-variant results into the summary table, the comparison with the paper,
-and the figures of the report."""
+"""Per-variant results into the report's tables: the summary, the comparison with the
+paper, and stage times. Every comparison is within one base model: a variant is compared
+with its own base's original, the paper's rows with the paper's original of the same model."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +15,8 @@ from ..variants import read_variants
 from .figures import make_figures
 
 ACC_COLUMNS = [f"acc_{t}" for t in TASKS] + ["acc_avg"]
+# Our choices where the paper is silent; stated beside every trained row of the comparison.
+PAPER_SILENT = ("AdamW betas", "weight decay", "KD mix weight", "KD temperature", "KD teacher")
 
 
 def _read_json(path: Path) -> dict:
@@ -21,41 +25,82 @@ def _read_json(path: Path) -> dict:
 
 
 def summarize(variants: pd.DataFrame, eval_dir: Path, train_dir: Path) -> pd.DataFrame:
-    """One row per variant: variant, non_embedding_params, tokens, ppl_<set>..., acc_<task>...,
-    acc_avg. Accuracies in percent, as in the paper."""
+    """One row per variant: variant, base, non_embedding_params, tokens, ppl_<set>... (in the
+    order the sets were evaluated), acc_<task> and acc_avg in percent as in the paper, each
+    with its standard error acc_<task>_se (lm-eval's; NaN when not reported)."""
     rows = []
     for v in variants.itertuples():
         result = _read_json(eval_dir / f"{v.variant}.json")
         summary_file = train_dir / v.variant / "train_summary.json"
         tokens = _read_json(summary_file)["tokens"] if summary_file.exists() and v.kind != "original" else 0
-        row = {"variant": v.variant, "non_embedding_params": result["params"]["non_embedding"], "tokens": tokens}
-        row.update({k: result[k] for k in sorted(result) if k.startswith("ppl_")})
-        row.update({k: 100 * result[k] for k in ACC_COLUMNS if k in result})
+        row = {"variant": v.variant, "base": v.base, "non_embedding_params": result["params"]["non_embedding"],
+               "tokens": tokens}
+        row.update({k: result[k] for k in result if k.startswith("ppl_") and not isinstance(result[k], dict)})
+        for column in ACC_COLUMNS:
+            if column in result:
+                row[column] = 100 * result[column]
+                stderr = result.get(f"{column}_stderr")
+                row[f"{column}_se"] = math.nan if stderr is None else 100 * stderr
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def compare_with_paper(summary: pd.DataFrame, variants: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+def _original_of(table: pd.DataFrame, column: str, key: str, original_mask: pd.Series) -> pd.Series:
+    """For every row, `column` of the original row with the same `key` (NaN if none)."""
+    originals = table[original_mask].drop_duplicates(key).set_index(key)[column]
+    return table[key].map(originals)
+
+
+def _assumptions(row, train_settings: dict | None) -> str:
+    if train_settings is None or row.kind == "original":
+        return ""
+    betas = ", ".join(str(b) for b in train_settings.get("adam_betas", []))
+    parts = [f"AdamW betas ({betas})", f"weight decay {train_settings.get('weight_decay')}"]
+    if row.kd:
+        kd = train_settings.get("kd", {})
+        parts.append(f"KD {kd.get('loss')}: loss = {1 - kd.get('weight', 0):g} CE + {kd.get('weight'):g} KD, "
+                     f"T={kd.get('temperature'):g}, teacher = the original {row.base}")
+    return "; ".join(parts)
+
+
+def compare_with_paper(summary: pd.DataFrame, variants: pd.DataFrame, paper: pd.DataFrame,
+                       train_settings: dict | None = None) -> pd.DataFrame:
     """Our variants beside the paper's closest setting. Absolute numbers are not comparable
-    (135M model, thousands of tokens vs Gemma 2B, billions), so both sides also get the
-    difference to their own full-size original."""
-    table = variants[["variant", "kind", "init", "loops", "rank", "kd"]].merge(summary, on="variant")
-    if "paper_ref" in variants:
-        table = table.merge(variants[["variant", "paper_ref"]], on="variant").merge(paper, on="paper_ref", how="left")
-    full = table.loc[table.kind == "original", "acc_avg"]
-    table["acc_avg_vs_original"] = table["acc_avg"] - (full.iloc[0] if len(full) else float("nan"))
-    if "paper_acc_avg" in table:
-        paper_original = paper.set_index("paper_ref")["paper_acc_avg"].get("full_original", float("nan"))
-        table["paper_acc_avg_vs_original"] = table["paper_acc_avg"] - paper_original
-    keep = ["variant", "kind", "init", "loops", "rank", "kd", "non_embedding_params", "tokens", "acc_avg",
-            "acc_avg_vs_original", "paper_setting", "paper_non_embedding_B", "paper_tokens", "paper_acc_avg",
-            "paper_acc_avg_vs_original"]
+    (a 135M model and thousands of tokens against 1-2B and billions), so both sides also get
+    the difference to their own full-size original: ours to the original of the same base,
+    the paper's to the original of the same paper model."""
+    columns = ["variant", "kind", "init", "loops", "rank", "kd", "paper_ref", "note"]
+    table = variants[columns].merge(summary, on="variant")
+    table["acc_avg_vs_original"] = table["acc_avg"] - _original_of(table, "acc_avg", "base",
+                                                                   table.kind == "original")
+    if len(paper):
+        table = table.merge(paper, on="paper_ref", how="left")
+        if "paper_model" in paper:
+            originals = paper[paper.paper_setting.str.lower().eq("original")].set_index("paper_model")
+            table["paper_acc_avg_vs_original"] = table["paper_acc_avg"] - table["paper_model"].map(
+                originals["paper_acc_avg"])
+    table["our_assumptions"] = [_assumptions(r, train_settings) for r in table.itertuples()]
+    keep = ["variant", "base", "kind", "init", "loops", "rank", "kd", "non_embedding_params", "tokens", "acc_avg",
+            "acc_avg_se", "acc_avg_vs_original", "paper_model", "paper_setting", "paper_non_embedding_B",
+            "paper_tokens", "paper_acc_avg", "paper_acc_avg_vs_original", "note", "our_assumptions"]
     return table[[c for c in keep if c in table]]
+
+
+def _with_stderr(df: pd.DataFrame) -> pd.DataFrame:
+    """acc columns as "mean ± se" text for the Markdown table (the CSV keeps both numbers)."""
+    out = df.copy()
+    for column in ACC_COLUMNS:
+        se = f"{column}_se"
+        if column in out and se in out:
+            out[column] = [f"{m:.1f}" if pd.isna(s) else f"{m:.1f} ± {s:.1f}" for m, s in zip(out[column], out[se])]
+            out = out.drop(columns=se)
+    return out
 
 
 def _write(df: pd.DataFrame, stem: Path) -> None:
     """CSV and Markdown, each atomically."""
-    for suffix, text in ((".csv", df.to_csv(index=False)), (".md", df.to_markdown(index=False, floatfmt=".2f"))):
+    markdown = _with_stderr(df).to_markdown(index=False, floatfmt=".2f")
+    for suffix, text in ((".csv", df.to_csv(index=False)), (".md", markdown)):
         atomic_write_text(stem.with_suffix(suffix), text + ("\n" if not text.endswith("\n") else ""))
 
 
@@ -64,7 +109,7 @@ def loss_curves(variants: pd.DataFrame, train_dir: Path) -> pd.DataFrame:
     for v in variants.itertuples():
         path = train_dir / v.variant / "loss.csv"
         if v.kind != "original" and path.exists():
-            frames.append(pd.read_csv(path).assign(variant=v.variant))
+            frames.append(pd.read_csv(path).assign(variant=v.variant, base=v.base))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
@@ -90,7 +135,8 @@ def stage_times(bench_dir: Path) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame([total])], ignore_index=True)[columns]
 
 
-def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_dir, bench_dir=None) -> pd.DataFrame:
+def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_dir, bench_dir=None,
+              train_settings: dict | None = None) -> pd.DataFrame:
     variants = read_variants(variants_tsv).reset_index(drop=True)
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +144,7 @@ def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_
     summary = summarize(variants, Path(eval_dir), Path(train_dir))
     _write(summary, tables_dir / "summary")
     paper = pd.read_csv(paper_tsv, sep="\t") if paper_tsv else pd.DataFrame({"paper_ref": []})
-    _write(compare_with_paper(summary, variants, paper), tables_dir / "paper_comparison")
+    _write(compare_with_paper(summary, variants, paper, train_settings), tables_dir / "paper_comparison")
     make_figures(summary, variants, loss_curves(variants, Path(train_dir)), figures_dir)
     if bench_dir is not None:
         _write(stage_times(Path(bench_dir)), tables_dir / "stage_times")

@@ -14,40 +14,58 @@ import seaborn as sns  # noqa: E402
 FIGURES = ["accuracy_vs_params.png", "init_comparison.png", "relaxed_rank.png", "loss_curves.png"]
 
 
+def first_ppl_column(summary: pd.DataFrame) -> str | None:
+    """The first held-out set in evaluation order (config `data.heldout`: wiki in the
+    default, slimpajama in the paper config), which the init figure plots."""
+    return next((c for c in summary.columns if c.startswith("ppl_")), None)
+
+
 def make_figures(summary: pd.DataFrame, variants: pd.DataFrame, curves: pd.DataFrame, out: Path) -> None:
+    """Every figure separates base models (and loop counts where they vary) rather than
+    averaging across them."""
     sns.set_theme(style="whitegrid", context="notebook")
-    data = variants.merge(summary, on="variant")
+    data = variants.drop(columns=["base"]).merge(summary, on="variant")
     data["non_embedding_M"] = data["non_embedding_params"] / 1e6
     data["rank_num"] = data["rank"].map(lambda r: float("nan") if r == "full" else int(r))
+    data["model"] = data["base"] + " B=" + data["loops"].astype(str)
+    several_bases = data["base"].nunique() > 1
 
     def save(fig, name):
         fig.tight_layout()
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
 
-    # 1. Accuracy vs non-embedding size (paper Fig. 1)
+    # 1. Accuracy vs non-embedding size (paper Fig. 1), with each mean's standard error
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.scatterplot(data=data, x="non_embedding_M", y="acc_avg", hue="kind", style="kind", s=90, ax=ax)
+    sns.scatterplot(data=data, x="non_embedding_M", y="acc_avg", hue="kind", style="base" if several_bases else "kind",
+                    s=90, ax=ax, zorder=3)
+    if "acc_avg_se" in data:
+        ax.errorbar(data["non_embedding_M"], data["acc_avg"], yerr=data["acc_avg_se"], fmt="none", ecolor="grey",
+                    elinewidth=1, capsize=2, zorder=2)
     for r in data.itertuples():
         ax.annotate(r.variant, (r.non_embedding_M, r.acc_avg), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set(xlabel="non-embedding parameters (M)", ylabel="few-shot accuracy, mean of 7 tasks (%)")
     save(fig, "accuracy_vs_params.png")
 
-    # 2. Initialisation methods (pure recursive, no KD)
-    inits = data[(data.kind == "recursive") & (data.rank_num == 0) & (~data.kd.astype(str).str.lower().eq("true"))]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    sns.barplot(data=inits, x="init", y="acc_avg", ax=axes[0], color="C0")
+    # 2. Initialisation methods (pure recursive, no KD), per base model and loop count
+    inits = data[(data.kind == "recursive") & (data.rank_num == 0) & (~data.kd)]
+    several_models = inits["model"].nunique() > 1
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    sns.barplot(data=inits, x="init", y="acc_avg", hue="model" if several_models else None, ax=axes[0], color="C0")
     axes[0].set(ylabel="accuracy, mean of 7 (%)", title="few-shot accuracy")
-    ppl_col = next((c for c in data.columns if c.startswith("ppl_")), None)
+    ppl_col = first_ppl_column(summary)
     if ppl_col:
-        sns.barplot(data=inits, x="init", y=ppl_col, ax=axes[1], color="C1")
-        axes[1].set(title=f"perplexity ({ppl_col[4:]})")
+        sns.barplot(data=inits, x="init", y=ppl_col, hue="model" if several_models else None, ax=axes[1], color="C1")
+        axes[1].set(ylabel=f"perplexity ({ppl_col[4:]})", title=f"held-out perplexity: {ppl_col[4:]}")
+        if inits[ppl_col].max() / max(inits[ppl_col].min(), 1e-9) > 20:
+            axes[1].set_yscale("log")
     save(fig, "init_comparison.png")
 
-    # 3. Relaxation: accuracy vs LoRA rank for the Average-initialised variants
-    relaxed = data[(data.kind == "recursive") & (data.init == "average")].sort_values("rank_num")
+    # 3. Relaxation: accuracy vs LoRA rank for the Average-initialised variants, per base and KD
+    relaxed = data[(data.kind == "recursive") & (data.init == "average")].sort_values("rank_num").copy()
+    relaxed["setting"] = relaxed["model"] + relaxed["kd"].map({True: " + KD", False: ""})
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    sns.lineplot(data=relaxed, x="rank_num", y="acc_avg", marker="o", ax=ax)
+    sns.lineplot(data=relaxed, x="rank_num", y="acc_avg", hue="setting", marker="o", ax=ax)
     ax.set(xlabel="LoRA rank per depth", ylabel="accuracy, mean of 7 (%)", title="relaxed recursive (Average + SVD)")
     save(fig, "relaxed_rank.png")
 
@@ -55,6 +73,6 @@ def make_figures(summary: pd.DataFrame, variants: pd.DataFrame, curves: pd.DataF
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if not curves.empty:
         x = "tokens_seen" if "tokens_seen" in curves else "step"
-        sns.lineplot(data=curves, x=x, y="loss", hue="variant", ax=ax)
+        sns.lineplot(data=curves, x=x, y="loss", hue="variant", style="base" if several_bases else None, ax=ax)
     ax.set(ylabel="training loss", title="uptraining")
     save(fig, "loss_curves.png")
