@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rrt.settings import KD_KINDS as KINDS
-from rrt.train.kd import divergence, kd_loss
+from rrt.train.kd import divergence, divergence_sum, kd_loss
 
 P = torch.tensor([0.5, 0.5])
 Q = torch.tensor([0.25, 0.75])
@@ -144,3 +144,12 @@ def test_teacher_gets_no_gradient_and_bad_input_is_named():
         kd_loss(torch.randn(2, 5), torch.randn(2, 6))
     with pytest.raises(ValueError, match="temperature"):
         kd_loss(s, t, "fkl", temperature=0)
+
+
+def test_divergence_sum_is_the_unnormalised_kd_loss():
+    """`divergence_sum`, what the chunked LM-head loss adds up chunk by chunk, is kd_loss
+    times the number of positions."""
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(3, 5, 11, generator=g), torch.randn(3, 5, 11, generator=g)
+    for kind in KINDS:
+        torch.testing.assert_close(divergence_sum(s, t, kind, 2.0), kd_loss(s, t, kind, 2.0) * 15)

@@ -11,9 +11,20 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from rrt.cli import main
 from rrt.model.convert import convert
 from rrt.model.modeling import RecursiveForCausalLM
-from rrt.train.trainer import last_checkpoint, num_steps, plan_batches, train
+from rrt.settings import TRAIN
+from rrt.train.kd import kd_loss
+from rrt.train.trainer import (
+    final_hidden_states,
+    last_checkpoint,
+    lm_losses,
+    num_steps,
+    parse_adam_betas,
+    plan_batches,
+    train,
+    warmup_steps_for,
+)
 
-from .conftest import VOCAB, cli_error, make_tiny
+from .conftest import FAMILIES, VOCAB, cli_error, make_tiny
 
 BLOCK = 16
 
@@ -88,6 +99,159 @@ def test_accumulation_in_a_run(models, tmp_path):
     rows = read_csv(tmp_path / "out" / "loss.csv")
     assert [int(r["tokens_seen"]) for r in rows] == [3 * BLOCK, 6 * BLOCK]
     assert float(rows[0]["loss"]) == pytest.approx(float(rows[0]["ce"]))  # no teacher: loss is CE
+
+
+# --- warmup and AdamW betas ---------------------------------------------------------------
+def test_warmup_ratio_gives_the_papers_warmup():
+    """Paper: 200 warmup steps at 15B tokens, 800 at 60B, with ~2M-token (2**21) batches."""
+    steps_15b, steps_60b = num_steps(15 * 10**9, 2**21), num_steps(60 * 10**9, 2**21)
+    assert (steps_15b, steps_60b) == (7153, 28610)
+    paper_ratio = 200 / 7153  # = 0.02796 = 800 / 28610 to 4 digits
+    assert warmup_steps_for(steps_15b, warmup_ratio=paper_ratio) == 200
+    assert warmup_steps_for(steps_60b, warmup_ratio=paper_ratio) == 800
+    # the default ratio is the paper's, to the 4 digits that give both exactly
+    assert warmup_steps_for(steps_15b) == 200
+    assert warmup_steps_for(steps_60b) == 800
+    assert TRAIN["warmup_steps"] is None
+    assert warmup_steps_for(steps_60b, warmup_steps=50, warmup_ratio=0.5) == 50  # steps win
+    assert warmup_steps_for(16) == 0 and warmup_steps_for(16, warmup_ratio=1.0) == 16
+    with pytest.raises(ValueError, match=r"warmup_ratio must be in \[0, 1\], got 1.5"):
+        warmup_steps_for(100, warmup_ratio=1.5)
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+        warmup_steps_for(100, warmup_steps=-1)
+
+
+def test_adam_betas_are_parsed_and_checked():
+    assert parse_adam_betas("0.9,0.95") == [0.9, 0.95]
+    assert parse_adam_betas((0.8, 0.999)) == [0.8, 0.999]
+    assert parse_adam_betas(TRAIN["adam_betas"]) == [0.9, 0.999]
+    for bad in ("0.9", "0.9,1.0", "0.9,0.95,0.99", "a,b", "-0.1,0.9", (0.9,), ""):
+        with pytest.raises(ValueError, match=r"adam_betas must be two numbers B1,B2 in \[0, 1\)"):
+            parse_adam_betas(bad)
+
+
+class OptimizerSpy(TrainerCallback):
+    """Records the optimizer's betas and lr and whether the model checkpoints its layers."""
+
+    def __init__(self):
+        self.betas, self.lrs, self.checkpointing = [], [], []
+
+    def on_step_end(self, args, state, control, optimizer=None, model=None, **kwargs):
+        self.betas.append({tuple(g["betas"]) for g in optimizer.param_groups})
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+        self.checkpointing.append(any(getattr(m, "gradient_checkpointing", False) for m in model.modules()))
+
+
+def test_warmup_and_betas_reach_the_run(models, tmp_path):
+    _, rec = models
+    data = save_blocks(tmp_path / "data", 16)
+    out, spy = tmp_path / "out", OptimizerSpy()
+    # 4 steps, warmup 0.5 of them = 2 steps: Trainer's step k (from 1) runs at lr * (k - 1) / 2
+    # during warmup (the first step at 0), then cosine from the peak.
+    summary = train(rec, data, out, max_tokens=4 * 4 * BLOCK, batch_tokens=4 * BLOCK, warmup_ratio=0.5,
+                    adam_betas="0.8,0.95", callbacks=[spy], **FAST)
+    lrs = [float(r["lr"]) for r in read_csv(out / "loss.csv")]
+    assert lrs[:3] == pytest.approx([0.0, 0.5e-2, 1e-2])
+    assert lrs[3] < 1e-2
+    assert spy.betas == [{(0.8, 0.95)}] * 4
+    assert spy.checkpointing == [False] * 4
+    run = json.loads((out / "train_config.json").read_text())
+    assert run["warmup_steps"] == 2 and run["adam_betas"] == [0.8, 0.95]
+    assert summary["config"]["warmup_steps"] == 2 and summary["config"]["warmup_ratio"] == 0.5
+    assert json.loads((out / "train_summary.json").read_text())["config"]["adam_betas"] == [0.8, 0.95]
+
+
+# --- memory switches: gradient checkpointing and the chunked LM-head loss -------------------
+def _student(family: str, recursive: bool):
+    model = make_tiny(family, layers=4)
+    return convert(model, loops=2, init="average", rank=4) if recursive else model
+
+
+@pytest.mark.parametrize("recursive", [False, True], ids=["plain", "recursive"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_final_hidden_states_give_the_models_logits(family, recursive, ids):
+    """The captured head input, through the head (and Gemma 2's soft-capping), gives the
+    model's own logits, on every family, plain and recursive."""
+    from rrt.train.trainer import _logit_transform
+
+    model = _student(family, recursive)
+    with torch.no_grad():
+        hidden = final_hidden_states(model, ids)
+        logits = model(input_ids=ids).logits
+        assert hidden.shape == (*ids.shape, model.config.get_text_config().hidden_size)
+        again = _logit_transform(model)(model.get_output_embeddings()(hidden))
+    torch.testing.assert_close(again, logits, rtol=1e-5, atol=1e-6)
+
+
+def _loss_and_grads(model, ids, teacher, *, chunk_tokens, checkpointing, labels=None):
+    model.train().zero_grad()
+    if checkpointing:
+        model.activation_checkpointing_enable()
+    else:
+        model.activation_checkpointing_disable()
+    ce, kd = lm_losses(model, ids, labels=labels, teacher=teacher, kd_kind="jsd", kd_temperature=2.0,
+                       chunk_tokens=chunk_tokens)
+    loss = ce if kd is None else 0.3 * ce + 0.7 * kd
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert len(grads) == sum(1 for p in model.parameters() if p.requires_grad)
+    return ce.detach(), None if kd is None else kd.detach(), grads
+
+
+@pytest.mark.parametrize("kd", [False, True], ids=["ce", "ce+kd"])
+@pytest.mark.parametrize("recursive", [False, True], ids=["plain", "recursive"])
+@pytest.mark.parametrize("family", ["llama", "gemma2"])  # gemma2: final-logit soft-capping
+def test_memory_switches_change_no_number(family, recursive, kd, ids):
+    """Loss and every parameter's gradient are the same with gradient checkpointing and the
+    chunked loss (chunks of 5 of the 22 predicted positions: the last chunk is partial) as
+    with the model's own full-logit loss."""
+    model = _student(family, recursive)
+    teacher = make_tiny(family, layers=4, seed=1).requires_grad_(False) if kd else None
+    labels = ids.clone()
+    labels[0, 3:9] = -100  # ignored labels: one chunk fully, two partly
+    for lab in (None, labels):
+        ce_a, kd_a, grads_a = _loss_and_grads(model, ids, teacher, chunk_tokens=None, checkpointing=False,
+                                              labels=lab)
+        ce_b, kd_b, grads_b = _loss_and_grads(model, ids, teacher, chunk_tokens=5, checkpointing=True, labels=lab)
+        torch.testing.assert_close(ce_b, ce_a, rtol=1e-5, atol=1e-6)
+        if kd:
+            assert kd_a > 0
+            torch.testing.assert_close(kd_b, kd_a, rtol=1e-5, atol=1e-6)
+        else:
+            assert kd_a is None and kd_b is None
+        assert grads_a.keys() == grads_b.keys()
+        for name in grads_a:
+            torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_chunked_loss_matches_the_model_and_kd_loss(ids):
+    """The chunked CE is the model's own loss and the chunked KD is `kd_loss`, whatever the
+    chunk (1 token, uneven, one chunk for all), without gradients too (the teacher's case)."""
+    model, teacher = make_tiny("gemma2", layers=2), make_tiny("gemma2", layers=2, seed=1)
+    with torch.no_grad():
+        out, t = model(input_ids=ids, labels=ids), teacher(input_ids=ids).logits
+        expected_kd = kd_loss(out.logits[:, :-1], t[:, :-1], "fkl")
+        for chunk in (1, 7, 1000):
+            ce, kd = lm_losses(model, ids, teacher=teacher, chunk_tokens=chunk)
+            torch.testing.assert_close(ce, out.loss, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(kd, expected_kd, rtol=1e-5, atol=1e-6)
+
+
+def test_train_with_memory_switches_matches_plain_training(models, tmp_path):
+    base, rec = models
+    data = save_blocks(tmp_path / "data", 16)
+    settings = dict(max_tokens=3 * 4 * BLOCK, batch_tokens=4 * BLOCK, teacher_dir=base, kd_weight=0.5, **FAST)
+    train(rec, data, tmp_path / "plain", **settings)
+    spy = OptimizerSpy()
+    summary = train(rec, data, tmp_path / "lean", gradient_checkpointing=True, loss_chunk_tokens=7,
+                    callbacks=[spy], **settings)
+    assert spy.checkpointing == [True] * 3
+    assert summary["config"]["gradient_checkpointing"] is True and summary["config"]["loss_chunk_tokens"] == 7
+    plain, lean = read_csv(tmp_path / "plain" / "loss.csv"), read_csv(tmp_path / "lean" / "loss.csv")
+    assert len(plain) == len(lean) == 3
+    for a, b in zip(plain, lean):
+        for key in ("loss", "ce", "kd", "lr"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-5, abs=1e-6), (a["step"], key)
 
 
 # --- learning -----------------------------------------------------------------------------
@@ -196,6 +360,10 @@ def test_resume_refuses_other_settings(models, tmp_path):
         train(rec, data, tmp_path / "out", max_tokens=4 * BLOCK, callbacks=[CrashAfterSave(1)], **settings)
     with pytest.raises(ValueError, match="max_tokens=64, not 128"):
         train(rec, data, tmp_path / "out", max_tokens=8 * BLOCK, **settings)
+    with pytest.raises(ValueError, match=r"adam_betas=\[0.9, 0.999\], not \[0.9, 0.95\]"):
+        train(rec, data, tmp_path / "out", max_tokens=4 * BLOCK, adam_betas=(0.9, 0.95), **settings)
+    with pytest.raises(ValueError, match="warmup_steps=0, not 1"):
+        train(rec, data, tmp_path / "out", max_tokens=4 * BLOCK, warmup_steps=1, **settings)
 
 
 def test_rerun_with_final_is_a_no_op(models, tmp_path, capsys):
@@ -231,10 +399,15 @@ def test_cli_trains_and_copies_the_tokenizer(tmp_path, capsys):
     data = save_blocks(tmp_path / "data", 4)
     out = tmp_path / "out"
     rc = main(["train", "--model", str(model_dir), "--data", str(data), "--out", str(out), "--max-tokens", "32",
-               "--batch-tokens", "32", "--micro-batch-size", "2", "--save-steps", "1"])
+               "--batch-tokens", "32", "--micro-batch-size", "2", "--save-steps", "1", "--warmup-steps", "3",
+               "--adam-betas", "0.85,0.95", "--gradient-checkpointing", "--loss-chunk-tokens", "8"])
     assert rc == 0, capsys.readouterr().err
     assert AutoTokenizer.from_pretrained(out / "final").convert_ids_to_tokens([5]) == ["t5"]
-    assert json.loads((out / "train_summary.json").read_text())["steps"] == 1
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 1
+    config = summary["config"]
+    assert (config["warmup_steps"], config["warmup_ratio"], config["adam_betas"]) == (3, None, [0.85, 0.95])
+    assert config["gradient_checkpointing"] is True and config["loss_chunk_tokens"] == 8
 
 
 @pytest.mark.parametrize("extra, culprit", [
@@ -243,11 +416,16 @@ def test_cli_trains_and_copies_the_tokenizer(tmp_path, capsys):
     (["--batch-tokens", "8"], "smaller than one block"),
     (["--kd-loss", "rkl"], "--kd-loss needs --teacher"),
     (["--kd-weight", "0.3"], "--kd-weight needs --teacher"),
-    (["--teacher", "{base}", "--kd-loss", "kl"], "--kd-loss must be one of fkl, rkl, jsd, tvd"),
     (["--teacher", "{base}", "--kd-weight", "1.5"], "kd_weight must be in [0, 1]"),
     (["--teacher", "{tmp}/missing"], "--teacher directory"),
     (["--deepspeed", "{tmp}/ds.json"], "--deepspeed file"),
     (["--max-tokens", "0"], "--max-tokens must be >= 1"),
+    (["--adam-betas", "0.9"], "--adam-betas must be two numbers B1,B2 in [0, 1), got '0.9'"),
+    (["--adam-betas", "0.9,1"], "--adam-betas must be two numbers B1,B2 in [0, 1)"),
+    (["--adam-betas", "0.9,x"], "--adam-betas must be two numbers B1,B2 in [0, 1)"),
+    (["--warmup-ratio", "1.5"], "--warmup-ratio must be in [0, 1], got 1.5"),
+    (["--warmup-steps", "-1"], "--warmup-steps must be >= 0"),
+    (["--loss-chunk-tokens", "0"], "--loss-chunk-tokens must be >= 1"),
 ])
 def test_cli_errors_are_one_line(models, tmp_path, capsys, extra, culprit):
     base, rec = models
@@ -263,6 +441,17 @@ def test_cli_errors_are_one_line(models, tmp_path, capsys, extra, culprit):
     err = cli_error(capsys, argv)
     assert culprit in err, err
     assert not (tmp_path / "out" / "final").exists()
+
+
+def test_cli_rejects_an_unknown_kd_loss(models, tmp_path, capsys):
+    """--kd-loss has argparse choices: argparse itself rejects a bad one (usage + error)."""
+    base, rec = models
+    data = save_blocks(tmp_path / "data", 4)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--model", str(rec), "--data", str(data), "--out", str(tmp_path / "out"),
+              "--teacher", str(base), "--kd-loss", "kl"])
+    assert exit_.value.code == 2
+    assert "argument --kd-loss: invalid choice: 'kl'" in capsys.readouterr().err
 
 
 ZERO2 = Path(__file__).resolve().parents[1] / "workflow/deepspeed/zero2.json"

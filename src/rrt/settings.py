@@ -42,7 +42,7 @@ TRAIN = {
     "micro_batch_size": 2,
     "lr": 2.0e-4,                 # the paper's
     "warmup_steps": None,         # absolute; overrides warmup_ratio when set
-    "warmup_ratio": 0.028,        # paper: 200 steps of 7,153 (15B) and 800 of 28,610 (60B)
+    "warmup_ratio": 0.02796,      # the paper: 200 of 7,153 steps (15B) and 800 of 28,610 (60B)
     "min_lr_ratio": 0.0,
     "weight_decay": 0.0,
     "adam_betas": [0.9, 0.999],   # not stated by the paper: torch's defaults

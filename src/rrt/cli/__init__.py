@@ -123,7 +123,7 @@ def _train_commands(sub) -> None:
     warmup.add_argument("--warmup-steps", type=int, default=TRAIN["warmup_steps"],
                         help="linear warmup in optimizer steps (overrides --warmup-ratio)")
     warmup.add_argument("--warmup-ratio", type=float, default=TRAIN["warmup_ratio"],
-                        help="linear warmup as a fraction of the run's steps (paper: 200/7153 = 800/28610 = 0.028)")
+                        help="linear warmup as a fraction of the run's steps (paper: 200/7153 = 800/28610 = 0.02796)")
     t.add_argument("--min-lr-ratio", type=float, default=TRAIN["min_lr_ratio"],
                    help="cosine decays to this fraction of --lr")
     t.add_argument("--weight-decay", type=float, default=TRAIN["weight_decay"])

@@ -18,7 +18,9 @@ All math is fp32 whatever the logits' dtype, through log_softmax / logaddexp. Vo
 are large (49,152 for SmolLM2, 256K for Gemma), so the tokens are processed in chunks of
 about CHUNK_ELEMENTS logits, each under activation checkpointing: the fp32 temporaries of
 one chunk exist at a time, in the forward pass and again in the backward pass, instead of
-several fp32 copies of the whole (tokens x vocab) logits.
+several fp32 copies of the whole (tokens x vocab) logits. (With `loss_chunk_tokens` the
+trainer goes further and never materialises the logits themselves: see
+`rrt.train.trainer.lm_losses`, which sums `divergence_sum` over its own chunks.)
 """
 from __future__ import annotations
 
@@ -67,8 +69,12 @@ def divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind:
     return value * temperature**2
 
 
-def _chunk_sum(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float) -> torch.Tensor:
-    return divergence(student, teacher, kind, temperature).sum()
+def divergence_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str = "fkl",
+                   temperature: float = 1.0) -> torch.Tensor:
+    """`divergence` summed over all positions (an fp32 scalar). Not chunked: one chunk of
+    `kd_loss`, and of the chunked LM-head loss in `rrt.train.trainer`, which computes the
+    logits chunk by chunk itself."""
+    return divergence(student_logits, teacher_logits, kind, temperature).sum()
 
 
 def _check(student_logits, teacher_logits, kind, temperature, mask) -> None:
@@ -109,7 +115,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: st
             if not rows.all():
                 s, t = s[rows], t[rows]
         if s.requires_grad:  # recompute this chunk's fp32 temporaries in backward
-            total = total + checkpoint(_chunk_sum, s, t, kind, temperature, use_reentrant=False)
+            total = total + checkpoint(divergence_sum, s, t, kind, temperature, use_reentrant=False)
         else:
-            total = total + _chunk_sum(s, t, kind, temperature)
+            total = total + divergence_sum(s, t, kind, temperature)
     return total / max(count, 1)

@@ -2,7 +2,10 @@
 
 What the paper fixes and what this module adds where it is silent:
 - AdamW, lr 2e-4, cosine schedule with linear warmup (optionally decaying to
-  min_lr_ratio * lr instead of 0), gradient clipping at 1.0 (Trainer's default).
+  min_lr_ratio * lr instead of 0), gradient clipping at 1.0 (Trainer's default). The
+  paper warms up 200 steps at 15B tokens and 800 at 60B, both ~2.8% of the run: warmup is
+  a fraction of the planned steps (`warmup_ratio`) unless given in steps. Its AdamW betas
+  are not stated: torch's defaults unless `adam_betas` says otherwise.
 - A token budget: one optimizer step sees about `batch_tokens` tokens
   (micro-batch x block length x accumulation x ranks) and the run about `max_tokens`.
 - All parameters are trained: for a RecursiveForCausalLM the shared block and every
@@ -11,6 +14,9 @@ What the paper fixes and what this module adds where it is silent:
   on GPU; DeepSpeed when a config is given.
 - With a teacher: loss = (1 - kd_weight) * CE + kd_weight * KD, KD from `rrt.kd` on the
   predicted positions. The paper does not state its mix; kd_weight = 1 is pure KD.
+- Memory switches for paper scale (they change no number, only memory for time):
+  gradient checkpointing (per depth for a RecursiveForCausalLM) and a chunked LM-head
+  loss (`loss_chunk_tokens`) that never materialises the (tokens x vocab) logits.
 - Checkpoints every `save_steps` in out/checkpoints (last 2 kept). A rerun resumes from the
   last complete one and continues the same run: same data order, optimizer, scheduler and
   RNG state, so an interrupted-and-resumed run ends with the weights and loss history of an
@@ -32,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from datasets import load_from_disk
 from transformers import (
     AutoModelForCausalLM,
@@ -48,14 +55,17 @@ from ..model import modeling  # noqa: F401  registers the recursive model type
 from ..model.load import copy_tokenizer
 from ..settings import KD_KINDS as KINDS
 from ..settings import TRAIN
-from .kd import kd_loss
+from .kd import divergence_sum, kd_loss
 
 CHECKPOINTS = "checkpoints"
 FINAL_TMP = ".final.tmp"
 # Settings that define a run: a resume with any of them changed would not continue it.
+# warmup_steps is the resolved count (from warmup_ratio unless given). The memory switches
+# (gradient_checkpointing, loss_chunk_tokens) are left out on purpose: they change no number,
+# so a run may be resumed with them toggled (e.g. after running out of memory).
 RUN_KEYS = ("model_dir", "data_dir", "max_tokens", "batch_tokens", "micro_batch_size", "lr", "warmup_steps",
-            "min_lr_ratio", "weight_decay", "seed", "teacher_dir", "kd_kind", "kd_weight", "kd_temperature",
-            "bf16", "deepspeed", "world_size")
+            "min_lr_ratio", "weight_decay", "adam_betas", "seed", "teacher_dir", "kd_kind", "kd_weight",
+            "kd_temperature", "bf16", "deepspeed", "world_size")
 
 
 # --- batch arithmetic -------------------------------------------------------------------
@@ -84,6 +94,35 @@ def num_steps(max_tokens: int, step_tokens: int) -> int:
     return max(1, round(max_tokens / step_tokens))
 
 
+def warmup_steps_for(steps: int, warmup_steps: int | None = None,
+                     warmup_ratio: float = TRAIN["warmup_ratio"]) -> int:
+    """Linear-warmup steps of a run of `steps` optimizer steps: `warmup_steps` when given,
+    else round(warmup_ratio * steps) (the paper's 200 of 7,153 and 800 of 28,610 steps)."""
+    if warmup_steps is not None:
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        return int(warmup_steps)
+    if not 0 <= warmup_ratio <= 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1], got {warmup_ratio}")
+    return round(warmup_ratio * steps)
+
+
+def parse_adam_betas(betas) -> list[float]:
+    """[beta1, beta2] from "B1,B2" or a pair of numbers, each in [0, 1)."""
+    if isinstance(betas, str):
+        parts = betas.split(",")
+    else:
+        parts = list(betas) if isinstance(betas, (list, tuple)) else [betas]
+    try:
+        values = [float(b) for b in parts]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 2 or not all(0 <= b < 1 for b in values):
+        shown = betas if isinstance(betas, str) else ",".join(str(b) for b in parts)
+        raise ValueError(f"adam_betas must be two numbers B1,B2 in [0, 1), got {shown!r}")
+    return values
+
+
 # --- data -------------------------------------------------------------------------------
 def load_blocks(data_dir):
     """The packed training set and its block length. It must hold one `input_ids` column
@@ -101,37 +140,157 @@ def load_blocks(data_dir):
     return data, block
 
 
+# --- the losses -------------------------------------------------------------------------
+def final_hidden_states(model, input_ids, attention_mask=None) -> torch.Tensor:
+    """The hidden states the model's LM head would see (after the final norm), without
+    computing any logits.
+
+    How: a forward pre-hook on `model.get_output_embeddings()` captures the head's input and
+    hands the head an empty slice of it, so the model's own forward runs unchanged up to the
+    head and then projects zero positions. This is chosen over calling the backbone
+    (`get_decoder()`) because it needs no knowledge of the family: whatever the CausalLM does
+    between its backbone and its head (final norm inside or outside the backbone, slicing,
+    the recursive wrapper's `base`, GPT-NeoX's differently named head) happens as usual, and
+    the captured tensor is by construction the head's input. What happens *after* the head
+    (soft-capping) is `_logit_transform`'s job."""
+    head = model.get_output_embeddings()
+    captured = []
+
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["input"]
+        captured.append(hidden)
+        empty = hidden[..., :0, :]
+        return ((empty,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "input": empty})
+
+    handle = head.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"{type(model).__name__}: its output embedding ran {len(captured)} times in one forward, "
+                           "expected once")
+    return captured[0]
+
+
+def _logit_transform(model):
+    """What the family's CausalLM does to the head's output before the loss: Gemma 2/3's
+    final-logit soft-capping (cap * tanh(logits / cap)), as transformers writes it."""
+    config = model.config.get_text_config(decoder=True)
+    for name in ("logit_scale", "logits_scaling"):  # Cohere, Granite: not supported families
+        if getattr(config, name, None) not in (None, 1, 1.0):
+            raise NotImplementedError(f"{type(model).__name__}: {name} is not handled by the chunked loss")
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap is None:
+        return lambda logits: logits
+    return lambda logits: torch.tanh(logits / cap) * cap
+
+
+def _chunk_losses(hidden, targets, teacher_hidden, head, transform, teacher_head, teacher_transform, kind,
+                  temperature):
+    """Summed CE (and KD) of one chunk of tokens; its logits exist only inside this call."""
+    logits = transform(head(hidden))
+    ce = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
+    if teacher_hidden is None:
+        return ce, ce.new_zeros(())
+    with torch.no_grad():
+        teacher_logits = teacher_transform(teacher_head(teacher_hidden))
+    return ce, divergence_sum(logits, teacher_logits, kind, temperature)
+
+
+def lm_losses(model, input_ids, attention_mask=None, labels=None, *, teacher=None, kd_kind="fkl",
+              kd_temperature=1.0, chunk_tokens: int | None = None):
+    """(CE, KD or None) of next-token prediction: CE the token mean over labels != -100 (as
+    the model's own loss), KD `kd_loss` over the same positions against a frozen teacher.
+
+    chunk_tokens None: the model's forward with full logits. Otherwise the logits are never
+    materialised: the final hidden states (`final_hidden_states`) go through the LM head
+    `chunk_tokens` predicted positions at a time, each chunk under activation checkpointing,
+    so one chunk's (tokens x vocab) logits, and the teacher's, exist at a time in the forward
+    pass and again in the backward pass. Same numbers up to summation order."""
+    labels = input_ids if labels is None else labels
+    if not chunk_tokens:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
+        if teacher is None:
+            return out.loss, None
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        # Position i predicts token i+1: the last position predicts nothing.
+        kd = kd_loss(out.logits[:, :-1], teacher_logits[:, :-1], kd_kind, kd_temperature, mask=labels[:, 1:] != -100)
+        return out.loss, kd
+
+    if chunk_tokens < 1:
+        raise ValueError(f"loss_chunk_tokens must be >= 1, got {chunk_tokens}")
+    hidden = final_hidden_states(model, input_ids, attention_mask)
+    width = hidden.shape[-1]
+    hidden = hidden[:, :-1].reshape(-1, width)  # position i predicts token i+1
+    targets = labels[:, 1:].reshape(-1)
+    keep = targets != -100
+    count = max(int(keep.sum()), 1)
+    head, transform = model.get_output_embeddings(), _logit_transform(model)
+    teacher_hidden = teacher_head = teacher_transform = None
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_hidden = final_hidden_states(teacher, input_ids, attention_mask)
+        teacher_hidden = teacher_hidden[:, :-1].reshape(-1, teacher_hidden.shape[-1])
+        teacher_head, teacher_transform = teacher.get_output_embeddings(), _logit_transform(teacher)
+    ce = kd = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], chunk_tokens):
+        rows = slice(start, start + chunk_tokens)
+        chunk_keep = keep[rows]
+        if not chunk_keep.any():
+            continue
+        h, y = hidden[rows], targets[rows]
+        th = None if teacher_hidden is None else teacher_hidden[rows]
+        if not chunk_keep.all():  # KD ignores unlabelled positions; CE would ignore them anyway
+            h, y, th = h[chunk_keep], y[chunk_keep], None if th is None else th[chunk_keep]
+        args = (h, y, th, head, transform, teacher_head, teacher_transform, kd_kind, kd_temperature)
+        if torch.is_grad_enabled() and h.requires_grad:
+            ce_sum, kd_sum = torch.utils.checkpoint.checkpoint(_chunk_losses, *args, use_reentrant=False)
+        else:
+            ce_sum, kd_sum = _chunk_losses(*args)
+        ce, kd = ce + ce_sum, kd + kd_sum
+    return ce / count, (None if teacher is None else kd / count)
+
+
 # --- the Trainer ------------------------------------------------------------------------
 class UptrainTrainer(Trainer):
     """Causal-LM cross-entropy on packed blocks, mixed with KD against a frozen teacher.
 
     The loss returned is a per-micro-batch mean (every block has the same length, so
     the mean of the micro-batch means is the token mean of the step); Trainer divides it
-    by the accumulation steps (loss_is_scaled_for_ga = False)."""
+    by the accumulation steps (loss_is_scaled_for_ga = False). With `loss_chunk_tokens` the
+    LM head runs chunk by chunk (`lm_losses`); the numbers are the same."""
 
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, teacher=None, kd_kind="fkl", kd_weight=0.5, kd_temperature=1.0, **kwargs):
+    def __init__(self, *args, teacher=None, kd_kind="fkl", kd_weight=0.5, kd_temperature=1.0,
+                 loss_chunk_tokens=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = None if teacher is None else teacher.to(self.args.device)
         self.kd_kind, self.kd_weight, self.kd_temperature = kd_kind, kd_weight, kd_temperature
+        self.loss_chunk_tokens = loss_chunk_tokens
         self._parts: dict[str, list[torch.Tensor]] = {"ce": [], "kd": []}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ids = inputs["input_ids"]
-        labels = inputs.get("labels", ids)
-        out = model(input_ids=ids, attention_mask=inputs.get("attention_mask"), labels=labels)
-        loss = out.loss
-        self._parts["ce"].append(loss.detach().float())
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher_logits = self.teacher(input_ids=ids, attention_mask=inputs.get("attention_mask")).logits
-            # Position i predicts token i+1: the last position predicts nothing.
-            kd = kd_loss(out.logits[:, :-1], teacher_logits[:, :-1], self.kd_kind, self.kd_temperature,
-                         mask=labels[:, 1:] != -100)
+        kwargs = dict(attention_mask=inputs.get("attention_mask"), labels=inputs.get("labels", ids),
+                      teacher=self.teacher, kd_kind=self.kd_kind, kd_temperature=self.kd_temperature,
+                      chunk_tokens=self.loss_chunk_tokens)
+        if self.loss_chunk_tokens:
+            # The LM head now runs outside the model's forward, which the Accelerator wraps in
+            # autocast under mixed precision: give the head the same autocast. The model itself
+            # is the wrapped one (DDP/DeepSpeed); head and config come from the unwrapped one.
+            with self.accelerator.autocast():
+                ce, kd = lm_losses(_WrappedForward(model, self.accelerator.unwrap_model(model)), ids, **kwargs)
+        else:
+            ce, kd = lm_losses(model, ids, **kwargs)
+        loss = ce
+        self._parts["ce"].append(ce.detach().float())
+        if kd is not None:
             self._parts["kd"].append(kd.detach())
-            loss = (1 - self.kd_weight) * loss + self.kd_weight * kd
-        return (loss, out) if return_outputs else loss
+            loss = (1 - self.kd_weight) * ce + self.kd_weight * kd
+        return (loss, {"loss": loss}) if return_outputs else loss
 
     def log(self, logs, *args, **kwargs):
         """Add the mean CE and KD of the micro-batches since the last log (averaged
@@ -143,6 +302,18 @@ class UptrainTrainer(Trainer):
                     logs[name] = mean.item()
                     values.clear()
         super().log(logs, *args, **kwargs)
+
+
+class _WrappedForward:
+    """Calls go to the wrapped model (DDP/DeepSpeed engine: their forward hooks run); the
+    head and config come from the unwrapped one."""
+
+    def __init__(self, wrapped, unwrapped):
+        self._wrapped, self.config = wrapped, unwrapped.config
+        self.get_output_embeddings = unwrapped.get_output_embeddings
+
+    def __call__(self, *args, **kwargs):
+        return self._wrapped(*args, **kwargs)
 
 
 class QuietProgress(ProgressCallback):
@@ -251,12 +422,18 @@ def _load_teacher(teacher_dir, dtype, student_vocab: int):
 
 
 def _training_args(out_dir: Path, config: dict, micro: int, accum: int, steps: int, bf16: bool):
+    """The Trainer's arguments. Gradient checkpointing (`activation_checkpointing`, the
+    non-deprecated name in transformers 5.23; non-reentrant) wraps every
+    GradientCheckpointingLayer: a plain model's decoder layers, a RecursiveForCausalLM's
+    DepthLayers (never its shared block alone, see modeling._set_gradient_checkpointing)."""
     cosine = config["min_lr_ratio"] == 0
     extra = {"deepspeed": config["deepspeed"]} if config["deepspeed"] else {}
+    beta1, beta2 = config["adam_betas"]
     return TrainingArguments(
         output_dir=str(out_dir / CHECKPOINTS),
         per_device_train_batch_size=micro, gradient_accumulation_steps=accum, max_steps=steps,
         learning_rate=config["lr"], weight_decay=config["weight_decay"], optim="adamw_torch", max_grad_norm=1.0,
+        adam_beta1=beta1, adam_beta2=beta2, activation_checkpointing=config["gradient_checkpointing"],
         lr_scheduler_type="cosine" if cosine else "cosine_with_min_lr", warmup_steps=config["warmup_steps"],
         lr_scheduler_kwargs={} if cosine else {"min_lr_rate": config["min_lr_ratio"]},
         logging_steps=config["log_steps"], save_strategy="steps", save_steps=config["save_steps"],
@@ -268,9 +445,13 @@ def _training_args(out_dir: Path, config: dict, micro: int, accum: int, steps: i
 
 
 def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
-          micro_batch_size: int = TRAIN["micro_batch_size"], lr: float = TRAIN["lr"], warmup_steps: int = 0,
+          micro_batch_size: int = TRAIN["micro_batch_size"], lr: float = TRAIN["lr"],
+          warmup_steps: int | None = TRAIN["warmup_steps"], warmup_ratio: float = TRAIN["warmup_ratio"],
           min_lr_ratio: float = TRAIN["min_lr_ratio"], weight_decay: float = TRAIN["weight_decay"],
-          seed: int = TRAIN["seed"], teacher_dir=None, kd_kind: str = TRAIN["kd"]["loss"],
+          adam_betas=tuple(TRAIN["adam_betas"]), seed: int = TRAIN["seed"],
+          gradient_checkpointing: bool = TRAIN["gradient_checkpointing"],
+          loss_chunk_tokens: int | None = TRAIN["loss_chunk_tokens"], teacher_dir=None,
+          kd_kind: str = TRAIN["kd"]["loss"],
           kd_weight: float = TRAIN["kd"]["weight"], kd_temperature: float = TRAIN["kd"]["temperature"],
           save_steps: int = TRAIN["save_steps"], log_steps: int = TRAIN["log_steps"], deepspeed=None,
           bf16="auto", progress: bool = True, keep_checkpoints: bool = False, callbacks=()) -> dict:
@@ -280,7 +461,9 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
     run is complete: nothing is done and the stored summary is returned. Checkpoints are
     removed once the final model is in place unless keep_checkpoints (at 135M parameters
     each is ~1.6 GB with the optimizer state). `callbacks` are extra TrainerCallbacks.
-    Bad settings raise ValueError."""
+    Warmup: `warmup_steps` if given, else round(warmup_ratio * planned steps). adam_betas:
+    (beta1, beta2) or "B1,B2". gradient_checkpointing and loss_chunk_tokens trade time for
+    memory and change no number. Bad settings raise ValueError."""
     hf_logging.disable_progress_bar()  # weight-loading bars; Trainer's own bar stays
 
     out_dir = Path(out_dir)
@@ -291,10 +474,11 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
         return json.loads(summary.read_text()) if summary.is_file() else {}
     config = _validate(dict(
         model_dir=model_dir, data_dir=data_dir, max_tokens=max_tokens, batch_tokens=batch_tokens,
-        micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
-        weight_decay=weight_decay, seed=seed, teacher_dir=teacher_dir, kd_kind=kd_kind, kd_weight=kd_weight,
-        kd_temperature=kd_temperature, save_steps=save_steps, log_steps=log_steps, deepspeed=deepspeed,
-        bf16=bf16, progress=progress))
+        micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps, warmup_ratio=warmup_ratio,
+        min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, adam_betas=adam_betas, seed=seed,
+        gradient_checkpointing=gradient_checkpointing, loss_chunk_tokens=loss_chunk_tokens, teacher_dir=teacher_dir,
+        kd_kind=kd_kind, kd_weight=kd_weight, kd_temperature=kd_temperature, save_steps=save_steps,
+        log_steps=log_steps, deepspeed=deepspeed, bf16=bf16, progress=progress))
     data, block = load_blocks(data_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     micro, accum, step_tokens = plan_batches(batch_tokens, block, micro_batch_size, world)
@@ -302,7 +486,9 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
         raise ValueError(f"{data_dir} holds {len(data)} blocks, fewer than one micro-batch ({micro} x {world} ranks)")
     steps = num_steps(max_tokens, step_tokens)
     use_bf16 = _resolve_bf16(bf16)
-    config.update(bf16=use_bf16, world_size=world, model_dir=str(Path(model_dir).resolve()),
+    config.update(warmup_steps=warmup_steps_for(steps, warmup_steps, warmup_ratio),
+                  warmup_ratio=None if warmup_steps is not None else warmup_ratio,
+                  bf16=use_bf16, world_size=world, model_dir=str(Path(model_dir).resolve()),
                   data_dir=str(Path(data_dir).resolve()),
                   teacher_dir=str(Path(teacher_dir).resolve()) if teacher_dir else None,
                   deepspeed=str(Path(deepspeed).resolve()) if deepspeed else None)
@@ -322,6 +508,7 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
     args = _training_args(out_dir, config, micro, accum, steps, use_bf16)
     trainer = UptrainTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
                                teacher=teacher, kd_kind=kd_kind, kd_weight=kd_weight, kd_temperature=kd_temperature,
+                               loss_chunk_tokens=loss_chunk_tokens,
                                callbacks=list(callbacks) + ([] if keep_checkpoints else [NoLastCheckpoint()]))
     _swap_progress_bar(trainer)
 
@@ -349,8 +536,16 @@ def _validate(config: dict) -> dict:
     for key in ("save_steps", "log_steps"):
         if config[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {config[key]}")
-    if config["warmup_steps"] < 0 or config["lr"] <= 0 or config["weight_decay"] < 0:
-        raise ValueError("lr must be > 0, warmup_steps and weight_decay >= 0")
+    if config["lr"] <= 0 or config["weight_decay"] < 0:
+        raise ValueError("lr must be > 0 and weight_decay >= 0")
+    if config["warmup_steps"] is not None and config["warmup_steps"] < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {config['warmup_steps']}")
+    if not 0 <= config["warmup_ratio"] <= 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1], got {config['warmup_ratio']}")
+    config["adam_betas"] = parse_adam_betas(config["adam_betas"])  # a list: as stored in JSON
+    if config["loss_chunk_tokens"] is not None and config["loss_chunk_tokens"] < 1:
+        raise ValueError(f"loss_chunk_tokens must be >= 1, got {config['loss_chunk_tokens']}")
+    config["gradient_checkpointing"] = bool(config["gradient_checkpointing"])
     if config["teacher_dir"] is None:  # KD settings mean nothing without a teacher
         config.update(kd_kind=None, kd_weight=None, kd_temperature=None)
     return config
