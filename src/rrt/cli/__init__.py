@@ -102,7 +102,7 @@ def _data_commands(sub) -> None:
     t.add_argument("--max-train-tokens", type=int, default=DATA["max_train_tokens"],
                    help="cap on train (whole blocks)")
     t.add_argument("--heldout-max-tokens", type=int, default=DATA["heldout_max_tokens"],
-                   help="cap per held-out set (whole blocks)")
+                   help="cap per held-out set, at a document boundary: the documents up to the one that reaches it, whole")
 
 
 def _train_commands(sub) -> None:

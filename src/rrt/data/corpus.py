@@ -20,7 +20,12 @@ document or with any item of the 7 evaluation tasks is dropped (the GPT-3 decont
 rule; it also catches near-duplicates, e.g. two Wikipedia paragraphs quoting each other).
 
 Hub corpus (`source="hub"`, the paper configuration, needs network): SlimPajama-627B
-streamed for train; SlimPajama test, RedPajama-1T-Sample and PG19 test as held-out sets.
+streamed for train; three held-out sets, each of whole documents:
+
+  heldout_slimpajama  the first rows of SlimPajama's test split (shuffled by Cerebras)
+  heldout_redpajama   a seeded sample of RedPajama-1T-Sample with per-source quotas
+                      proportional to RedPajama-1T's token shares (at least one per source)
+  heldout_pg19        a seeded sample of whole PG19 test books
 
 Both write the same layout: train.jsonl, heldout_<name>.jsonl ({"text": ...} per line) and
 manifest.json. `tokenize_corpus` turns it into `datasets` directories of packed blocks.
@@ -33,6 +38,7 @@ import heapq
 import itertools
 import json
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +54,23 @@ from .decontaminate import (
     ngrams,
 )
 from .olmo_eval import package_version
-from .sources import HELDOUT_POOLS, HUB_SETS, HUB_TRAIN, TRAIN_ONLY, stream_texts
+from .sources import (
+    HELDOUT_POOLS,
+    PG19_TEST_FILES,
+    REDPAJAMA_SOURCES,
+    SLIMPAJAMA_TEST_FILES,
+    SLIMPAJAMA_TRAIN_FILES,
+    TRAIN_ONLY,
+    HubLocations,
+    pg19_test_books,
+    redpajama_texts,
+    slimpajama_docs,
+)
+
+# Rows read from the start of each RedPajama-1T-Sample file to draw its sample from: likely
+# all of the smaller files (arXiv 93 MB of papers, books 111 MB of whole books), a prefix of
+# the larger ones (C4 866 MB, each CommonCrawl snapshot 0.7-0.9 GB).
+REDPAJAMA_SCAN_ROWS = 10_000
 
 
 @functools.lru_cache(maxsize=1)
@@ -169,9 +191,13 @@ def write_jsonl(path: Path, docs: list[tuple[str, str]]) -> dict:
 
 
 def build_corpus(out_dir, seed: int = 0, *, source: str = "embedded", heldout_docs: int = 200, ngram: int = NGRAM,
-                 hub_train_chars: int = 100_000_000, hub_heldout_chars: int = 20_000_000) -> Path:
+                 hub_train_chars: int = 100_000_000, hub_heldout_chars: int = 20_000_000,
+                 hub_locations: HubLocations | None = None, hub_scan_rows: int | None = REDPAJAMA_SCAN_ROWS) -> Path:
     """Write train.jsonl, heldout_<name>.jsonl and manifest.json into `out_dir` (which must
-    not exist; it appears complete or not at all). Deterministic for a given seed."""
+    not exist; it appears complete or not at all). Deterministic for a given seed.
+    `hub_locations` says where the hub files are (default: the hub itself) and
+    `hub_scan_rows` from how many leading rows of each RedPajama file its sample is drawn
+    (None: the whole file)."""
     if source not in ("embedded", "hub"):
         raise ValueError(f"source must be 'embedded' or 'hub', got {source!r}")
     if heldout_docs < 1:
@@ -181,7 +207,8 @@ def build_corpus(out_dir, seed: int = 0, *, source: str = "embedded", heldout_do
         if source == "embedded":
             files, details = _write_embedded(tmp, seed, heldout_docs, ngram)
         else:
-            files, details = _write_hub(tmp, heldout_docs, ngram, hub_train_chars, hub_heldout_chars)
+            files, details = _write_hub(tmp, seed, heldout_docs, ngram, hub_train_chars, hub_heldout_chars,
+                                        hub_locations or HubLocations(), hub_scan_rows)
         manifest = {"source": source, "seed": seed, "heldout_docs": heldout_docs, **details, "files": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return out_dir
@@ -197,28 +224,154 @@ def _write_embedded(tmp: Path, seed: int, heldout_docs: int, ngram: int):
 
 
 # --- hub corpus (paper configuration; needs network) -----------------------------------
-def _write_hub(tmp: Path, heldout_docs: int, ngram: int, train_chars: int, heldout_chars: int):
-    """Held-out sets first (up to heldout_docs documents or heldout_chars characters each:
-    one PG19 book is ~400K characters), then SlimPajama train streamed to disk until
-    train_chars, skipping documents that share an n-gram with a held-out set or an
-    evaluation item (RedPajama is SlimPajama's source, so overlap is expected). The
-    streams' own order is kept: deterministic, and the seed plays no part."""
-    files, heldout_texts = {}, []
-    for name, (repo, kwargs) in HUB_SETS.items():
-        w = JsonlWriter(tmp / f"heldout_{name}.jsonl")
-        for text in stream_texts(repo, kwargs):
-            if w.documents >= heldout_docs or w.characters >= heldout_chars:
-                break
-            w.write(text, repo)
-            heldout_texts.append(text)
-        files[f"heldout_{name}.jsonl"] = w.close()
+def _write_hub(tmp: Path, seed: int, heldout_docs: int, ngram: int, train_chars: int, heldout_chars: int,
+               where: HubLocations, scan_rows: int | None):
+    """Held-out sets first (each up to heldout_docs documents and heldout_chars characters,
+    whole documents only: the document that reaches the character budget is kept whole and
+    is the last), then SlimPajama train streamed to disk until train_chars, skipping
+    documents that share an n-gram with a held-out set or an evaluation item (RedPajama is
+    SlimPajama's source and PG19 is in RedPajama's books, so overlap is expected). The seed
+    picks the RedPajama and PG19 samples; SlimPajama test and train keep their stream order
+    (both were shuffled before chunking)."""
+    sets = {
+        "slimpajama": slimpajama_heldout(where.slimpajama, heldout_docs, heldout_chars),
+        "redpajama": redpajama_heldout(where.redpajama, seed, heldout_docs, heldout_chars, scan_rows),
+        "pg19": pg19_heldout(where.pg19, seed, heldout_docs, heldout_chars),
+    }
+    files, report = {}, {"locations": asdict(where)}
+    for name, (docs, info) in sets.items():
+        files[f"heldout_{name}.jsonl"] = write_jsonl(tmp / f"heldout_{name}.jsonl", docs)
+        report[name] = {**info, "composition": composition(docs, info.get("quotas"))}
+        report[name].pop("quotas", None)
+    heldout_texts = [text for docs, _ in sets.values() for _, text in docs]
     banned = np.sort(np.concatenate([eval_ngrams(ngram), ngram_set(heldout_texts, n=ngram)]))
-    w, dropped, stream = JsonlWriter(tmp / "train.jsonl"), 0, stream_texts(*HUB_TRAIN)
+    del sets, heldout_texts
+    w, dropped = JsonlWriter(tmp / "train.jsonl"), 0
+    stream = slimpajama_docs(where.slimpajama, SLIMPAJAMA_TRAIN_FILES)
     while w.characters < train_chars and (chunk := list(itertools.islice(stream, 1000))):
-        for text, bad in zip(chunk, contaminated([ngrams(t, ngram) for t in chunk], banned)):
+        for (src, text), bad in zip(chunk, contaminated([ngrams(t, ngram) for _, t in chunk], banned)):
             if bad:
                 dropped += 1
             elif w.characters < train_chars:
-                w.write(text, HUB_TRAIN[0])
+                w.write(text, src)
     files = {"train.jsonl": w.close(), **files}
-    return files, {"decontamination": {"ngram": ngram, "dropped_from_train": {HUB_TRAIN[0]: dropped}}}
+    return files, {"hub": report, "decontamination": {"ngram": ngram, "dropped_from_train": {"slimpajama": dropped}}}
+
+
+def take_whole(docs, max_docs: int, max_chars: int) -> list:
+    """The leading (source, text) pairs of `docs` up to max_docs documents and max_chars
+    characters, never cutting a document: the one that reaches max_chars is kept whole and
+    is the last (so the first is always kept). Stopping there, rather than skipping to a
+    shorter document that still fits, keeps the sample unbiased towards short documents."""
+    out, chars = [], 0
+    for src, text in docs:
+        if len(out) >= max_docs or chars >= max_chars:
+            break
+        out.append((src, text))
+        chars += len(text)
+    return out
+
+
+def composition(docs: list[tuple[str, str]], quotas: dict | None = None) -> dict:
+    """{source: {documents, characters[, quota]}} of (source, text) pairs: in the order of
+    `quotas` when given, else sorted by source."""
+    out = {src: {"documents": 0, "characters": 0} | ({"quota": q} if quotas else {})
+           for src, q in (quotas or {}).items()}
+    for src, text in docs:
+        entry = out.setdefault(src, {"documents": 0, "characters": 0})
+        entry["documents"] += 1
+        entry["characters"] += len(text)
+    return out if quotas else dict(sorted(out.items()))
+
+
+def slimpajama_heldout(location: str, max_docs: int, max_chars: int):
+    """The first documents of SlimPajama's test split, in stream order: Cerebras shuffled
+    the data before cutting it into chunks, so the first rows are already a random sample."""
+    docs = take_whole(((src, t) for src, t in slimpajama_docs(location, SLIMPAJAMA_TEST_FILES) if t.strip()),
+                      max_docs, max_chars)
+    return docs, {"files": SLIMPAJAMA_TEST_FILES, "order": "stream"}
+
+
+def quotas_by_share(n: int, shares: dict[str, float]) -> dict[str, int]:
+    """n split across sources in proportion to `shares` (largest remainders), then at least
+    one per source, taken from the sources furthest above their exact share."""
+    if n < len(shares):
+        raise ValueError(f"need at least one held-out document per source: {n} < {len(shares)} sources")
+    total = sum(shares.values())
+    exact = {s: n * v / total for s, v in shares.items()}
+    quotas = {s: int(x) for s, x in exact.items()}
+    for s in sorted(exact, key=lambda s: quotas[s] - exact[s])[:n - sum(quotas.values())]:
+        quotas[s] += 1
+    for s in [s for s in quotas if quotas[s] == 0]:
+        donor = max((d for d in quotas if quotas[d] > 1), key=lambda d: quotas[d] - exact[d])
+        quotas[donor] -= 1
+        quotas[s] = 1
+    return quotas
+
+
+def reservoir_sample(items, k: int, rng: random.Random, limit: int | None = None) -> tuple[list, int]:
+    """(k items drawn uniformly without replacement from the first `limit` items, in stream
+    order; how many items were read). Algorithm R: one pass, memory for k items."""
+    chosen, seen = [], 0
+    for i, item in enumerate(itertools.islice(items, limit)):
+        seen = i + 1
+        if i < k:
+            chosen.append((i, item))
+        elif (j := rng.randrange(i + 1)) < k:
+            chosen[j] = (i, item)
+    return [item for _, item in sorted(chosen, key=lambda c: c[0])], seen
+
+
+def interleave_by_quota(by_source: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """All documents as (source, text), ordered so that every prefix holds each source in
+    proportion to its number of documents (its i-th document sits at (i + 1/2) / count):
+    a token cap keeps a prefix of whole documents, which then keeps the composition."""
+    keyed = [((i + 0.5) / len(docs), k, src, text)
+             for k, (src, docs) in enumerate(by_source.items()) for i, text in enumerate(docs)]
+    return [(src, text) for _, _, src, text in sorted(keyed, key=lambda x: x[:2])]
+
+
+def redpajama_heldout(location: str, seed: int, n_docs: int, max_chars: int, scan_rows: int | None):
+    """A seeded sample of RedPajama-1T-Sample: quotas proportional to each source's tokens
+    in RedPajama-1T (the sample's files are not: the first rows of the dataset are all
+    arXiv), the CommonCrawl quota split evenly over its five snapshot files.
+
+    Within a file: a reservoir sample over its first `scan_rows` rows (None: all), with a
+    random.Random seeded by (seed, file name). Chosen over datasets' shuffle(seed,
+    buffer_size).take(quota): that draws from roughly the first buffer_size + quota rows
+    with unequal chances (rows read early wait longer in the buffer), its shuffling of
+    shard order means nothing for one file, and its stream depends on datasets' internals,
+    which may change between versions; the reservoir is an exactly uniform sample of a
+    stated prefix, in memory for `quota` documents, reproducible with the standard library
+    alone. Each source's documents are then shuffled (so any prefix of them is a uniform
+    sample too) and the sources interleaved by quota."""
+    quotas = quotas_by_share(n_docs, {src: tokens for src, (tokens, _) in REDPAJAMA_SOURCES.items()})
+    by_source, scanned = {}, {}
+    for src, (_, files) in REDPAJAMA_SOURCES.items():
+        rng = random.Random(f"redpajama:{seed}:{src}")
+        per_file = dict.fromkeys(files, quotas[src] // len(files))
+        for f in rng.sample(files, quotas[src] % len(files)):
+            per_file[f] += 1
+        docs = []
+        for f, quota in per_file.items():
+            texts = (t for t in redpajama_texts(location, f) if t.strip())
+            chosen, scanned[f] = reservoir_sample(texts, quota, random.Random(f"redpajama:{seed}:{f}"), scan_rows)
+            docs += chosen
+        rng.shuffle(docs)
+        by_source[src] = docs
+    docs = take_whole(interleave_by_quota(by_source), n_docs, max_chars)
+    return docs, {"quotas": quotas, "scan_rows": scan_rows, "rows_scanned": scanned,
+                  "order": "seeded sample, sources interleaved by quota"}
+
+
+def pg19_heldout(location: str, seed: int, max_docs: int, max_chars: int):
+    """Whole PG19 test books in a seeded order, up to max_docs books and max_chars
+    characters (`take_whole`: the book that reaches the budget is kept whole and is the
+    last; a book is never cut)."""
+    books = pg19_test_books(location)
+    order = list(range(len(books)))
+    random.Random(f"pg19:{seed}").shuffle(order)
+    docs = take_whole((("pg19", books[i]["text"]) for i in order), max_docs, max_chars)
+    titles = [books[i]["title"] for i in order[:len(docs)]]
+    return docs, {"files": PG19_TEST_FILES, "books_in_split": len(books), "books": titles,
+                  "order": "seeded sample of whole books"}

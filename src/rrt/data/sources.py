@@ -10,11 +10,16 @@ function returns one source's documents in the package's order.
   biomedical abstracts.
 
 Hub (the paper configuration, needs network): SlimPajama-627B streamed for train;
-SlimPajama test, RedPajama-1T-Sample and PG19 test as held-out sets.
+SlimPajama test, RedPajama-1T-Sample and PG19 test as held-out sets. Each is read file by
+file, in the repository's own layout, with datasets' generic "json"/"parquet" loaders from
+a `HubLocations` entry: hf://datasets/<repo> by default, or a local directory holding the
+same relative paths (an offline mirror, or the test fixtures).
 """
 from __future__ import annotations
 
-from datasets import load_dataset
+from dataclasses import dataclass
+
+from datasets import Features, Value, load_dataset
 
 from .olmo_eval import arrow_rows, first_requests
 
@@ -85,14 +90,75 @@ TRAIN_ONLY = {"squad": squad_paragraphs, "drop": drop_passages, "coqa": coqa_sto
 
 
 # --- hub (paper configuration) ---------------------------------------------------------
-HUB_TRAIN = ("cerebras/SlimPajama-627B", {"split": "train"})
-HUB_SETS = {  # script-based repos are read from the hub's parquet conversion (datasets >= 4 runs no scripts)
-    "slimpajama": ("cerebras/SlimPajama-627B", {"split": "test"}),
-    "redpajama": ("togethercomputer/RedPajama-Data-1T-Sample", {"split": "train", "revision": "refs/convert/parquet"}),
-    "pg19": ("deepmind/pg19", {"split": "test", "revision": "refs/convert/parquet"}),
+@dataclass(frozen=True)
+class HubLocations:
+    """Where each hub repository's files are: its hf:// URL (the default) or a local
+    directory with the same relative paths.
+
+    PG19 comes from emozilla/pg19, a parquet copy of deepmind/pg19 (same four columns, same
+    100-book test split of 40,482,852 bytes): deepmind/pg19 is a loading script over a
+    Google Cloud bucket, which datasets >= 4 no longer runs, and the hub has no parquet
+    conversion of it (its viewer is disabled for needing code execution)."""
+    slimpajama: str = "hf://datasets/cerebras/SlimPajama-627B"
+    redpajama: str = "hf://datasets/togethercomputer/RedPajama-Data-1T-Sample"
+    pg19: str = "hf://datasets/emozilla/pg19"
+
+
+# cerebras/SlimPajama-627B: zstd-compressed JSON lines {"text", "meta": {"redpajama_set_name"}}
+# in <split>/chunk<k>/example_{train,holdout}_<n>.jsonl.zst (test: chunk1..5, shuffled
+# before chunking and decontaminated against train by Cerebras).
+SLIMPAJAMA_TRAIN_FILES = "train/chunk*/example_train_*.jsonl.zst"
+SLIMPAJAMA_TEST_FILES = "test/chunk*/example_holdout_*.jsonl.zst"
+SLIMPAJAMA_FEATURES = Features({"text": Value("string"), "meta": {"redpajama_set_name": Value("string")}})
+
+# togethercomputer/RedPajama-Data-1T-Sample: one JSON-lines file per source at the repository
+# root. Each source's share of RedPajama-1T in billions of tokens (its dataset card) sets its
+# quota of the held-out sample; the five CommonCrawl snapshot files share CommonCrawl's.
+REDPAJAMA_SOURCES = {
+    "common_crawl": (878, ("cc_2019-30_sample.jsonl", "cc_2020-05_sample.jsonl", "cc_2021-04_sample.jsonl",
+                           "cc_2022-05_sample.jsonl", "cc_2023-06_sample.jsonl")),
+    "c4": (175, ("c4_sample.jsonl",)),
+    "github": (59, ("github_sample.jsonl",)),
+    "arxiv": (28, ("arxiv_sample.jsonl",)),
+    "book": (26, ("book_sample.jsonl",)),
+    "wikipedia": (24, ("wikipedia_sample.jsonl",)),
+    "stackexchange": (20, ("stackexchange_sample.jsonl",)),
 }
+# Rows are {"text", "meta": {...}} with meta keys differing by source (and, in the books file,
+# by row), except CommonCrawl's {"text", "pred_label", "pred_label_prob", "wiki_prob",
+# "source"} (RedPajama paper, appendix B.1.1; the repository's loading script handles both).
+# Explicit features: inferring them from a file's first chunk breaks on a later row whose
+# meta has other keys; a struct read as Value("string") is kept as its JSON text.
+REDPAJAMA_FEATURES = Features({"text": Value("string"), "meta": Value("string")})
+REDPAJAMA_CC_FEATURES = Features({"text": Value("string"), "pred_label": Value("string"),
+                                  "pred_label_prob": Value("float64"), "wiki_prob": Value("float64"),
+                                  "source": Value("string")})
+
+# emozilla/pg19 (parquet copy of deepmind/pg19): {"short_book_title", "publication_date",
+# "url", "text"}, one row per whole book; data/test-00000-of-00001-<hash>.parquet.
+PG19_TEST_FILES = "data/test-*.parquet"
 
 
-def stream_texts(repo: str, kwargs: dict):
-    """The `text` of every row of a hub dataset, streamed (needs network)."""
-    return (row["text"] for row in load_dataset(repo, streaming=True, **kwargs))
+def hub_rows(location: str, files, loader: str = "json", features: Features | None = None):
+    """The rows of `files` (paths or glob patterns relative to `location`), streamed in
+    file order (sorted names) by datasets' generic `loader`; needs network for hf:// URLs."""
+    paths = [f"{location.rstrip('/')}/{f}" for f in ([files] if isinstance(files, str) else files)]
+    return load_dataset(loader, data_files=paths, split="train", streaming=True, features=features)
+
+
+def slimpajama_docs(location: str, files: str):
+    """(redpajama_set_name, text) of every SlimPajama row of `files`, in stream order."""
+    for row in hub_rows(location, files, features=SLIMPAJAMA_FEATURES):
+        yield (row["meta"] or {}).get("redpajama_set_name") or "unknown", row["text"]
+
+
+def redpajama_texts(location: str, file: str):
+    """The texts of one RedPajama-1T-Sample file, in file order."""
+    features = REDPAJAMA_CC_FEATURES if file.startswith("cc_") else REDPAJAMA_FEATURES
+    return (row["text"] for row in hub_rows(location, file, features=features))
+
+
+def pg19_test_books(location: str) -> list[dict]:
+    """The PG19 test split: 100 whole books ({"title", "text"}), about 40 MB."""
+    return [{"title": row["short_book_title"], "text": row["text"]}
+            for row in hub_rows(location, PG19_TEST_FILES, loader="parquet")]

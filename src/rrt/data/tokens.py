@@ -80,28 +80,53 @@ def _pack_to_arrow(ids_ds, block_size: int, max_blocks: int | None, path: Path) 
     return blocks
 
 
-def tokenize_split(jsonl: Path, tokenizer, sep: int, block_size: int, max_tokens: int | None, work: Path):
+def documents_within(lengths, max_tokens: int) -> int:
+    """How many leading documents (token counts `lengths`) a cap of max_tokens keeps whole:
+    up to and including the one that reaches the cap (so at least the first)."""
+    reached = np.searchsorted(np.cumsum(lengths), max_tokens)  # first prefix with >= max_tokens
+    return min(int(reached) + 1, len(lengths))
+
+
+def tokenize_split(jsonl: Path, tokenizer, sep: int, block_size: int, max_tokens: int | None, work: Path,
+                   whole_documents: bool = False):
     """(Dataset with one column input_ids of block_size-long rows, split stats). `work` holds
-    the intermediate Arrow files (the caller deletes it)."""
+    the intermediate Arrow files (the caller deletes it).
+
+    max_tokens caps the split: with whole_documents (held-out sets) at a document boundary,
+    keeping the leading documents up to the one that reaches the cap, whole, then packing
+    them all (only the last partial block is dropped, as packing always does); otherwise
+    (train) at max_tokens // block_size blocks, a prefix that may end mid-document."""
     docs = load_dataset("json", data_files=str(jsonl), split="train", cache_dir=str(work / "cache"))
     ids = docs.map(_tokenize_batch, fn_kwargs={"tokenizer": tokenizer, "sep": sep}, batched=True,
                    remove_columns=docs.column_names, desc=f"tokenize {jsonl.name}")
-    max_blocks = None if max_tokens is None else max_tokens // block_size
+    lengths = pc.list_value_length(ids.data.column("ids")).to_numpy()
+    total = int(lengths.sum())
+    stats = {"documents": len(docs)}
+    max_blocks = None
+    if max_tokens is not None and whole_documents:
+        kept = documents_within(lengths, max_tokens)
+        if kept < len(ids):
+            ids = ids.select(range(kept))
+        stats["documents_kept"] = kept
+    elif whole_documents:
+        stats["documents_kept"] = len(docs)
+    elif max_tokens is not None:
+        max_blocks = max_tokens // block_size
     blocks = _pack_to_arrow(ids, block_size, max_blocks, work / f"{jsonl.stem}.arrow")
     packed = Dataset.from_file(str(work / f"{jsonl.stem}.arrow"))
-    total = pc.sum(pc.list_value_length(ids.data.column("ids"))).as_py() or 0
-    return packed, {"documents": len(docs), "document_tokens": total, "blocks": blocks,
-                    "tokens": blocks * block_size}
+    return packed, {**stats, "document_tokens": total, "blocks": blocks, "tokens": blocks * block_size}
 
 
 def tokenize_corpus(corpus_dir, tokenizer_dir, out_dir, block_size: int, max_train_tokens: int | None = None,
                     heldout_max_tokens: int | None = None) -> dict:
     """Tokenize every *.jsonl of a corpus and save each as a packed `datasets` directory:
     out_dir/train/ and out_dir/heldout_<name>/, one column `input_ids`, every row exactly
-    block_size tokens (documents joined by `document_separator`, the remainder dropped,
-    optionally capped at max_train_tokens / heldout_max_tokens rounded down to whole
-    blocks), plus out_dir/stats.json. `out_dir` appears complete or not at all; a split too
-    short for one block is an error."""
+    block_size tokens (documents joined by `document_separator`, the remainder dropped),
+    plus out_dir/stats.json. max_train_tokens caps train at that many tokens rounded down
+    to whole blocks; heldout_max_tokens caps each held-out set at a document boundary: its
+    leading documents are kept whole up to the one that reaches the cap (so a long PG19 book
+    is never cut; stats record "documents_kept"), then packed. `out_dir` appears complete or
+    not at all; a split too short for one block is an error."""
     if block_size < 2:
         raise ValueError(f"block size must be >= 2, got {block_size}")
     corpus_dir = Path(corpus_dir)
@@ -115,8 +140,10 @@ def tokenize_corpus(corpus_dir, tokenizer_dir, out_dir, block_size: int, max_tra
     with atomic_output_dir(out_dir) as tmp:
         work = tmp / ".work"
         for path in files:
-            cap = max_train_tokens if path.stem == "train" else heldout_max_tokens
-            packed, stats["splits"][path.stem] = tokenize_split(path, tokenizer, sep, block_size, cap, work)
+            train = path.stem == "train"
+            cap = max_train_tokens if train else heldout_max_tokens
+            packed, stats["splits"][path.stem] = tokenize_split(path, tokenizer, sep, block_size, cap, work,
+                                                                whole_documents=not train)
             if len(packed) == 0:  # would score as perplexity 1 or train on nothing
                 n = stats["splits"][path.stem]["document_tokens"]
                 raise ValueError(f"{path} has {n} tokens, less than one block of {block_size}")
