@@ -5,7 +5,7 @@
 2. Held-out perplexity of the original model and of converted models before any
    uptraining: full rank (+ per-depth norms), r=64 and r=0, for each initialisation.
 
-    python bench/convert.py [--workdir DIR] [--repeats N] [--ppl-tokens N] > bench.json
+    python bench/convert.py [--workdir DIR] [--repeats N] [--ppl-tokens N] [--timing-only] > bench.json
 """
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ def main() -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ppl-tokens", type=int, default=4096, help="tokens per held-out set")
     ap.add_argument("--block-size", type=int, default=256)
+    ap.add_argument("--timing-only", action="store_true", help="skip the perplexity part (2.)")
     args = ap.parse_args()
     hf_logging.disable_progress_bar()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="rrt_bench_"))
@@ -82,6 +83,9 @@ def main() -> dict:
         "ratio_vs_load_save": {k: median[k] / median["load_save"] for k in median if k != "load_save"},
         "repeats": args.repeats,
     }
+
+    if args.timing_only:
+        return {"model": "SmolLM2-135M-Instruct", "loops": 2, "threads": torch.get_num_threads(), "timing": timing}
 
     # 2. perplexity before uptraining
     corpus, tokens = work / "corpus", work / f"tokens_{args.block_size}_{args.ppl_tokens}"

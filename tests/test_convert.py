@@ -7,6 +7,7 @@ import torch
 from rrt import RecursiveForCausalLM
 from rrt.model.convert import convert, parse_rank
 from rrt.model.params import count_params
+from rrt.model.relax import svd_method, truncated_svd
 
 from .conftest import FAMILIES, make_tiny
 
@@ -59,7 +60,8 @@ def test_selection_inits_copy_the_source_layer():
 
 def test_svd_init_is_the_best_rank_r_approximation():
     base = make_tiny("llama")
-    rank = 5
+    rank = 20  # > a quarter of the 64x96 matrix: the full (exact) SVD
+    assert svd_method(rank, 64, 96) == "full"
     model = convert(base, loops=2, init="average", rank=rank)
     layer = model.depth_layers[4]  # slot 1, second loop
     own = layer.linears["mlp__down_proj"]
@@ -88,6 +90,146 @@ def test_zero_lora_init_equals_pure_sharing(ids):
     zero = convert(base, loops=2, init="stepwise", rank=16, lora_init="zero").eval()
     torch.testing.assert_close(zero(ids).logits, plain(ids).logits, rtol=0, atol=1e-6)
     assert count_params(zero)["lora"] > 0
+
+
+def _spectrum_matrix(rows, cols, singular_values, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.linalg.qr(torch.randn(rows, len(singular_values), generator=g, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(cols, len(singular_values), generator=g, dtype=torch.float64)).Q
+    return (u * singular_values) @ v.T
+
+
+@pytest.mark.parametrize("shape", [(384, 256), (256, 384)])
+@pytest.mark.parametrize("spectrum,tolerance", [
+    # flat, like residuals of real layers (the hard case; SmolLM2 r=64: 0.9% on average)
+    ("flat", 0.02),
+    ("decaying", 1e-3),
+])
+def test_randomized_svd_is_near_the_best_rank_r_approximation(shape, spectrum, tolerance):
+    rank = 32  # <= a quarter of 256: the randomized path
+    n = min(shape)
+    if spectrum == "flat":
+        s = torch.linspace(3.0, 1.0, n, dtype=torch.float64)
+    else:
+        s = 0.9 ** torch.arange(n, dtype=torch.float64)
+    x = _spectrum_matrix(*shape, s)
+    torch.manual_seed(0)
+    us, vh, method = truncated_svd(x.float(), rank)
+    assert method == "randomized"
+    assert us.shape == (shape[0], rank) and vh.shape == (rank, shape[1]) and us.dtype == torch.float32
+    optimal = torch.linalg.svdvals(x)[rank:].square().sum().sqrt()  # Eckart-Young, fp64
+    err = torch.linalg.matrix_norm(x - us.double() @ vh.double())
+    assert optimal <= err <= (1 + tolerance) * optimal, (err / optimal - 1).item()
+    torch.testing.assert_close(vh.double() @ vh.double().T, torch.eye(rank, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_full_svd_path_is_exact_at_full_rank():
+    x = _spectrum_matrix(48, 80, torch.linspace(2.0, 0.5, 48, dtype=torch.float64)).float()
+    us, vh, method = truncated_svd(x, 48)
+    assert method == "full" and us.dtype == torch.float64  # fp64 at full rank only
+    torch.testing.assert_close((us @ vh).float(), x, atol=1e-6, rtol=0)
+    us, _, method = truncated_svd(x, 13)  # > 48/4
+    assert method == "full" and us.dtype == torch.float32
+
+
+@pytest.mark.parametrize("rank", [4, 48])  # randomized, full
+def test_svd_of_a_zero_residual_gives_random_orthonormal_a(rank):
+    """A zero residual (a depth whose layer is its slot's) has arbitrary singular vectors:
+    B = 0 and A random orthonormal rows, a proper LoRA init, and seeded."""
+    zero = torch.zeros(2, 48, 64)
+    factors = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        us, vh, method = truncated_svd(zero, rank)
+        assert method == ("randomized" if rank == 4 else "full")
+        assert torch.equal(us, torch.zeros_like(us))
+        torch.testing.assert_close((vh @ vh.mT).float(), torch.eye(rank).expand(2, rank, rank), atol=1e-5, rtol=0)
+        assert vh.isfinite().all() and not torch.equal(vh[0], vh[1])
+        factors.append(vh)
+    assert torch.equal(factors[0], factors[1]) and not torch.equal(factors[0], factors[2])
+
+
+def _lora_factors(model):
+    return [(layer.depth, key, own) for layer in model.depth_layers for key, own in layer.linears.items()
+            if own.rank > 0]
+
+
+@pytest.mark.parametrize("lora_init", ["svd", "zero"])
+@pytest.mark.parametrize("init", ["stepwise", "average", "lower", "random", "scratch"])
+def test_every_lora_factor_trains(init, lora_init, ids):
+    """Every LoRA factor of every depth gets a non-zero gradient within two optimizer steps.
+
+    Where B = 0 at the start (lora_init="zero", scratch, and SVD of a zero residual: the
+    depths whose own layer is their slot's under stepwise/lower/random), A's gradient
+    B^T (dL/dy) x^T is exactly zero at the first step by construction, as in standard LoRA
+    (PEFT): B's gradient is not, and once the first step has made B non-zero, A trains too.
+    What must never happen is A = B = 0 (both gradients zero forever)."""
+    model = convert(make_tiny("gemma2"), loops=2, init=init, rank=4, lora_init=lora_init).train()
+    factors = _lora_factors(model)
+    assert len(factors) == 6 * 7
+    zero_b = {(d, k) for d, k, own in factors if not own.lora_B.any()}
+    if init == "scratch" or lora_init == "zero":
+        assert len(zero_b) == len(factors)
+    elif init == "average":
+        assert not zero_b
+    else:  # the depths whose layer was copied into their slot
+        cfg = model.config
+        assert {d for d, _ in zero_b} == {d for d, s in enumerate(cfg.layer_map) if cfg.init_sources[s] == [d]}
+    for _, _, own in factors:
+        assert own.lora_A.abs().sum() > 0  # never a zero A
+    lora = [p for _, _, own in factors for p in (own.lora_A, own.lora_B)]
+    opt = torch.optim.SGD(lora, lr=0.1)
+
+    model(ids, labels=ids).loss.backward()
+    for d, k, own in factors:
+        assert own.lora_B.grad.abs().sum() > 0, (d, k)
+        assert (own.lora_A.grad.abs().sum() > 0) == ((d, k) not in zero_b), (d, k)
+    opt.step()
+    opt.zero_grad()
+    model(ids, labels=ids).loss.backward()
+    for d, k, own in factors:
+        assert own.lora_A.grad.abs().sum() > 0 and own.lora_B.grad.abs().sum() > 0, (d, k)
+
+
+@pytest.mark.parametrize("init", ["stepwise", "scratch"])
+def test_zero_lora_init_is_standard_lora_and_seeded(init):
+    base = make_tiny("llama")
+    models = [convert(base, loops=2, init=init, rank=4, lora_init="zero", seed=s) for s in (3, 3, 4)]
+    for model in models:
+        for _, _, own in _lora_factors(model):
+            fan_in = own.lora_A.shape[1]
+            assert not own.lora_B.any()
+            assert own.lora_A.abs().max() <= fan_in ** -0.5  # Kaiming-uniform, a=sqrt(5): U(+-1/sqrt(fan_in))
+            assert own.lora_A.std() > 0.4 * fan_in ** -0.5  # (std 1/sqrt(3 fan_in))
+    a, b, c = ([own.lora_A for _, _, own in _lora_factors(m)] for m in models)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not any(torch.equal(x, z) for x, z in zip(a, c))
+    assert not torch.equal(a[0], a[1])  # each depth and linear its own draw
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_conversion_overwrites_every_tensor(family, monkeypatch):
+    """Conversion builds the model without random init (no_init_weights): every tensor must
+    then be written from the base model or the LoRA init, i.e. equal to a conversion of a
+    randomly initialised model."""
+    import contextlib
+
+    import rrt.model.convert as convert_module
+
+    base = make_tiny(family)
+    for kw in (dict(init="average", rank=4, per_depth_norms=True), dict(init="stepwise", rank=8, lora_init="zero"),
+               dict(init="lower")):
+        fast = convert(base, loops=2, **kw)
+        with monkeypatch.context() as m:
+            m.setattr(convert_module, "no_init_weights", contextlib.nullcontext)
+            slow = convert(base, loops=2, **kw)
+        a, b = fast.state_dict(), slow.state_dict()
+        assert a.keys() == b.keys()
+        assert [k for k in a if not torch.equal(a[k], b[k])] == [], kw
+        for name, buffer in slow.named_buffers():
+            assert torch.equal(buffer, dict(fast.named_buffers())[name]), name
+        tied = base.get_output_embeddings().weight is base.get_input_embeddings().weight
+        assert (fast.get_output_embeddings().weight is fast.get_input_embeddings().weight) == tied
 
 
 def test_ranks_per_module_type_and_cap():

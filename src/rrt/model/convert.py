@@ -5,10 +5,12 @@ import copy
 
 import torch
 from transformers import PreTrainedModel
+from transformers.initialization import no_init_weights
 
 from ..settings import INITS, LORA_INITS
 from .families import family_of
 from .modeling import RecursiveConfig, RecursiveForCausalLM
+from .relax import truncated_svd
 from .sharing import depth_to_slot, init_sources
 
 
@@ -47,9 +49,16 @@ def convert(base: PreTrainedModel, *, loops: int, init: str = "stepwise", sharin
     )
     dtype = base.get_input_embeddings().weight.dtype
     torch.manual_seed(seed)
-    model = RecursiveForCausalLM(config).to(dtype)
-    if init == "scratch":  # random weights everywhere: the from-scratch control
-        return model
+    if init == "scratch":
+        # The from-scratch control: random weights everywhere, and standard LoRA (A random,
+        # B zero: no original weights to take an SVD of), as `_init_weights` does.
+        return RecursiveForCausalLM(config).to(dtype)
+    # Every tensor is overwritten below: skip the random init (most of a conversion's time
+    # otherwise). It also skips tying, which init_weights does after initialising.
+    with no_init_weights():
+        model = RecursiveForCausalLM(config).to(dtype)
+    model.tie_weights()
+    torch.manual_seed(seed)  # the LoRA's random draws, however the model was built
 
     originals = base.get_submodule(family.layers_path)
     layers_prefix = family.layers_path + "."
@@ -64,19 +73,37 @@ def convert(base: PreTrainedModel, *, loops: int, init: str = "stepwise", sharin
     for block, sources in zip(model.recursive_block, config.init_sources):
         source_sds = [originals[i].state_dict() for i in sources]
         for name, tensor in block.state_dict().items():
-            mean = torch.stack([sd[name].float() for sd in source_sds]).mean(0)
-            tensor.copy_(mean.to(tensor.dtype))
+            if len(source_sds) == 1:
+                tensor.copy_(source_sds[0][name])
+            else:
+                tensor.copy_(torch.stack([sd[name].float() for sd in source_sds]).mean(0))
 
-    # Each depth: its own norms/biases, and LoRA = truncated SVD of (W_depth - W_shared).
+    # Each depth: its own norms and biases.
     for layer in model.depth_layers:
         original = originals[layer.depth]
         for key, norm in layer.norms.items():
             norm.load_state_dict(original.get_submodule(key.replace("__", ".")).state_dict())
         for key, own in layer.linears.items():
-            path = key.replace("__", ".")
-            source = original.get_submodule(path)
             if own.bias is not None:
-                own.bias.copy_(source.bias)
-            if lora_init == "svd":
-                own.init_svd(source.weight.float() - layer.block.get_submodule(path).weight.float())
+                own.bias.copy_(original.get_submodule(key.replace("__", ".")).bias)
+
+    # Each depth's LoRA: truncated SVD of (W_depth - W_shared), one batched SVD over the
+    # depths of a slot; or, with lora_init="zero", standard LoRA (A random, B zero).
+    for slot, block in enumerate(model.recursive_block):
+        layers = [layer for layer in model.depth_layers if layer.slot == slot]
+        for key in layers[0].linears:
+            owns = [layer.linears[key] for layer in layers]
+            if owns[0].rank == 0:
+                continue
+            if lora_init == "zero":
+                for own in owns:
+                    own.reset_lora()
+                continue
+            path = key.replace("__", ".")
+            shared = block.get_submodule(path).weight.float()
+            residuals = torch.stack([originals[layer.depth].get_submodule(path).weight.float() - shared
+                                     for layer in layers])
+            us, vh, _ = truncated_svd(residuals, owns[0].rank)
+            for own, b, a in zip(owns, us, vh):
+                own.set_factors(b, a)
     return model

@@ -212,8 +212,11 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _init_weights(self, module):
         if isinstance(module, DepthLinear):
-            for p in module.parameters(recurse=False):
-                nn.init.zeros_(p)
+            # LoRA as PEFT (A random, B zero: starts as pure sharing, yet trains); own bias zero.
+            # Conversion from a pretrained model overwrites both (convert.py).
+            module.reset_lora()
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
         else:
             self.base._init_weights(module)
 
