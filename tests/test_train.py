@@ -13,10 +13,9 @@ from rrt.model.convert import convert
 from rrt.model.modeling import RecursiveForCausalLM
 from rrt.settings import TRAIN
 from rrt.train.kd import kd_loss
+from rrt.train.losses import _logit_transform, final_hidden_states, lm_losses
 from rrt.train.trainer import (
-    final_hidden_states,
     last_checkpoint,
-    lm_losses,
     num_steps,
     parse_adam_betas,
     plan_batches,
@@ -172,8 +171,6 @@ def _student(family: str, recursive: bool):
 def test_final_hidden_states_give_the_models_logits(family, recursive, ids):
     """The captured head input, through the head (and Gemma 2's soft-capping), gives the
     model's own logits, on every family, plain and recursive."""
-    from rrt.train.trainer import _logit_transform
-
     model = _student(family, recursive)
     with torch.no_grad():
         hidden = final_hidden_states(model, ids)

@@ -1,2 +1,3 @@
-"""Uptraining (`trainer`: HF Trainer, checkpoints and exact resume) and knowledge
-distillation from the full-size model (`kd`)."""
+"""Uptraining (`trainer`: HF Trainer, warmup, checkpoints and exact resume), its loss
+(`losses`: CE and KD, optionally chunked over the LM head) and the knowledge-distillation
+divergences (`kd`)."""

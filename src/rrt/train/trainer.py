@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from datasets import load_from_disk
 from transformers import (
     AutoModelForCausalLM,
@@ -55,7 +54,7 @@ from ..model import modeling  # noqa: F401  registers the recursive model type
 from ..model.load import copy_tokenizer
 from ..settings import KD_KINDS as KINDS
 from ..settings import TRAIN
-from .kd import divergence_sum, kd_loss
+from .losses import lm_losses
 
 CHECKPOINTS = "checkpoints"
 FINAL_TMP = ".final.tmp"
@@ -140,117 +139,6 @@ def load_blocks(data_dir):
     return data, block
 
 
-# --- the losses -------------------------------------------------------------------------
-def final_hidden_states(model, input_ids, attention_mask=None) -> torch.Tensor:
-    """The hidden states the model's LM head would see (after the final norm), without
-    computing any logits.
-
-    How: a forward pre-hook on `model.get_output_embeddings()` captures the head's input and
-    hands the head an empty slice of it, so the model's own forward runs unchanged up to the
-    head and then projects zero positions. This is chosen over calling the backbone
-    (`get_decoder()`) because it needs no knowledge of the family: whatever the CausalLM does
-    between its backbone and its head (final norm inside or outside the backbone, slicing,
-    the recursive wrapper's `base`, GPT-NeoX's differently named head) happens as usual, and
-    the captured tensor is by construction the head's input. What happens *after* the head
-    (soft-capping) is `_logit_transform`'s job."""
-    head = model.get_output_embeddings()
-    captured = []
-
-    def hook(module, args, kwargs):
-        hidden = args[0] if args else kwargs["input"]
-        captured.append(hidden)
-        empty = hidden[..., :0, :]
-        return ((empty,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "input": empty})
-
-    handle = head.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    finally:
-        handle.remove()
-    if len(captured) != 1:
-        raise RuntimeError(f"{type(model).__name__}: its output embedding ran {len(captured)} times in one forward, "
-                           "expected once")
-    return captured[0]
-
-
-def _logit_transform(model):
-    """What the family's CausalLM does to the head's output before the loss: Gemma 2/3's
-    final-logit soft-capping (cap * tanh(logits / cap)), as transformers writes it."""
-    config = model.config.get_text_config(decoder=True)
-    for name in ("logit_scale", "logits_scaling"):  # Cohere, Granite: not supported families
-        if getattr(config, name, None) not in (None, 1, 1.0):
-            raise NotImplementedError(f"{type(model).__name__}: {name} is not handled by the chunked loss")
-    cap = getattr(config, "final_logit_softcapping", None)
-    if cap is None:
-        return lambda logits: logits
-    return lambda logits: torch.tanh(logits / cap) * cap
-
-
-def _chunk_losses(hidden, targets, teacher_hidden, head, transform, teacher_head, teacher_transform, kind,
-                  temperature):
-    """Summed CE (and KD) of one chunk of tokens; its logits exist only inside this call."""
-    logits = transform(head(hidden))
-    ce = F.cross_entropy(logits.float(), targets, ignore_index=-100, reduction="sum")
-    if teacher_hidden is None:
-        return ce, ce.new_zeros(())
-    with torch.no_grad():
-        teacher_logits = teacher_transform(teacher_head(teacher_hidden))
-    return ce, divergence_sum(logits, teacher_logits, kind, temperature)
-
-
-def lm_losses(model, input_ids, attention_mask=None, labels=None, *, teacher=None, kd_kind="fkl",
-              kd_temperature=1.0, chunk_tokens: int | None = None):
-    """(CE, KD or None) of next-token prediction: CE the token mean over labels != -100 (as
-    the model's own loss), KD `kd_loss` over the same positions against a frozen teacher.
-
-    chunk_tokens None: the model's forward with full logits. Otherwise the logits are never
-    materialised: the final hidden states (`final_hidden_states`) go through the LM head
-    `chunk_tokens` predicted positions at a time, each chunk under activation checkpointing,
-    so one chunk's (tokens x vocab) logits, and the teacher's, exist at a time in the forward
-    pass and again in the backward pass. Same numbers up to summation order."""
-    labels = input_ids if labels is None else labels
-    if not chunk_tokens:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, use_cache=False)
-        if teacher is None:
-            return out.loss, None
-        with torch.no_grad():
-            teacher_logits = teacher(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-        # Position i predicts token i+1: the last position predicts nothing.
-        kd = kd_loss(out.logits[:, :-1], teacher_logits[:, :-1], kd_kind, kd_temperature, mask=labels[:, 1:] != -100)
-        return out.loss, kd
-
-    if chunk_tokens < 1:
-        raise ValueError(f"loss_chunk_tokens must be >= 1, got {chunk_tokens}")
-    hidden = final_hidden_states(model, input_ids, attention_mask)
-    width = hidden.shape[-1]
-    hidden = hidden[:, :-1].reshape(-1, width)  # position i predicts token i+1
-    targets = labels[:, 1:].reshape(-1)
-    keep = targets != -100
-    count = max(int(keep.sum()), 1)
-    head, transform = model.get_output_embeddings(), _logit_transform(model)
-    teacher_hidden = teacher_head = teacher_transform = None
-    if teacher is not None:
-        with torch.no_grad():
-            teacher_hidden = final_hidden_states(teacher, input_ids, attention_mask)
-        teacher_hidden = teacher_hidden[:, :-1].reshape(-1, teacher_hidden.shape[-1])
-        teacher_head, teacher_transform = teacher.get_output_embeddings(), _logit_transform(teacher)
-    ce = kd = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[0], chunk_tokens):
-        rows = slice(start, start + chunk_tokens)
-        chunk_keep = keep[rows]
-        if not chunk_keep.any():
-            continue
-        h, y = hidden[rows], targets[rows]
-        th = None if teacher_hidden is None else teacher_hidden[rows]
-        if not chunk_keep.all():  # KD ignores unlabelled positions; CE would ignore them anyway
-            h, y, th = h[chunk_keep], y[chunk_keep], None if th is None else th[chunk_keep]
-        args = (h, y, th, head, transform, teacher_head, teacher_transform, kd_kind, kd_temperature)
-        if torch.is_grad_enabled() and h.requires_grad:
-            ce_sum, kd_sum = torch.utils.checkpoint.checkpoint(_chunk_losses, *args, use_reentrant=False)
-        else:
-            ce_sum, kd_sum = _chunk_losses(*args)
-        ce, kd = ce + ce_sum, kd + kd_sum
-    return ce / count, (None if teacher is None else kd / count)
 
 
 # --- the Trainer ------------------------------------------------------------------------
