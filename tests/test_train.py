@@ -12,16 +12,11 @@ from rrt.cli import main
 from rrt.model.convert import convert
 from rrt.model.modeling import RecursiveForCausalLM
 from rrt.settings import TRAIN
+from rrt.train.checkpoints import last_checkpoint
 from rrt.train.kd import kd_loss
 from rrt.train.losses import _logit_transform, final_hidden_states, lm_losses
-from rrt.train.trainer import (
-    last_checkpoint,
-    num_steps,
-    parse_adam_betas,
-    plan_batches,
-    train,
-    warmup_steps_for,
-)
+from rrt.train.plan import num_steps, parse_adam_betas, plan_batches, warmup_steps_for
+from rrt.train.trainer import train
 
 from .conftest import FAMILIES, VOCAB, cli_error, make_tiny
 

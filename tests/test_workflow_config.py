@@ -83,7 +83,7 @@ def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
                          and "--adam-betas 0.9,0.95" in line
                          and "--batch-tokens 2097152" in line for line in train)
     # Warmup follows each run's length: the paper's 200 steps at 15B and 800 at 60B.
-    from rrt.train.trainer import num_steps, plan_batches
+    from rrt.train.plan import num_steps, plan_batches
 
     step_tokens = plan_batches(2097152, 2048, 8, world_size=8)[2]
     for tokens, paper_warmup in ((15_000_000_000, 200), (60_000_000_000, 800)):

@@ -54,72 +54,18 @@ from ..model import modeling  # noqa: F401  registers the recursive model type
 from ..model.load import copy_tokenizer
 from ..settings import KD_KINDS as KINDS
 from ..settings import TRAIN
+from .checkpoints import (
+    CHECKPOINTS,
+    check_same_run,
+    is_main_process,
+    last_checkpoint,
+    step_of,
+    tokens_in_checkpoint,
+)
 from .losses import lm_losses
+from .plan import num_steps, parse_adam_betas, plan_batches, warmup_steps_for
 
-CHECKPOINTS = "checkpoints"
 FINAL_TMP = ".final.tmp"
-# Settings that define a run: a resume with any of them changed would not continue it.
-# warmup_steps is the resolved count (from warmup_ratio unless given). The memory switches
-# (gradient_checkpointing, loss_chunk_tokens) are left out on purpose: they change no number,
-# so a run may be resumed with them toggled (e.g. after running out of memory).
-RUN_KEYS = ("model_dir", "data_dir", "max_tokens", "batch_tokens", "micro_batch_size", "lr", "warmup_steps",
-            "min_lr_ratio", "weight_decay", "adam_betas", "seed", "teacher_dir", "kd_kind", "kd_weight",
-            "kd_temperature", "bf16", "deepspeed", "world_size")
-
-
-# --- batch arithmetic -------------------------------------------------------------------
-def plan_batches(batch_tokens: int, block_size: int, micro_batch_size: int, world_size: int = 1):
-    """(micro-batch size, accumulation steps, tokens per optimizer step) so that one step
-    sees about `batch_tokens` tokens. The micro-batch shrinks when a whole step needs fewer
-    blocks than one micro-batch holds; otherwise accumulation is rounded to the nearest
-    integer, so a step sees between 3/4 and 5/4 of batch_tokens in the worst case."""
-    if block_size < 2:
-        raise ValueError(f"blocks must hold at least 2 tokens, got {block_size}")
-    if micro_batch_size < 1:
-        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
-    blocks_per_rank = batch_tokens / (block_size * world_size)
-    if blocks_per_rank < 1:
-        raise ValueError(f"batch_tokens={batch_tokens} is smaller than one block of {block_size} tokens"
-                         + (f" on each of {world_size} ranks" if world_size > 1 else ""))
-    micro = min(micro_batch_size, int(blocks_per_rank))
-    accum = max(1, round(blocks_per_rank / micro))
-    return micro, accum, micro * accum * block_size * world_size
-
-
-def num_steps(max_tokens: int, step_tokens: int) -> int:
-    """Optimizer steps whose tokens come closest to max_tokens (at least one)."""
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    return max(1, round(max_tokens / step_tokens))
-
-
-def warmup_steps_for(steps: int, warmup_steps: int | None = None,
-                     warmup_ratio: float = TRAIN["warmup_ratio"]) -> int:
-    """Linear-warmup steps of a run of `steps` optimizer steps: `warmup_steps` when given,
-    else round(warmup_ratio * steps) (the paper's 200 of 7,153 and 800 of 28,610 steps)."""
-    if warmup_steps is not None:
-        if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        return int(warmup_steps)
-    if not 0 <= warmup_ratio <= 1:
-        raise ValueError(f"warmup_ratio must be in [0, 1], got {warmup_ratio}")
-    return round(warmup_ratio * steps)
-
-
-def parse_adam_betas(betas) -> list[float]:
-    """[beta1, beta2] from "B1,B2" or a pair of numbers, each in [0, 1)."""
-    if isinstance(betas, str):
-        parts = betas.split(",")
-    else:
-        parts = list(betas) if isinstance(betas, (list, tuple)) else [betas]
-    try:
-        values = [float(b) for b in parts]
-    except (TypeError, ValueError):
-        values = []
-    if len(values) != 2 or not all(0 <= b < 1 for b in values):
-        shown = betas if isinstance(betas, str) else ",".join(str(b) for b in parts)
-        raise ValueError(f"adam_betas must be two numbers B1,B2 in [0, 1), got {shown!r}")
-    return values
 
 
 # --- data -------------------------------------------------------------------------------
@@ -211,49 +157,6 @@ class QuietProgress(ProgressCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
             self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
-
-
-# --- checkpoints and the run's identity -------------------------------------------------
-def _step_of(path: Path) -> int:
-    try:
-        return int(path.name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
-
-
-def last_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest complete checkpoint. Trainer writes trainer_state.json last, so a
-    checkpoint without it was cut off while saving: it is removed (it cannot be resumed
-    from, and would otherwise be taken for the newest)."""
-    if not checkpoints.is_dir():
-        return None
-    candidates = sorted((p for p in checkpoints.glob("checkpoint-*") if _step_of(p) >= 0), key=_step_of)
-    for path in reversed(candidates):
-        if (path / "trainer_state.json").is_file():
-            return path
-        if _is_main_process():
-            shutil.rmtree(path, ignore_errors=True)
-    return None
-
-
-def _is_main_process() -> bool:
-    """Rank 0 of a torchrun/deepspeed launch (or the only process): the one that writes."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _check_same_run(out_dir: Path, config: dict, resuming: bool) -> None:
-    """Record the run's settings; refuse to resume checkpoints made with other settings."""
-    path = out_dir / "train_config.json"
-    run = {k: config[k] for k in RUN_KEYS}
-    if resuming and path.is_file():
-        before = json.loads(path.read_text())
-        changed = [k for k in RUN_KEYS if before.get(k) != run[k]]
-        if changed:
-            k = changed[0]
-            raise ValueError(f"{out_dir / CHECKPOINTS} holds a run with {k}={before.get(k)!r}, not {run[k]!r}: "
-                             f"remove it or use another output directory")
-    if _is_main_process():
-        atomic_write_json(path, run)
 
 
 # --- outputs ----------------------------------------------------------------------------
@@ -384,10 +287,10 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
         _single_process_env()
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    if _is_main_process():  # leftovers of a run killed while saving its final model
+    if is_main_process():  # leftovers of a run killed while saving its final model
         shutil.rmtree(out_dir / FINAL_TMP, ignore_errors=True)
     resume = last_checkpoint(out_dir / CHECKPOINTS)
-    _check_same_run(out_dir, config, resuming=resume is not None)
+    check_same_run(out_dir, config, resuming=resume is not None)
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     teacher = None
@@ -400,7 +303,7 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
                                callbacks=list(callbacks) + ([] if keep_checkpoints else [NoLastCheckpoint()]))
     _swap_progress_bar(trainer)
 
-    start_tokens = _tokens_in_checkpoint(resume)
+    start_tokens = tokens_in_checkpoint(resume)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
@@ -457,12 +360,6 @@ def _swap_progress_bar(trainer) -> None:
         trainer.add_callback(QuietProgress())
 
 
-def _tokens_in_checkpoint(checkpoint: Path | None) -> int:
-    if checkpoint is None:
-        return 0
-    return json.loads((checkpoint / "trainer_state.json").read_text()).get("num_input_tokens_seen", 0)
-
-
 def _summary(trainer, config: dict, *, steps, micro, accum, block, seconds, session_tokens, resume) -> dict:
     history = [h for h in trainer.state.log_history if "loss" in h]
     last = history[-1] if history else {}
@@ -472,7 +369,7 @@ def _summary(trainer, config: dict, *, steps, micro, accum, block, seconds, sess
         "gradient_accumulation": accum, "block_size": block, "planned_steps": steps,
         "seconds": round(seconds, 3), "session_tokens": session_tokens,
         "tokens_per_second": session_tokens / seconds if seconds > 0 else math.nan,
-        "resumed_from_step": _step_of(resume) if resume else None,
+        "resumed_from_step": step_of(resume) if resume else None,
         "final_loss": last.get("loss"), "final_ce": last.get("ce"), "final_kd": last.get("kd"),
         "threads": torch.get_num_threads(), "device": str(trainer.args.device), "config": config,
     }

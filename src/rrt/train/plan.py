@@ -1,0 +1,59 @@
+"""The arithmetic of a run: micro-batch and accumulation for a token batch, the number of
+optimizer steps for a token budget, the warmup of each run, AdamW's betas."""
+from __future__ import annotations
+
+from ..settings import TRAIN
+
+
+def plan_batches(batch_tokens: int, block_size: int, micro_batch_size: int, world_size: int = 1):
+    """(micro-batch size, accumulation steps, tokens per optimizer step) so that one step
+    sees about `batch_tokens` tokens. The micro-batch shrinks when a whole step needs fewer
+    blocks than one micro-batch holds; otherwise accumulation is rounded to the nearest
+    integer, so a step sees between 3/4 and 5/4 of batch_tokens in the worst case."""
+    if block_size < 2:
+        raise ValueError(f"blocks must hold at least 2 tokens, got {block_size}")
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    blocks_per_rank = batch_tokens / (block_size * world_size)
+    if blocks_per_rank < 1:
+        raise ValueError(f"batch_tokens={batch_tokens} is smaller than one block of {block_size} tokens"
+                         + (f" on each of {world_size} ranks" if world_size > 1 else ""))
+    micro = min(micro_batch_size, int(blocks_per_rank))
+    accum = max(1, round(blocks_per_rank / micro))
+    return micro, accum, micro * accum * block_size * world_size
+
+
+def num_steps(max_tokens: int, step_tokens: int) -> int:
+    """Optimizer steps whose tokens come closest to max_tokens (at least one)."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    return max(1, round(max_tokens / step_tokens))
+
+
+def warmup_steps_for(steps: int, warmup_steps: int | None = None,
+                     warmup_ratio: float = TRAIN["warmup_ratio"]) -> int:
+    """Linear-warmup steps of a run of `steps` optimizer steps: `warmup_steps` when given,
+    else round(warmup_ratio * steps) (the paper's 200 of 7,153 and 800 of 28,610 steps)."""
+    if warmup_steps is not None:
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        return int(warmup_steps)
+    if not 0 <= warmup_ratio <= 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1], got {warmup_ratio}")
+    return round(warmup_ratio * steps)
+
+
+def parse_adam_betas(betas) -> list[float]:
+    """[beta1, beta2] from "B1,B2" or a pair of numbers, each in [0, 1)."""
+    if isinstance(betas, str):
+        parts = betas.split(",")
+    else:
+        parts = list(betas) if isinstance(betas, (list, tuple)) else [betas]
+    try:
+        values = [float(b) for b in parts]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 2 or not all(0 <= b < 1 for b in values):
+        shown = betas if isinstance(betas, str) else ",".join(str(b) for b in parts)
+        raise ValueError(f"adam_betas must be two numbers B1,B2 in [0, 1), got {shown!r}")
+    return values
