@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rrt import RecursiveForCausalLM
-from rrt.model.convert import convert, parse_rank
+from rrt.model.convert import convert, parse_rank, rank_caps, recorded_rank
 from rrt.model.params import count_params
 from rrt.model.relax import svd_method, truncated_svd
 
@@ -242,6 +242,39 @@ def test_ranks_per_module_type_and_cap():
     model = convert(base, loops=2, init="average", rank=4, rank_attn=0)
     assert "self_attn__q_proj" not in model.depth_layers[0].linears
     assert model.depth_layers[0].linears["mlp__gate_proj"].rank == 4
+
+
+def test_rank_above_every_linear_is_recorded_as_full():
+    """A rank that caps every linear of a group is recorded as 'full' (what was built), not
+    as the number asked for; one that caps only some linears keeps its value."""
+    base = make_tiny("llama")  # attn: q/o 64, k/v 32; mlp: 64 (96 x 64)
+    caps = rank_caps(base.config)
+    assert caps["attn"] == {"self_attn.q_proj": 64, "self_attn.k_proj": 32, "self_attn.v_proj": 32,
+                            "self_attn.o_proj": 64}
+    assert set(caps["mlp"].values()) == {64}
+    assert [recorded_rank(r, caps["attn"]) for r in (0, 8, 48, 64, 10**9, "full")] == [0, 8, 48, "full", "full", "full"]
+    model = convert(base, loops=2, init="average", rank=10**9, rank_attn=48)
+    assert (model.config.lora_rank_attn, model.config.lora_rank_mlp) == (48, "full")
+
+
+@pytest.mark.parametrize("family", ["gemma", "gpt_neox"])
+def test_huge_rank_round_trip_builds_the_same_shapes(family, ids, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = convert(make_tiny(family), loops=2, init="stepwise", rank=10**9).eval()
+    assert model.config.lora_rank_attn == model.config.lora_rank_mlp == "full"
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.lora_rank_attn == "full"
+    a, b = model.state_dict(), loaded.state_dict()
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("alpha", [0, -1.0, float("nan"), float("inf")])
+def test_lora_alpha_must_be_a_finite_positive_number(alpha):
+    with pytest.raises(ValueError, match="lora_alpha must be a finite number > 0"):
+        convert(make_tiny("llama"), loops=2, init="average", rank=4, lora_alpha=alpha)
 
 
 def test_scratch_is_random_and_seeded(ids):

@@ -408,7 +408,7 @@ def test_cli_trains_and_copies_the_tokenizer(tmp_path, capsys):
     (["--batch-tokens", "8"], "smaller than one block"),
     (["--kd-loss", "rkl"], "--kd-loss needs --teacher"),
     (["--kd-weight", "0.3"], "--kd-weight needs --teacher"),
-    (["--teacher", "{base}", "--kd-weight", "1.5"], "kd_weight must be in [0, 1]"),
+    (["--teacher", "{base}", "--kd-weight", "1.5"], "--kd-weight must be in [0, 1], got 1.5"),
     (["--teacher", "{tmp}/missing"], "--teacher directory"),
     (["--deepspeed", "{tmp}/ds.json"], "--deepspeed file"),
     (["--max-tokens", "0"], "--max-tokens must be >= 1"),

@@ -131,13 +131,14 @@ def test_interrupted_uptraining_resumes_on_rerun(run):
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 120
-    while not list((out / "checkpoints").glob("checkpoint-*/trainer_state.json")) and time.time() < deadline:
+    # A checkpoint is complete once its manifest is written (last).
+    while not list((out / "checkpoints").glob("checkpoint-*/rrt_manifest.json")) and time.time() < deadline:
         assert proc.poll() is None, "uptrain finished before it could be interrupted"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
     assert not (out / "final").exists()
-    saved = sorted(int(p.parent.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+    saved = sorted(int(p.parent.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*/rrt_manifest.json"))
     assert saved
 
     rerun = subprocess.run(cmd[:1] + ["--rerun-incomplete"] + cmd[3:], cwd=ROOT, env=ENV, capture_output=True, text=True)

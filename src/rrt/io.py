@@ -3,6 +3,7 @@ at the end."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -43,3 +44,48 @@ def atomic_output_dir(out: str | Path):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     tmp.rename(out)
+
+
+# --- durable files: for what a crash or power loss must never leave half-written ---------
+def fsync_dir(path: str | Path) -> None:
+    """Make the entries of directory `path` (a file renamed or created in it) durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_write_text(path: str | Path, text: str) -> None:
+    """Like atomic_write_text, and durable: the temp file is fsynced before the rename and
+    the directory after it, so after a crash `path` is either the old file or all of `text`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def durable_write_json(path: str | Path, data) -> None:
+    durable_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def file_sha256(path: str | Path, fsync: bool = False, chunk: int = 1 << 22) -> tuple[int, str]:
+    """(size in bytes, hex sha256) of a file, read once; with fsync its data is also flushed
+    to disk (a file another writer left in the page cache)."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+        if fsync:
+            os.fsync(f.fileno())
+    return size, h.hexdigest()

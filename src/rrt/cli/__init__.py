@@ -5,7 +5,8 @@ from there); each subcommand's handler lives in a module of this package by conc
 (`model`, `data`, `train`, `eval`, `report`) and is imported only when that subcommand
 runs, so `rrt --help` does not import lm-eval, datasets or matplotlib. Handlers check
 their input first and fail with one line on stderr (exit 2 for bad input, 1 for anything
-else; RRT_DEBUG=1 shows tracebacks) and never leave a partial output behind.
+else; `--debug` re-raises any error with its traceback, RRT_DEBUG=1 those that are not bad
+input) and never leave a partial output behind.
 """
 from __future__ import annotations
 
@@ -30,10 +31,19 @@ from ..settings import (
     TRAIN,
 )
 
+_DEBUG_HELP = "on error, show the traceback instead of one line (also: RRT_DEBUG=1, for errors other than bad input)"
+
+
+def _common() -> argparse.ArgumentParser:
+    """Flags every subcommand also takes after its name (`rrt convert ... --debug`)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
+    return p
+
 
 def _command(sub, name: str, handler: str, **kwargs) -> argparse.ArgumentParser:
     """A subcommand whose handler is `module:function` inside rrt.cli."""
-    p = sub.add_parser(name, **kwargs)
+    p = sub.add_parser(name, parents=[_common()], **kwargs)
     p.set_defaults(handler=handler)
     return p
 
@@ -183,6 +193,7 @@ def _report_commands(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rrt", description="Relaxed Recursive Transformers")
+    p.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
     for add in (_model_commands, _data_commands, _train_commands, _eval_commands, _report_commands):
         add(sub)
@@ -196,10 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         handler = getattr(importlib.import_module(f"rrt.cli.{module}"), function)
         handler(args)
     except UsageError as e:
+        if args.debug:
+            raise
         print(f"rrt {args.command}: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
-        if os.environ.get("RRT_DEBUG"):
+        if args.debug or os.environ.get("RRT_DEBUG"):
             raise
         print(f"rrt {args.command}: error: {type(e).__name__}: {first_line(e)}", file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ from ..eval.evaluate import evaluate_model
 from ..eval.tasks import DEFAULT_PROMPT_FORMAT, resolve_prompt_format
 from ..model.load import load_config_dir
 from ..settings import TASKS
+from . import checks
 
 
 def _parse_pairs(values: list[str] | None, flag: str) -> dict[str, str]:
@@ -67,6 +68,10 @@ def _check_ppl_set(name: str, path: str) -> None:
 
 def evaluate(args) -> None:
     load_config_dir(args.model, "--model")
+    checks.check_weights(args.model, "--model")
+    checks.output_file(args.out, "--out")
+    if args.workdir is not None:
+        checks.output_dir(args.workdir, "--workdir")
     ppl = _parse_pairs(args.ppl, "--ppl")
     for name, path in ppl.items():
         _check_ppl_set(name, path)

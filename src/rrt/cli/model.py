@@ -8,36 +8,59 @@ from ..io import atomic_output_dir, atomic_write_json
 from ..model import base_models
 from ..model.baselines import reduce_depth
 from ..model.convert import convert as convert_model
-from ..model.convert import parse_rank
+from ..model.convert import parse_rank, rank_caps, recorded_rank
 from ..model.describe import describe
 from ..model.families import family_of
 from ..model.load import copy_tokenizer, load_config_dir, load_model_dir
 from ..model.params import count_params
 from ..model.sharing import depth_to_slot
+from . import checks
+
+_GROUP_NAMES = {"attn": "attention", "mlp": "MLP"}
 
 
-def _new_out(out: str) -> Path:
-    out = Path(out)
-    if out.exists():
-        raise UsageError(f"--out {out} already exists")
-    return out
+def _rank_notes(args, text_config) -> list[str]:
+    """One line per rank flag that some linear caps: what was built instead."""
+    ranks = {"attn": ("--rank", args.rank), "mlp": ("--rank", args.rank)}
+    if args.rank_attn is not None:
+        ranks["attn"] = ("--rank-attn", args.rank_attn)
+    if args.rank_mlp is not None:
+        ranks["mlp"] = ("--rank-mlp", args.rank_mlp)
+    notes = []
+    for group, caps in rank_caps(text_config).items():
+        flag, value = ranks[group]
+        rank = parse_rank(value)
+        if rank == "full" or rank == 0:
+            continue
+        capped = {path: cap for path, cap in caps.items() if cap < rank}
+        if not capped:
+            continue
+        if recorded_rank(rank, caps) == "full" and rank > max(caps.values()):
+            notes.append(f"note: {flag} {rank} is above the size of every {_GROUP_NAMES[group]} linear "
+                         f"(at most {max(caps.values())}): built and recorded as full rank")
+        elif rank > min(caps.values()):
+            notes.append(f"note: {flag} {rank} is capped to the matrix size on "
+                         + ", ".join(f"{path} ({cap})" for path, cap in capped.items()))
+    return notes
 
 
 def convert(args) -> None:
-    out = _new_out(args.out)
+    out = checks.new_output_dir(args.out)
     for flag, value in (("--rank", args.rank), ("--rank-attn", args.rank_attn), ("--rank-mlp", args.rank_mlp)):
         if value is not None:
             try:
                 parse_rank(value)
             except ValueError as e:
                 raise UsageError(f"{flag}: {e}") from None
+    checks.positive("--lora-alpha", args.lora_alpha)
     # Check what the config alone can tell before loading any weights.
     base_config = load_config_dir(args.base, "--base")
     try:
         family_of(base_config)
         depth_to_slot(base_config.num_hidden_layers, args.loops, args.sharing)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"--loops {args.loops}: {e}" if "loops" in str(e) else str(e)) from None
+    checks.check_weights(args.base, "--base")
     base = load_model_dir(args.base, "--base")
     try:
         model = convert_model(base, loops=args.loops, init=args.init, sharing=args.sharing, rank=args.rank,
@@ -45,14 +68,18 @@ def convert(args) -> None:
                               lora_alpha=args.lora_alpha, per_depth_norms=args.per_depth_norms, seed=args.seed)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    with atomic_output_dir(out) as tmp:
+    with checks.removed_on_error(out), atomic_output_dir(out) as tmp:
         model.save_pretrained(tmp)
         copy_tokenizer(args.base, tmp)
+    for note in _rank_notes(args, model.config.text_config):
+        print(note)
     print(describe(model))
     print(f"saved to {out}")
 
 
 def info(args) -> None:
+    if args.json:
+        checks.output_file(args.json, "--json")
     model = load_model_dir(args.model)
     print(describe(model))
     if args.json:
@@ -60,7 +87,19 @@ def info(args) -> None:
 
 
 def base_model(args) -> None:
-    out = _new_out(args.out)
+    out = checks.new_output_dir(args.out)
+    if args.source != "hub" and args.hub_id:
+        raise UsageError(f"--hub-id needs --source hub (got --source {args.source})")
+    if args.source == "tiny":
+        checks.at_least("--layers", args.layers, 1)
+        if args.hidden_size < 8 or args.hidden_size % 8:
+            raise UsageError(f"--hidden-size must be a positive multiple of 8 (4 heads of even size), "
+                             f"got {args.hidden_size}")
+    with checks.removed_on_error(out):
+        _write_base_model(args, out)
+
+
+def _write_base_model(args, out: Path) -> None:
     if args.source == "embedded":
         base_models.materialize(out)
         print(f"saved SmolLM2-135M-Instruct (fp32) to {out}")
@@ -75,7 +114,7 @@ def base_model(args) -> None:
 
 
 def reduce(args) -> None:
-    out = _new_out(args.out)
+    out = checks.new_output_dir(args.out)
     config = load_config_dir(args.base, "--base")
     try:
         family_of(config)
@@ -86,12 +125,13 @@ def reduce(args) -> None:
         if args.loops < 1 or config.num_hidden_layers % args.loops:
             raise UsageError(f"--loops {args.loops} does not divide the {config.num_hidden_layers} layers")
         num_layers = config.num_hidden_layers // args.loops
+    checks.check_weights(args.base, "--base")
     base = load_model_dir(args.base, "--base")
     try:
         model = reduce_depth(base, num_layers, args.init, args.seed)
     except ValueError as e:
         raise UsageError(f"--layers/--init: {e}") from None
-    with atomic_output_dir(out) as tmp:
+    with checks.removed_on_error(out), atomic_output_dir(out) as tmp:
         model.save_pretrained(tmp)
         copy_tokenizer(args.base, tmp)
     print(describe(model))

@@ -1,22 +1,26 @@
 """Handler of `rrt train`."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line
 from ..model.load import load_config_dir
 from ..settings import TRAIN
 from ..train.trainer import parse_adam_betas
 from ..train.trainer import train as train_model
+from . import checks
 
 
 def _check(args) -> None:
-    """One-line errors for bad arguments, before anything is loaded."""
+    """One-line errors for bad arguments, before anything is loaded or created."""
     load_config_dir(args.model, "--model")
+    checks.check_weights(args.model, "--model")
     data = Path(args.data)
     if not data.is_dir():
-        kind = "a file, not a directory" if data.exists() else "does not exist"
-        raise UsageError(f"--data directory {data} {kind}")
+        if data.exists():
+            raise UsageError(f"--data {data} is a file, not a directory (give the directory written by `rrt tokenize`)")
+        raise UsageError(f"--data directory {data} does not exist")
     if not (data / "dataset_info.json").is_file() and not (data / "state.json").is_file():
         raise UsageError(f"--data {data} is not a dataset saved with save_to_disk (e.g. by `rrt tokenize`)")
     kd_flags = [f for f, v in (("--kd-loss", args.kd_loss), ("--kd-weight", args.kd_weight),
@@ -25,17 +29,21 @@ def _check(args) -> None:
         raise UsageError(f"{kd_flags[0]} needs --teacher")
     if args.teacher is not None:
         load_config_dir(args.teacher, "--teacher")
+        checks.check_weights(args.teacher, "--teacher")
+    checks.output_dir(args.out, "--out")
     if args.deepspeed is not None and not Path(args.deepspeed).is_file():
         raise UsageError(f"--deepspeed file {args.deepspeed} does not exist")
     for flag, value in (("--max-tokens", args.max_tokens), ("--batch-tokens", args.batch_tokens),
                         ("--micro-batch-size", args.micro_batch_size), ("--save-steps", args.save_steps),
-                        ("--loss-chunk-tokens", args.loss_chunk_tokens)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be >= 1, got {value}")
-    if args.warmup_steps is not None and args.warmup_steps < 0:
-        raise UsageError(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
-    if not 0 <= args.warmup_ratio <= 1:
-        raise UsageError(f"--warmup-ratio must be in [0, 1], got {args.warmup_ratio}")
+                        ("--log-steps", args.log_steps), ("--loss-chunk-tokens", args.loss_chunk_tokens)):
+        checks.at_least(flag, value, 1)
+    checks.at_least("--warmup-steps", args.warmup_steps, 0)
+    checks.positive("--lr", args.lr)
+    checks.non_negative("--weight-decay", args.weight_decay)
+    for flag, value in (("--warmup-ratio", args.warmup_ratio), ("--min-lr-ratio", args.min_lr_ratio),
+                        ("--kd-weight", args.kd_weight)):
+        checks.in_unit_interval(flag, value)
+    checks.positive("--kd-temperature", args.kd_temperature)
     try:
         parse_adam_betas(args.adam_betas)
     except ValueError:
@@ -50,12 +58,23 @@ def train(args) -> None:
         kd = {"teacher_dir": args.teacher, "kd_kind": args.kd_loss or defaults["loss"],
               "kd_weight": defaults["weight"] if args.kd_weight is None else args.kd_weight,
               "kd_temperature": defaults["temperature"] if args.kd_temperature is None else args.kd_temperature}
-    try:
+    out = Path(args.out)
+    # A failed run removes what it created (OUT and missing parents), unless it got as far
+    # as a checkpoint it can resume from; an OUT that existed before is never touched.
+    with checks.removed_on_error(out, keep=lambda p: any((p / "checkpoints").glob("checkpoint-*"))), \
+            _usage_errors():
         train_model(args.model, args.data, args.out, max_tokens=args.max_tokens, batch_tokens=args.batch_tokens,
                     micro_batch_size=args.micro_batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
                     warmup_ratio=args.warmup_ratio, min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay,
                     adam_betas=args.adam_betas, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
                     loss_chunk_tokens=args.loss_chunk_tokens, save_steps=args.save_steps, log_steps=args.log_steps,
                     deepspeed=args.deepspeed, keep_checkpoints=args.keep_checkpoints, **kd)
+
+
+@contextlib.contextmanager
+def _usage_errors():
+    """The library's ValueErrors are bad settings or data: one-line usage errors."""
+    try:
+        yield
     except ValueError as e:
-        raise UsageError(str(e).strip().splitlines()[0]) from None
+        raise UsageError(first_line(e)) from None

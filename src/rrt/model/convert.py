@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 from transformers.initialization import no_init_weights
 
@@ -27,6 +29,28 @@ def parse_rank(value) -> int | str:
     return rank
 
 
+def rank_caps(text_config) -> dict[str, dict[str, int]]:
+    """For each module group ("attn", "mlp"): each linear of a decoder layer (by path) and
+    the largest LoRA rank it can hold, the smaller side of its weight (`relax.resolve_rank`)."""
+    family = family_of(text_config)
+    with torch.device("meta"):
+        layer = family.layer_cls(text_config)(text_config, layer_idx=0)
+    caps: dict[str, dict[str, int]] = {}
+    for path, module in layer.named_modules():
+        if isinstance(module, nn.Linear):
+            caps.setdefault(family.module_group(path), {})[path] = min(module.in_features, module.out_features)
+    return caps
+
+
+def recorded_rank(rank: int | str, caps: dict[str, int]) -> int | str:
+    """The rank to record for a module group: 'full' when `rank` puts every linear of the
+    group at its cap (so the config says what was built, not e.g. 10**9), else `rank`
+    (a linear smaller than it is still capped, as the paper's sizes assume)."""
+    if rank != "full" and rank > 0 and caps and rank >= max(caps.values()):
+        return "full"
+    return rank
+
+
 @torch.no_grad()
 def convert(base: PreTrainedModel, *, loops: int, init: str = "stepwise", sharing: str = "cycle",
             rank="0", rank_attn=None, rank_mlp=None, lora_init: str = "svd", lora_alpha: float | None = None,
@@ -38,13 +62,16 @@ def convert(base: PreTrainedModel, *, loops: int, init: str = "stepwise", sharin
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if lora_init not in LORA_INITS:
         raise ValueError(f"lora_init must be one of {LORA_INITS}, got {lora_init!r}")
+    if lora_alpha is not None and not (math.isfinite(lora_alpha) and lora_alpha > 0):
+        raise ValueError(f"lora_alpha must be a finite number > 0, got {lora_alpha}")
     rank = parse_rank(rank)
     layer_map = depth_to_slot(text.num_hidden_layers, loops, sharing)
+    caps = rank_caps(text)
     config = RecursiveConfig(
         text_config=text, num_loops=loops, sharing=sharing, layer_map=layer_map, init=init,
         init_sources=init_sources(layer_map, init, seed),
-        lora_rank_attn=parse_rank(rank_attn) if rank_attn is not None else rank,
-        lora_rank_mlp=parse_rank(rank_mlp) if rank_mlp is not None else rank,
+        lora_rank_attn=recorded_rank(parse_rank(rank_attn) if rank_attn is not None else rank, caps.get("attn", {})),
+        lora_rank_mlp=recorded_rank(parse_rank(rank_mlp) if rank_mlp is not None else rank, caps.get("mlp", {})),
         lora_init=lora_init, lora_alpha=lora_alpha, per_depth_norms=per_depth_norms, seed=seed,
     )
     dtype = base.get_input_embeddings().weight.dtype

@@ -18,7 +18,7 @@ def load_config_dir(path: str | Path, what: str = "model"):
     """The config of a saved HF model. `what` names the flag in errors (e.g. "--base")."""
     path = Path(path)
     if not path.is_dir():
-        kind = "a file, not a directory" if path.exists() else "does not exist"
+        kind = "is a file, not a directory" if path.exists() else "does not exist"
         raise UsageError(f"{what} directory {path} {kind}")
     if not (path / "config.json").is_file():
         raise UsageError(f"{what} directory {path} has no config.json")

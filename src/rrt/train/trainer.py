@@ -17,13 +17,16 @@ What the paper fixes and what this module adds where it is silent:
 - Memory switches for paper scale (they change no number, only memory for time):
   gradient checkpointing (per depth for a RecursiveForCausalLM) and a chunked LM-head
   loss (`loss_chunk_tokens`) that never materialises the (tokens x vocab) logits.
-- Checkpoints every `save_steps` in out/checkpoints (last 2 kept). A rerun resumes from the
-  last complete one and continues the same run: same data order, optimizer, scheduler and
-  RNG state, so an interrupted-and-resumed run ends with the weights and loss history of an
-  uninterrupted one. The run's settings are kept in out/train_config.json and a rerun with
-  other settings is refused rather than silently mixed.
+- Checkpoints every `save_steps` in out/checkpoints (last 2 complete ones kept). Each is
+  complete once its manifest (every file's size and sha256, the step and the run's settings;
+  `checkpoints.py`) is written, last. A rerun resumes from the newest checkpoint that
+  matches its manifest, skipping damaged or cut-off ones with a line saying why, and
+  continues the same run: same data order, optimizer, scheduler and RNG state, so an
+  interrupted-and-resumed run ends with the weights and loss history of an uninterrupted
+  one. The run's settings are kept in each manifest (and out/train_config.json, for people)
+  and a rerun with other settings is refused rather than silently mixed.
 - Outputs: out/final (model + tokenizer, renamed into place last, so its existence means the
-  run is complete and a rerun is a no-op), out/loss.csv, out/train_summary.json.
+  run is complete and a rerun only removes what a kill after that rename left), out/loss.csv, out/train_summary.json.
 """
 from __future__ import annotations
 
@@ -56,9 +59,12 @@ from ..settings import KD_KINDS as KINDS
 from ..settings import TRAIN
 from .checkpoints import (
     CHECKPOINTS,
-    check_same_run,
+    ManifestCallback,
+    find_resume,
     is_main_process,
-    last_checkpoint,
+    record_run,
+    remove_stale,
+    run_settings,
     step_of,
     tokens_in_checkpoint,
 )
@@ -227,8 +233,10 @@ def _training_args(out_dir: Path, config: dict, micro: int, accum: int, steps: i
         adam_beta1=beta1, adam_beta2=beta2, activation_checkpointing=config["gradient_checkpointing"],
         lr_scheduler_type="cosine" if cosine else "cosine_with_min_lr", warmup_steps=config["warmup_steps"],
         lr_scheduler_kwargs={} if cosine else {"min_lr_rate": config["min_lr_ratio"]},
+        # save_total_limit=None: Trainer would rotate before the new checkpoint has its manifest;
+        # ManifestCallback rotates after it (the last KEEP complete checkpoints are kept).
         logging_steps=config["log_steps"], save_strategy="steps", save_steps=config["save_steps"],
-        save_total_limit=2, report_to=[], seed=config["seed"], data_seed=config["seed"],
+        save_total_limit=None, report_to=[], seed=config["seed"], data_seed=config["seed"],
         use_cpu=not torch.cuda.is_available(), bf16=bf16, dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(), dataloader_drop_last=True,
         include_num_input_tokens_seen="all", disable_tqdm=not config["progress"], **extra,
@@ -260,6 +268,9 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
     out_dir = Path(out_dir)
     final = out_dir / "final"
     if final.exists():
+        if is_main_process():  # a run killed between renaming final and its clean-up
+            shutil.rmtree(out_dir / FINAL_TMP, ignore_errors=True)
+        remove_stale(out_dir, keep_checkpoints)
         print(f"{final} exists: training is complete, nothing to do")
         summary = out_dir / "train_summary.json"
         return json.loads(summary.read_text()) if summary.is_file() else {}
@@ -289,8 +300,9 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():  # leftovers of a run killed while saving its final model
         shutil.rmtree(out_dir / FINAL_TMP, ignore_errors=True)
-    resume = last_checkpoint(out_dir / CHECKPOINTS)
-    check_same_run(out_dir, config, resuming=resume is not None)
+    run = run_settings(config)
+    resume = find_resume(out_dir / CHECKPOINTS, run)  # refuses checkpoints of other settings
+    record_run(out_dir, run)
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     teacher = None
@@ -300,7 +312,8 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
     trainer = UptrainTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
                                teacher=teacher, kd_kind=kd_kind, kd_weight=kd_weight, kd_temperature=kd_temperature,
                                loss_chunk_tokens=loss_chunk_tokens,
-                               callbacks=list(callbacks) + ([] if keep_checkpoints else [NoLastCheckpoint()]))
+                               callbacks=[ManifestCallback(run)] + list(callbacks)
+                               + ([] if keep_checkpoints else [NoLastCheckpoint()]))
     _swap_progress_bar(trainer)
 
     start_tokens = tokens_in_checkpoint(resume)
