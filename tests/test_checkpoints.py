@@ -284,3 +284,25 @@ def test_random_kills_end_like_an_uninterrupted_run(request, tmp_path):
         assert child.wait(timeout=600) == 0, child.stderr.read()[-3000:]
     assert kills >= 3, kills
     _same_as_whole(whole, out)
+
+
+def test_resume_of_a_tied_model_loads_without_missing_keys(run, tmp_path):
+    """The tied LM head is not in a checkpoint (it is the embeddings): resuming re-ties it
+    instead of warning that `base.lm_head.weight` is missing, and ends like the whole run."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    settings, whole, cut = run
+    out = _copy_cut(cut, tmp_path)
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    hf_logging.add_handler(handler)
+    try:
+        summary = train(out_dir=out, **settings)
+    finally:
+        hf_logging.remove_handler(handler)
+    assert summary["resumed_from_step"] == 4
+    assert not [m for m in messages if "missing keys" in m], messages
+    _same_as_whole(whole, out)

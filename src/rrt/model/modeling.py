@@ -172,6 +172,11 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
                 )
         self.base.set_submodule(self.family.layers_path, nn.ModuleList(depth_layers))
         self.post_init()
+        if config.tie_word_embeddings:
+            # The tied LM head is saved once, as the input embeddings, and re-tied on load: a
+            # checkpoint without it is complete (Trainer's resume re-ties instead of warning
+            # that `base.lm_head.weight` is missing).
+            self._keys_to_ignore_on_save = [f"base.{k}" for k in (self.base._tied_weights_keys or {})]
 
     def _relax_block(self, block: nn.Module):
         """Swap the shared block's linears/norms for placeholders where depths own something.
