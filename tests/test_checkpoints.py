@@ -306,3 +306,43 @@ def test_resume_of_a_tied_model_loads_without_missing_keys(run, tmp_path):
     assert summary["resumed_from_step"] == 4
     assert not [m for m in messages if "missing keys" in m], messages
     _same_as_whole(whole, out)
+
+
+def test_two_ranks_write_one_manifest_and_resume_past_a_damaged_checkpoint(models, tmp_path):
+    """torchrun with 2 CPU ranks (DDP over gloo): rank 0 writes each manifest after both
+    ranks have written their files (both RNG states are listed); a rerun skips a damaged
+    newest checkpoint once, resumes from the previous one and ends with the loss history
+    of the undisturbed run."""
+    import csv
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, rec = models
+    data = save_blocks(tmp_path / "data", 16)
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    argv = [torchrun, "--nproc_per_node", "2", "-m", "rrt.cli", "train", "--model", str(rec), "--data", str(data),
+            "--out", str(tmp_path / "out"), "--max-tokens", str(16 * BLOCK), "--batch-tokens", str(4 * BLOCK),
+            "--micro-batch-size", "1", "--lr", "1e-2", "--save-steps", "1", "--keep-checkpoints"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def launch():
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    launch()
+    out = tmp_path / "out"
+    newest = out / "checkpoints" / "checkpoint-4"
+    manifest = json.loads((newest / MANIFEST).read_text())
+    assert {"rng_state_0.pth", "rng_state_1.pth", "optimizer.pt", "scheduler.pt"} <= set(manifest["files"])
+    whole = list(csv.DictReader(open(out / "loss.csv")))
+    shutil.rmtree(out / "final")
+    (newest / "optimizer.pt").unlink()
+    printed = launch()
+    skips = [line for line in printed.splitlines() if line.startswith("skipping")]
+    assert skips == ["skipping checkpoint-4: optimizer.pt is missing"], printed
+    assert "resuming from checkpoint-3" in printed
+    again = list(csv.DictReader(open(out / "loss.csv")))
+    assert [r["loss"] for r in again] == [r["loss"] for r in whole]
