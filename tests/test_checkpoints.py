@@ -308,7 +308,7 @@ def test_resume_of_a_tied_model_loads_without_missing_keys(run, tmp_path):
     _same_as_whole(whole, out)
 
 
-def test_two_ranks_write_one_manifest_and_resume_past_a_damaged_checkpoint(models, tmp_path):
+def test_two_ranks_write_one_manifest_and_resume_past_a_damaged_checkpoint(request, tmp_path):
     """torchrun with 2 CPU ranks (DDP over gloo): rank 0 writes each manifest after both
     ranks have written their files (both RNG states are listed); a rerun skips a damaged
     newest checkpoint once, resumes from the previous one and ends with the loss history
@@ -319,7 +319,7 @@ def test_two_ranks_write_one_manifest_and_resume_past_a_damaged_checkpoint(model
     import sys
     from pathlib import Path
 
-    _, rec = models
+    _, rec = request.getfixturevalue("models")
     data = save_blocks(tmp_path / "data", 16)
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     argv = [torchrun, "--nproc_per_node", "2", "-m", "rrt.cli", "train", "--model", str(rec), "--data", str(data),
