@@ -11,19 +11,26 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
+def atomic_write_text(path: str | Path, text: str, durable: bool = False) -> None:
     """Write `text` to `path` through a temp file in the same directory (unique, so that
-    concurrent writers do not collide) and an atomic rename; parents are created."""
+    concurrent writers do not collide) and an atomic rename; parents are created.
+    durable: also fsync the temp file before the rename and the directory after it, so that
+    after a crash or power loss `path` is either the old file or all of `text`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        fsync_dir(path.parent)
 
 
 def atomic_write_json(path: str | Path, data) -> None:
@@ -57,21 +64,7 @@ def fsync_dir(path: str | Path) -> None:
 
 
 def durable_write_text(path: str | Path, text: str) -> None:
-    """Like atomic_write_text, and durable: the temp file is fsynced before the rename and
-    the directory after it, so after a crash `path` is either the old file or all of `text`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    atomic_write_text(path, text, durable=True)
 
 
 def durable_write_json(path: str | Path, data) -> None:
