@@ -1,6 +1,7 @@
 """Uptraining: batch arithmetic, learning, KD, resume equivalence, reruns and the CLI."""
 import csv
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -498,3 +499,18 @@ def test_real_model_distilled_from_itself(smollm2_dir, tmp_path):
     assert summary["steps"] == 1 and summary["gradient_accumulation"] == 2
     assert summary["final_kd"] == pytest.approx(0.0, abs=1e-5)
     assert AutoTokenizer.from_pretrained(out / "final").vocab_size == 49152
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
+    ({"lr": float("inf")}, "lr must be a finite number > 0, got inf"),
+    ({"weight_decay": float("nan")}, "weight_decay must be a finite number >= 0, got nan"),
+])
+def test_library_refuses_non_finite_settings_before_creating_anything(models, tmp_path, setting, message):
+    """`train()` itself, not only the CLI, refuses NaN and infinite rates (NaN passes every
+    `<` and `>` test against a bound) and writes nothing."""
+    _, rec = models
+    data = save_blocks(tmp_path / "data", 8)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(rec, data, tmp_path / "out", max_tokens=2 * BLOCK, batch_tokens=2 * BLOCK, **{**FAST, **setting})
+    assert not (tmp_path / "out").exists()

@@ -333,15 +333,18 @@ def _validate(config: dict) -> dict:
         raise ValueError(f"kd loss must be one of {', '.join(KINDS)}, got {config['kd_kind']!r}")
     if not 0 <= config["kd_weight"] <= 1:
         raise ValueError(f"kd_weight must be in [0, 1], got {config['kd_weight']}")
-    if not config["kd_temperature"] > 0:
-        raise ValueError(f"kd_temperature must be > 0, got {config['kd_temperature']}")
+    if not (math.isfinite(config["kd_temperature"]) and config["kd_temperature"] > 0):
+        raise ValueError(f"kd_temperature must be a finite number > 0, got {config['kd_temperature']}")
     if not 0 <= config["min_lr_ratio"] <= 1:
         raise ValueError(f"min_lr_ratio must be in [0, 1], got {config['min_lr_ratio']}")
     for key in ("save_steps", "log_steps"):
         if config[key] < 1:
             raise ValueError(f"{key} must be >= 1, got {config[key]}")
-    if config["lr"] <= 0 or config["weight_decay"] < 0:
-        raise ValueError("lr must be > 0 and weight_decay >= 0")
+    # NaN compares false with everything: test for what is wanted, not against what is not.
+    if not (math.isfinite(config["lr"]) and config["lr"] > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {config['lr']}")
+    if not (math.isfinite(config["weight_decay"]) and config["weight_decay"] >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {config['weight_decay']}")
     if config["warmup_steps"] is not None and config["warmup_steps"] < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {config['warmup_steps']}")
     if not 0 <= config["warmup_ratio"] <= 1:
