@@ -9,6 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
+from safetensors import safe_open
+
 from ..errors import UsageError, first_line
 
 
@@ -132,8 +134,6 @@ def check_weights(path: str | Path, flag: str) -> None:
         shards = [path / "model.safetensors"]
     elif not list(path.glob("pytorch_model*.bin")):
         raise UsageError(f"{flag} directory {path} has no weights (model.safetensors or pytorch_model.bin)")
-    from safetensors import safe_open
-
     for shard in shards:
         try:
             with safe_open(str(shard), "pt") as f:

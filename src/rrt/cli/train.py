@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import UsageError, first_line
 from ..model.load import load_config_dir
 from ..settings import TRAIN
-from ..train.trainer import parse_adam_betas
+from ..train.plan import parse_adam_betas
 from ..train.trainer import train as train_model
 from . import checks
 

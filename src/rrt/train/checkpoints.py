@@ -26,6 +26,7 @@ import os
 import shutil
 from pathlib import Path
 
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 from ..io import atomic_write_json, durable_write_json, file_sha256, fsync_dir
@@ -210,8 +211,6 @@ def rotate(checkpoints: Path, keep: int = KEEP) -> None:
 
 
 def _barrier() -> None:
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
 
@@ -240,22 +239,6 @@ def record_run(out_dir: Path, run: dict) -> None:
     """out/train_config.json: the run's settings, for people (checkpoints carry their own)."""
     if is_main_process():
         atomic_write_json(Path(out_dir) / "train_config.json", run)
-
-
-def check_same_run(out_dir: Path, config: dict, resuming: bool) -> None:
-    """Record the run's settings; refuse to resume checkpoints made with other settings
-    (train_config.json; `find_resume` checks the checkpoint's own manifest)."""
-    path = out_dir / "train_config.json"
-    run = {k: config[k] for k in RUN_KEYS}
-    if resuming and path.is_file():
-        before = json.loads(path.read_text())
-        changed = [k for k in RUN_KEYS if before.get(k) != run[k]]
-        if changed:
-            k = changed[0]
-            raise ValueError(f"{out_dir / CHECKPOINTS} holds a run with {k}={before.get(k)!r}, not {run[k]!r}: "
-                             f"remove it or use another output directory")
-    if is_main_process():
-        atomic_write_json(path, run)
 
 
 def remove_stale(out_dir: Path, keep_checkpoints: bool) -> None:
