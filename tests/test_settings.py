@@ -15,7 +15,7 @@ from rrt.cli import build_parser
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
 VARIANTS_SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/variants.schema.yaml").read_text())
-SECTIONS = {"data": settings.DATA, "train": settings.TRAIN, "eval": settings.EVAL}
+SECTIONS = {"data": settings.DATA, "train": settings.TRAIN, "eval": settings.EVAL, "plan": settings.PLAN}
 
 
 def schema_defaults(section: str) -> dict:
@@ -23,7 +23,7 @@ def schema_defaults(section: str) -> dict:
     out = {}
     for key, spec in props.items():
         if spec.get("type") == "object" and "properties" in spec:
-            out[key] = {k: v["default"] for k, v in spec["properties"].items()}
+            out[key] = {k: v["default"] for k, v in spec["properties"].items() if "default" in v}
         elif "default" in spec:
             out[key] = spec["default"]
     return out
@@ -43,6 +43,7 @@ def test_schema_lists_are_the_settings():
     assert tuple(props["train"]["properties"]["kd"]["properties"]["loss"]["enum"]) == settings.KD_KINDS
     assert tuple(props["eval"]["properties"]["source"]["enum"]) == settings.EVAL_SOURCES
     assert tuple(props["data"]["properties"]["source"]["enum"]) == settings.DATA_SOURCES
+    assert tuple(props["plan"]["properties"]["gpu"]["enum"]) == tuple(settings.PLAN["gpu_specs"])
     base = props["base_models"]["additionalProperties"]["properties"]["source"]["enum"]
     assert tuple(base) == settings.BASE_SOURCES
     row = VARIANTS_SCHEMA["properties"]

@@ -66,7 +66,7 @@ def test_bad_rank_in_variants_is_rejected(tmp_path, test_config):
 
 def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
     """config/paper.yaml (hub models, 8-GPU uptraining) plans without touching the network:
-    the uptrain command is a torchrun launch of the `rrt` console script with DeepSpeed, and
+    uptraining is launched on 8 ranks (`rrt launch`) with DeepSpeed and a time limit, and
     evaluation uses lm-eval's stock tasks."""
     shutil.copytree(ROOT / "config", tmp_path / "config")
     out = subprocess.run([SNAKEMAKE, "all", "-n", "-p", "--cores", "8", "-s", str(ROOT / "Snakefile"),
@@ -77,7 +77,8 @@ def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
     for rule, count in (("base_model", 3), ("tokenize", 3), ("uptrain", 33), ("evaluate", 36)):
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
     train = [line for line in text.splitlines() if "rrt train" in line]
-    assert train and all("torchrun --nproc_per_node 8 --no-python rrt train" in line
+    assert train and all("rrt launch --nodes 1 --procs-per-node 8 --gpus-per-node 8" in line
+                         and "--stop-margin 900 --requeue" in line
                          and "--deepspeed workflow/deepspeed/zero2.json" in line
                          and "--gradient-checkpointing" in line and "--loss-chunk-tokens 4096" in line
                          and "--adam-betas 0.9,0.95" in line

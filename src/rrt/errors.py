@@ -1,5 +1,6 @@
 """Errors every layer may raise. `UsageError` is bad input from the user (a flag, a file,
-a config value): the CLI prints it as one line and exits 2."""
+a config value): the CLI prints it as one line and exits 2. `Paused` is not a failure: a
+long job stopped on purpose with its state saved; the CLI exits 75 (EX_TEMPFAIL)."""
 from __future__ import annotations
 
 
@@ -12,3 +13,10 @@ def first_line(e: BaseException) -> str:
     theirs), or its type name when it has none."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+class Paused(Exception):
+    """A long job stopped early on purpose (a time limit, a signal) with a checkpoint to
+    continue from: rerun to go on."""
+
+    exit_code = 75  # EX_TEMPFAIL: "try again later"

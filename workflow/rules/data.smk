@@ -7,6 +7,9 @@ rule base_model:
         "results/logs/base_model/{base}.log",
     benchmark:
         "results/benchmarks/base_model/{base}.tsv"
+    threads: threads_of("data")
+    resources:
+        **resources_of("data"),
     conda:
         "../../envs/model.yaml"
     shell:
@@ -23,6 +26,9 @@ rule corpus:
         "results/logs/corpus.log",
     benchmark:
         "results/benchmarks/corpus.tsv"
+    threads: threads_of("data")
+    resources:
+        **resources_of("data"),
     conda:
         "../../envs/model.yaml"
     shell:
@@ -45,6 +51,9 @@ rule tokenize:
         "results/logs/tokenize/{base}.log",
     benchmark:
         "results/benchmarks/tokenize/{base}.tsv"
+    threads: threads_of("data")
+    resources:
+        **resources_of("data"),
     conda:
         "../../envs/model.yaml"
     shell:

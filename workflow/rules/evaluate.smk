@@ -14,11 +14,9 @@ rule evaluate:
         "results/logs/evaluate/{variant}.log",
     benchmark:
         "results/benchmarks/evaluate/{variant}.tsv"
-    threads: resource("evaluate", "threads", 2)
+    threads: threads_of("evaluate")
     resources:
-        gpus=resource("evaluate", "gpus", 0),
-        mem_mb=resource("evaluate", "mem_mb", 8000),
-        runtime=resource("evaluate", "runtime", 60),
+        **resources_of("evaluate"),
     conda:
         "../../envs/eval.yaml"
     shell:

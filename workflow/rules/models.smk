@@ -12,6 +12,9 @@ rule convert:
         "results/logs/convert/{variant}.log",
     benchmark:
         "results/benchmarks/convert/{variant}.tsv"
+    threads: threads_of("convert")
+    resources:
+        **resources_of("convert"),
     conda:
         "../../envs/model.yaml"
     shell:
@@ -33,6 +36,9 @@ rule reduce:
         "results/logs/reduce/{variant}.log",
     benchmark:
         "results/benchmarks/reduce/{variant}.tsv"
+    threads: threads_of("convert")
+    resources:
+        **resources_of("convert"),
     conda:
         "../../envs/model.yaml"
     shell:

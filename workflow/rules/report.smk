@@ -29,6 +29,9 @@ rule aggregate:
         train_settings=lambda wc: train_settings_json(),
     log:
         "results/logs/aggregate.log",
+    threads: threads_of("report")
+    resources:
+        **resources_of("report"),
     conda:
         "../../envs/report.yaml"
     shell:

@@ -1,7 +1,10 @@
 rule uptrain:
     """Uptrain a variant (all parameters), optionally distilling from its full-size base.
     Checkpoints live in results/train/{variant}/checkpoints, outside the declared outputs,
-    so an interrupted job resumes from the last one when rerun."""
+    so an interrupted job resumes from the last one when rerun. On SLURM, a run longer than
+    the job's `runtime` checkpoints `stop_margin_s` before the limit and requeues its job,
+    which continues from there (Snakemake sees one job). `rrt launch` starts the processes
+    (torchrun per node, srun across nodes) from the allocation."""
     input:
         model=init_dir,
         data=lambda wc: f"results/data/tokens/{variant(wc).base}",
@@ -23,22 +26,22 @@ rule uptrain:
             if variant(wc).kd else ""
         ),
         deepspeed=optional_args(deepspeed=config["train"]["deepspeed"]),
+        launch=launch_args(),
         betas=",".join(str(b) for b in config["train"]["adam_betas"]),
     log:
         "results/logs/uptrain/{variant}.log",
     benchmark:
         "results/benchmarks/uptrain/{variant}.tsv"
-    threads: resource("train", "threads", 2)
+    threads: threads_of("train")
     resources:
-        gpus=resource("train", "gpus", 0),
-        mem_mb=resource("train", "mem_mb", 8000),
-        runtime=resource("train", "runtime", 60),
+        **resources_of("train"),
     conda:
         "../../envs/model.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {params.train[launcher]} rrt train --model {input.model} --data {input.data}/train "
+        "OMP_NUM_THREADS={threads} rrt launch {params.launch} --cpus-per-node {resources.cpus_per_task} -- rrt train --model {input.model} --data {input.data}/train "
         "--out {params.out} --max-tokens {params.tokens} --batch-tokens {params.train[batch_tokens]} "
         "--micro-batch-size {params.train[micro_batch_size]} --lr {params.train[lr]} {params.warmup} "
         "--min-lr-ratio {params.train[min_lr_ratio]} --adam-betas {params.betas} "
         "--weight-decay {params.train[weight_decay]} --save-steps {params.train[save_steps]} --seed {params.train[seed]} "
-        "{params.extra} {params.kd} {params.deepspeed} > {log} 2>&1"
+        "{params.extra} {params.kd} {params.deepspeed} --stop-margin {params.train[stop_margin_s]} --requeue "
+        ">> {log} 2>&1"

@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import platform
 import sys
 
-from ..errors import UsageError, first_line
+from ..errors import Paused, UsageError, first_line
 from ..settings import (
     BASE_SOURCES,
     DATA,
@@ -25,6 +26,7 @@ from ..settings import (
     INITS,
     KD_KINDS,
     LORA_INITS,
+    PLAN,
     REDUCED_INITS,
     SHARINGS,
     TASKS,
@@ -153,6 +155,23 @@ def _train_commands(sub) -> None:
     t.add_argument("--kd-temperature", type=float, default=None,
                    help=f"softens both distributions (default {kd['temperature']})")
     t.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config passed to the Trainer")
+    t.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="this job's wall-clock limit: checkpoint and exit 75 before it (also SLURM's own limit, "
+                        "SIGTERM and SIGUSR1); rerun to continue")
+    t.add_argument("--stop-margin", type=float, default=TRAIN["stop_margin_s"], metavar="SECONDS",
+                   help="stop this long (plus one step) before the time limit, for the checkpoint to be written")
+    t.add_argument("--requeue", action="store_true",
+                   help="in a SLURM job, requeue the job when paused (same job id): it continues by itself")
+    lc = _command(sub, "launch", "launch:launch",
+                  help="run a command on N nodes x P processes (torchrun; srun across a SLURM allocation)",
+                  description="One process: the command itself; one node: torchrun --standalone; several nodes: "
+                              "srun starts a torchrun per node of the SLURM job, rendezvous on its first node.")
+    lc.add_argument("--nodes", type=int, default=1)
+    lc.add_argument("--procs-per-node", type=int, default=1, help="ranks per node (GPUs per node on a cluster)")
+    lc.add_argument("--gpus-per-node", type=int, default=0)
+    lc.add_argument("--cpus-per-node", type=int, default=None, help="CPUs each node's srun task may use")
+    lc.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    lc.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the command, e.g. -- rrt train ...")
 
 
 def _eval_commands(sub) -> None:
@@ -189,6 +208,17 @@ def _report_commands(sub) -> None:
                    help="Snakemake benchmark directory: adds stage_times.csv/.md to --tables")
     p.add_argument("--train-settings", default=None,
                    help="JSON of the workflow's train settings: the report states the choices the paper leaves open")
+    pl = _command(sub, "plan", "plan:plan",
+                  help="what an experiment costs before it runs: parameters, FLOPs, GPU-hours, jobs, memory, disk",
+                  description="For each variant of a workflow config: unique and compute parameters, training "
+                              "FLOPs, GPU-hours and wall-clock hours on resources.train, SLURM jobs, peak memory "
+                              "per GPU and disk. Offline: the paper's hub models' shapes are built in.")
+    pl.add_argument("--config", required=True, help="workflow config YAML, e.g. config/paper.yaml")
+    pl.add_argument("--gpu", default=None, metavar="|".join(PLAN["gpu_specs"]),
+                    help=f"GPU to cost on (default: the config's plan.gpu, else {PLAN['gpu']})")
+    pl.add_argument("--mfu", type=float, default=None,
+                    help=f"model FLOPs utilisation in (0, 1] (default: the config's plan.mfu, else {PLAN['mfu']})")
+    pl.add_argument("--out", default=None, help="also write the table to this .csv or .json file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,9 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module, function = args.handler.split(":")
+    if "SLURM_JOB_ID" in os.environ:  # which job did this, in the rule's log
+        print(f"rrt {args.command}: SLURM job {os.environ['SLURM_JOB_ID']} on {platform.node()}",
+              file=sys.stderr, flush=True)
     try:
         handler = getattr(importlib.import_module(f"rrt.cli.{module}"), function)
         handler(args)
+    except Paused as e:
+        print(f"rrt {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except UsageError as e:
         if args.debug:
             raise

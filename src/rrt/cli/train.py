@@ -38,6 +38,9 @@ def _check(args) -> None:
                         ("--log-steps", args.log_steps), ("--loss-chunk-tokens", args.loss_chunk_tokens)):
         checks.at_least(flag, value, 1)
     checks.at_least("--warmup-steps", args.warmup_steps, 0)
+    checks.non_negative("--stop-margin", args.stop_margin)
+    if args.time_limit is not None:
+        checks.positive("--time-limit", args.time_limit)
     checks.positive("--lr", args.lr)
     checks.non_negative("--weight-decay", args.weight_decay)
     for flag, value in (("--warmup-ratio", args.warmup_ratio), ("--min-lr-ratio", args.min_lr_ratio),
@@ -68,7 +71,8 @@ def train(args) -> None:
                     warmup_ratio=args.warmup_ratio, min_lr_ratio=args.min_lr_ratio, weight_decay=args.weight_decay,
                     adam_betas=args.adam_betas, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
                     loss_chunk_tokens=args.loss_chunk_tokens, save_steps=args.save_steps, log_steps=args.log_steps,
-                    deepspeed=args.deepspeed, keep_checkpoints=args.keep_checkpoints, **kd)
+                    deepspeed=args.deepspeed, keep_checkpoints=args.keep_checkpoints,
+                    time_limit_minutes=args.time_limit, stop_margin=args.stop_margin, requeue=args.requeue, **kd)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -51,6 +52,16 @@ def materialize(out: str | Path) -> Path:
     return Path(out)
 
 
+def embedded_config() -> LlamaConfig:
+    """The embedded model's architecture, read from the GGUF's metadata (no weights are
+    dequantised; ~3 s): what `materialize` writes as config.json, quantization aside."""
+    src = gguf_path()
+    config = AutoConfig.from_pretrained(src.parent, gguf_file=src.name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    return config
+
+
 def _gguf_tokenizer():
     src = gguf_path()
     return AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
@@ -70,13 +81,19 @@ def tiny_model(out: str | Path, layers: int = 4, hidden_size: int = 32, seed: in
     """A random llama small enough for a whole-pipeline test, with the real tokenizer so
     that tokenization and the few-shot tasks run exactly as for the real model."""
     tok = _gguf_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, tie_word_embeddings=True,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config = tiny_config(len(tok), layers, hidden_size, tok.bos_token_id, tok.eos_token_id)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     with atomic_output_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return Path(out)
+
+
+def tiny_config(vocab_size: int, layers: int = 4, hidden_size: int = 32, bos_token_id: int | None = None,
+                eos_token_id: int | None = None) -> LlamaConfig:
+    """The architecture of `tiny_model` (its vocabulary: the embedded tokenizer's, 49152)."""
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=2048, tie_word_embeddings=True,
+                       bos_token_id=bos_token_id, eos_token_id=eos_token_id)

@@ -70,6 +70,7 @@ from .checkpoints import (
 )
 from .losses import lm_losses
 from .plan import num_steps, parse_adam_betas, plan_batches, warmup_steps_for
+from .time_limit import Paused, StopBeforeLimit, deadline, requeue_slurm_job
 
 FINAL_TMP = ".final.tmp"
 
@@ -253,7 +254,9 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
           kd_kind: str = TRAIN["kd"]["loss"],
           kd_weight: float = TRAIN["kd"]["weight"], kd_temperature: float = TRAIN["kd"]["temperature"],
           save_steps: int = TRAIN["save_steps"], log_steps: int = TRAIN["log_steps"], deepspeed=None,
-          bf16="auto", progress: bool = True, keep_checkpoints: bool = False, callbacks=()) -> dict:
+          bf16="auto", progress: bool = True, keep_checkpoints: bool = False, callbacks=(),
+          time_limit_minutes: float | None = None, stop_margin: float = TRAIN["stop_margin_s"],
+          requeue: bool = False) -> dict:
     """Uptrain the model in `model_dir` on the packed blocks in `data_dir`; write `out_dir`.
 
     Returns the summary (also in out_dir/train_summary.json). If out_dir/final exists the
@@ -262,7 +265,13 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
     each is ~1.6 GB with the optimizer state). `callbacks` are extra TrainerCallbacks.
     Warmup: `warmup_steps` if given, else round(warmup_ratio * planned steps). adam_betas:
     (beta1, beta2) or "B1,B2". gradient_checkpointing and loss_chunk_tokens trade time for
-    memory and change no number. Bad settings raise ValueError."""
+    memory and change no number. Bad settings raise ValueError.
+
+    Time limits (`time_limit`): within `time_limit_minutes` of this call (or before the
+    SLURM job's end) less `stop_margin` seconds, or at SIGTERM/SIGUSR1, the run checkpoints
+    at a step boundary and raises `Paused`; rerun to continue, or with `requeue` (in a
+    SLURM job) rank 0 first requeues the job, which then continues by itself."""
+    started = time.time()
     hf_logging.disable_progress_bar()  # weight-loading bars; Trainer's own bar stays
 
     out_dir = Path(out_dir)
@@ -309,22 +318,39 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
     if teacher_dir:
         teacher = _load_teacher(teacher_dir, torch.bfloat16 if use_bf16 else torch.float32, _vocab(model))
     args = _training_args(out_dir, config, micro, accum, steps, use_bf16)
+    stop = StopBeforeLimit(deadline(time_limit_minutes, started), stop_margin)
     trainer = UptrainTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
                                teacher=teacher, kd_kind=kd_kind, kd_weight=kd_weight, kd_temperature=kd_temperature,
                                loss_chunk_tokens=loss_chunk_tokens,
                                callbacks=[ManifestCallback(run)] + list(callbacks)
-                               + ([] if keep_checkpoints else [NoLastCheckpoint()]))
+                               + ([] if keep_checkpoints else [NoLastCheckpoint()]) + [stop])
     _swap_progress_bar(trainer)
 
     start_tokens = tokens_in_checkpoint(resume)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
+    if stop.paused:
+        _pause(trainer, requeue)
+        raise Paused(trainer.state.global_step, stop.paused)
 
     summary = _summary(trainer, config, steps=steps, micro=micro, accum=accum, block=block, seconds=seconds,
                        session_tokens=trainer.state.num_input_tokens_seen - start_tokens, resume=resume)
     _finish(trainer, out_dir, model_dir, summary, with_kd=teacher is not None, keep_checkpoints=keep_checkpoints)
     return summary
+
+
+def _pause(trainer, requeue: bool) -> None:
+    """Every rank has its part of the checkpoint on disk before rank 0 requeues the job
+    (which kills all of them)."""
+    if not requeue:
+        return
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        why_not = requeue_slurm_job()
+        print("requeued this SLURM job: it continues from the checkpoint" if why_not is None
+              else f"could not requeue ({why_not}): rerun to continue", flush=True)
+    trainer.accelerator.wait_for_everyone()
 
 
 def _validate(config: dict) -> dict:

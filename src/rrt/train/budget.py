@@ -1,0 +1,431 @@
+"""What an experiment costs before it runs (`rrt plan`): for each variant of a workflow
+config, its parameters, training FLOPs, GPU-hours and SLURM jobs, peak memory per GPU and
+disk. `plan_budget` is a pure function of the config (schema defaults filled in) and the
+variants table; `format_plan` prints its result.
+
+Parameters. Every model is built on the meta device (no memory, milliseconds) from the
+package's own classes: the base family's CausalLM for `original` and `full`, the same with
+L/B layers for `reduced`, `RecursiveForCausalLM` with the variant's loops, sharing and rank
+(every linear, as `rrt convert --rank`) for `recursive`; `rrt.model.params` counts them.
+P = unique parameters (total and non-embedding, LoRA included). N_eff = `compute_params`:
+the matmul weights a token meets in the unrolled model, L_eff = K·B depths (each its shared
+layer's linears plus its own LoRA) and the LM head.
+
+FLOPs per token (ctx = data.block_size; d_attn = heads·head_dim; causal attention sees
+ctx/2 keys on average; sliding windows are ignored, an upper bound):
+    forward        F = 2·N_eff + 2·L_eff·ctx·d_attn
+    training       3·F                                     (backward = 2 forwards)
+                   + 2·N_layers + 2·L_eff·ctx·d_attn       with gradient checkpointing: the
+                                                           depths are recomputed, the head not
+                   + 2·N_head                              with train.loss_chunk_tokens: each
+                                                           chunk's head reruns in backward
+                   + F_teacher (+ 2·N_head_teacher if chunked)   with KD: a frozen forward
+With checkpointing and chunked loss (the paper config) the recomputation is one whole
+forward: 4·F (+ the teacher). Total = T × that, T = the variant's `tokens` (`default`:
+train.tokens); `original` variants and 0-token ones train nothing (0).
+GPU-hours = FLOPs / (peak · mfu) / 3600, the mfu applied to all FLOPs above (recomputation
+included); wall-clock hours = GPU-hours / (nodes · gpus); SLURM jobs = ceil(wall minutes /
+(runtime − stop margin)), runtime = resources.train.runtime, margin = train.stop_margin_s.
+
+Memory per GPU (GB = 1e9 bytes), as `rrt train` runs: fp32 weights under bf16 autocast,
+AdamW, DeepSpeed ZeRO-2 over G = nodes·gpus GPUs when train.deepspeed is set (without it,
+nothing is partitioned):
+    weights 4·P   gradients 4·P/G   AdamW states 8·P/G   KD teacher in bf16 2·P_teacher
+    activations of one micro-batch of s·b tokens (s = block_size, b = the micro-batch that
+    `plan.plan_batches` gives for train.micro_batch_size), and logits.
+Activations, bytes per token per depth: the tensors autograd saves, counted with
+torch.autograd.graph.saved_tensors_hooks in a bf16-autocast forward with SDPA, which like
+flash attention keeps no s² term (on the CPU; tests/test_budget.py checks the formula against
+that count to 1.5%; CUDA's autocast keeps a few more ops in fp32, so read it as ±10% there):
+    llama, gemma      26·d + 4·d_q + 4·d_kv + 8·d_ffn
+    gemma2            42·d + 4·d_q + 4·d_kv + 8·d_ffn    (not measured: transformers has no SDPA
+                                                         for it; its eager attention adds s²)
+    gemma3_text       42·d + 12·d_q + 12·d_kv + 8·d_ffn
+    gpt_neox          14·d + 4·d_q + 4·d_kv + 4·d_ffn    (measured; not broken down)
+with d_q = heads·head_dim, d_kv = kv_heads·head_dim. For llama: 8·d per RMSNorm of the fp32
+residual (input and output; Gemma 2/3 have four norms, Gemma 3 fp32 q/k norms too), 2·d per
+bf16 copy of the normalised residual a linear keeps (q, k, v, gate, up), q, k, v and the
+attention output in bf16, the gated MLP's four d_ffn-wide bf16 tensors (two for GELU). A depth's LoRA adds 2·r per linear, and 2·in per linear that reads
+the normalised residual (its LoRA keeps its own bf16 copy of it). The final norm and the
+head's input add f·d per token, f = 10 (RMSNorm: input and output, 4 + 4, and the bf16 head
+input), 6 for gpt_neox (its LayerNorm keeps only its input).
+    without checkpointing   s·b·(L_eff·act_depth + f·d)
+    with checkpointing      s·b·(L_eff·4·d + f·d) + s·b·act_depth   (the fp32 input of every
+                            depth, plus one depth's activations while it is recomputed)
+Logits, fp32 logits, softmax and gradient (×3), doubled with a teacher's:
+    unchunked s·b·V·4·3;  with train.loss_chunk_tokens c: min(c, s·b)·V·4·3.
+The peak uses the config's own train.gradient_checkpointing; both activation figures are
+reported. Not counted: the CUDA context and allocator slack (~1-3 GB), ZeRO's buckets, the
+teacher's transient activations, temporaries of the optimizer step.
+
+Disk. `rrt.data.tokens` stores int32 ids with one int32 offset per block: (4 + 4/block_size)
+bytes per token, one copy per base model (its tokenizer's), sized for the largest budget
+among that base's variants (capped by data.max_train_tokens), plus the held-out caps.
+Checkpoints of a trained variant: KEEP = 2 kept × (weights 4·P + AdamW 8·P) + final weights 4·P.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import pandas as pd
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from ..model.convert import parse_rank
+from ..model.families import family_of
+from ..model.modeling import RecursiveConfig, RecursiveForCausalLM
+from ..model.params import compute_params, count_params
+from ..model.relax import resolve_rank
+from ..model.shapes import base_config
+from ..settings import PLAN, TRAIN
+from .checkpoints import KEEP
+from .plan import plan_batches
+
+GB = 1e9
+TOKEN_BYTES = 4                 # int32 ids (rrt.data.tokens), plus one int32 offset per block
+DEFAULT_STOP_MARGIN_S = 300     # train.stop_margin_s when a config predates it
+DEFAULT_RUNTIME_MIN = 60        # the uptrain rule's runtime without resources.train.runtime
+
+# Activation bytes per token per depth: coefficients of (d, d_q, d_kv, d_ffn); see above.
+ACTIVATION_COEFFS = {
+    "llama": (26, 4, 4, 8),
+    "gemma": (26, 4, 4, 8),
+    "gemma2": (42, 4, 4, 8),
+    "gemma3_text": (42, 12, 12, 8),
+    "gpt_neox": (14, 4, 4, 4),
+}
+# Linears that read the normalised fp32 residual: a LoRA on them keeps another bf16 copy.
+READS_RESIDUAL = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "query_key_value", "dense_h_to_4h"}
+# Per token × d: the final norm (RMSNorm 8, LayerNorm 4: it keeps only its input) and the
+# head's bf16 input (2).
+FINAL_BYTES = {"gpt_neox": 6}
+FINAL_BYTES_DEFAULT = 10
+CHECKPOINT_INPUT_BYTES = 4      # per token × d per depth with checkpointing: the fp32 layer input
+
+
+def _dims(text) -> dict[str, int]:
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    return {"d": text.hidden_size, "d_q": heads * head_dim, "d_kv": kv_heads * head_dim,
+            "d_ffn": text.intermediate_size, "vocab": text.vocab_size}
+
+
+def _layer_linears(text) -> list[tuple[str, int, int]]:
+    """(path, in_features, out_features) of every linear of one decoder layer."""
+    family = family_of(text)
+    with torch.device("meta"):
+        layer = family.layer_cls(text)(text, layer_idx=0)
+    return [(p, m.in_features, m.out_features) for p, m in layer.named_modules() if isinstance(m, nn.Linear)]
+
+
+def activation_bytes_per_depth(text, rank: int | str = 0) -> int:
+    """Bytes autograd keeps per token for one depth (see the module docstring), its LoRA
+    of rank `rank` on every linear included."""
+    family = family_of(text).name
+    if family not in ACTIVATION_COEFFS:
+        raise ValueError(f"no activation formula for model family {family!r}")
+    dims = _dims(text)
+    c_d, c_q, c_kv, c_ffn = ACTIVATION_COEFFS[family]
+    total = c_d * dims["d"] + c_q * dims["d_q"] + c_kv * dims["d_kv"] + c_ffn * dims["d_ffn"]
+    if rank == "full" or rank:
+        for path, fan_in, fan_out in _layer_linears(text):
+            r = resolve_rank(rank, fan_in, fan_out)
+            total += 2 * r + (2 * fan_in if path.rsplit(".", 1)[-1] in READS_RESIDUAL else 0)
+    return total
+
+
+def model_size(text, kind: str, loops: int = 1, sharing: str = "cycle", rank: int | str = 0) -> dict:
+    """Counts of one variant's model, built on the meta device: params, non_embedding,
+    embedding, lora (unique), n_layers, n_head, n_eff (compute params, `compute_params`),
+    depths (L_eff), d_attn (per depth), act_depth (activation bytes per token per depth),
+    hidden, vocab."""
+    text = copy.deepcopy(text)
+    family = family_of(text)
+    if kind == "reduced":
+        layers = text.num_hidden_layers
+        if loops < 1 or layers % loops:
+            raise ValueError(f"loops={loops} does not divide the {layers} layers of the base model")
+        text.num_hidden_layers = layers // loops
+        if getattr(text, "layer_types", None) is not None:  # Gemma 2/3, as rrt reduce does
+            text.layer_types = text.layer_types[:layers // loops]
+    lora = 0
+    if kind == "recursive":
+        rank = parse_rank(rank)
+        lora = rank
+        config = RecursiveConfig(text_config=text, num_loops=loops, sharing=sharing,
+                                 lora_rank_attn=rank, lora_rank_mlp=rank)
+        with torch.device("meta"):
+            model = RecursiveForCausalLM(config)
+    else:
+        with torch.device("meta"):
+            model = family.causal_lm_cls(text)(text)
+    counts, compute = count_params(model), compute_params(model)
+    dims = _dims(text)
+    return {
+        "params": counts["total"], "non_embedding": counts["non_embedding"], "embedding": counts["embedding"],
+        "lora": counts["lora"], "n_layers": compute["layers"], "n_head": compute["head"], "n_eff": compute["total"],
+        "depths": text.num_hidden_layers, "d_attn": dims["d_q"], "hidden": dims["d"], "vocab": dims["vocab"],
+        "act_depth": activation_bytes_per_depth(text, lora),
+        "final_bytes": FINAL_BYTES.get(family.name, FINAL_BYTES_DEFAULT) * dims["d"],
+    }
+
+
+def train_flops_per_token(size: dict, ctx: int, *, checkpointing: bool, chunked: bool,
+                          teacher: dict | None = None) -> float:
+    """Training FLOPs per token of a model sized by `model_size` (formula: module docstring)."""
+    attention = 2 * size["depths"] * ctx * size["d_attn"]
+    forward = 2 * size["n_eff"] + attention
+    flops = 3 * forward
+    if checkpointing:
+        flops += 2 * size["n_layers"] + attention
+    if chunked:
+        flops += 2 * size["n_head"]
+    if teacher is not None:
+        flops += 2 * teacher["n_eff"] + 2 * teacher["depths"] * ctx * teacher["d_attn"]
+        if chunked:
+            flops += 2 * teacher["n_head"]
+    return flops
+
+
+def activation_bytes(size: dict, tokens: int, checkpointing: bool) -> float:
+    """Activations of one micro-batch of `tokens` tokens (s·b), with or without checkpointing."""
+    final = size["final_bytes"]
+    if checkpointing:
+        return tokens * (size["depths"] * CHECKPOINT_INPUT_BYTES * size["hidden"] + final + size["act_depth"])
+    return tokens * (size["depths"] * size["act_depth"] + final)
+
+
+def logits_bytes(vocab: int, tokens: int, chunk: int | None, teacher: bool) -> float:
+    rows = tokens if not chunk else min(chunk, tokens)
+    return rows * vocab * 4 * 3 * (2 if teacher else 1)
+
+
+def jobs_needed(wall_hours: float, runtime_min: float, stop_margin_s: float) -> float:
+    """Time-limited jobs a run of `wall_hours` needs: each does runtime − margin minutes of
+    work. NaN when the margin leaves no time; 0 for no work."""
+    if wall_hours <= 0:
+        return 0
+    work = runtime_min - stop_margin_s / 60
+    if work <= 0:
+        return math.nan
+    return math.ceil(round(wall_hours * 60 / work, 9))
+
+
+def _setting(config: dict, gpu: str | None, mfu: float | None) -> tuple[str, float]:
+    plan = config.get("plan") or {}
+    gpu = gpu if gpu is not None else plan.get("gpu", PLAN["gpu"])
+    mfu = mfu if mfu is not None else plan.get("mfu", PLAN["mfu"])
+    if gpu not in PLAN["gpu_specs"]:
+        raise UsageError(f"plan.gpu: unknown GPU {gpu!r} (known: {', '.join(PLAN['gpu_specs'])})")
+    if not isinstance(mfu, (int, float)) or not (0 < mfu <= 1):
+        raise UsageError(f"plan.mfu must be in (0, 1], got {mfu!r}")
+    return gpu, float(mfu)
+
+
+def plan_budget(config: dict, variants: pd.DataFrame, *, gpu: str | None = None, mfu: float | None = None,
+                base_configs: dict | None = None) -> pd.DataFrame:
+    """One row per variant (raw units: parameters, FLOPs, hours, GB), in the table's order.
+    `config` is a workflow config with the schema's defaults filled in (missing sections
+    fall back to rrt.settings); `gpu`/`mfu` override its `plan` section; `base_configs`
+    ({base: transformers config}) skips `shapes.base_config`. The assumptions are in
+    `.attrs` (gpu, mfu, GPUs, runtime, micro-batch, data on disk, notes)."""
+    gpu, mfu = _setting(config, gpu, mfu)
+    spec = PLAN["gpu_specs"][gpu]
+    train = {**TRAIN, **(config.get("train") or {})}
+    data = config.get("data") or {}
+    resources = (config.get("resources") or {}).get("train") or {}
+    notes = []
+    nodes = int(resources.get("nodes", 1) or 1)
+    per_node = int(resources.get("gpus", 0) or 0)
+    if per_node == 0:
+        notes.append("resources.train.gpus is 0 (a CPU run): planned for 1 GPU")
+    world = nodes * max(per_node, 1)
+    runtime = float(resources.get("runtime", DEFAULT_RUNTIME_MIN))
+    margin = float(train.get("stop_margin_s", DEFAULT_STOP_MARGIN_S))
+    block = int(data.get("block_size", 256))
+    try:
+        micro, _, _ = plan_batches(int(train["batch_tokens"]), block, int(train["micro_batch_size"]), world)
+    except ValueError as e:
+        raise UsageError(f"train.batch_tokens: {e}") from None
+    if micro < train["micro_batch_size"]:
+        notes.append(f"micro-batch {micro}, not train.micro_batch_size {train['micro_batch_size']}: "
+                     f"one optimizer step of train.batch_tokens needs fewer blocks per GPU")
+    micro_tokens = micro * block
+    checkpointing = bool(train["gradient_checkpointing"])
+    chunk = train.get("loss_chunk_tokens")
+    zero = world if train.get("deepspeed") else 1
+    if world > 1 and not train.get("deepspeed"):
+        notes.append("train.deepspeed is not set: gradients and AdamW states are not partitioned")
+
+    configs = dict(base_configs or {})
+    sizes: dict[tuple, dict] = {}
+
+    def size_of(base: str, kind: str, loops: int = 1, sharing: str = "cycle", rank="0") -> dict:
+        key = (base, kind, loops, sharing if kind == "recursive" else "-", rank if kind == "recursive" else "0")
+        if key not in sizes:
+            if base not in configs:
+                if base not in (config.get("base_models") or {}):
+                    raise UsageError(f"variant base {base!r} is not in base_models")
+                configs[base] = base_config(config["base_models"][base])
+            try:
+                sizes[key] = model_size(configs[base], kind, loops, sharing, rank)
+            except ValueError as e:
+                raise UsageError(f"base model {base!r}: {e}") from None
+        return sizes[key]
+
+    rows = []
+    for name, row in variants.iterrows():
+        kind = row["kind"]
+        size = size_of(row["base"], kind, int(row["loops"]), row["sharing"], str(row["rank"]))
+        tokens = int(train["tokens"]) if str(row["tokens"]) == "default" else int(row["tokens"])
+        trains = kind != "original" and tokens > 0
+        kd = bool(row["kd"])
+        teacher = size_of(row["base"], "original") if kd else None
+        out = {
+            "variant": name, "kind": kind, "base": row["base"], "loops": int(row["loops"]), "rank": str(row["rank"]),
+            "kd": kd, "tokens": tokens if trains else 0,
+            "params": size["params"], "params_non_embedding": size["non_embedding"], "params_lora": size["lora"],
+            "n_eff": size["n_eff"], "depths": size["depths"],
+        }
+        warnings = []
+        if trains:
+            flops = tokens * train_flops_per_token(size, block, checkpointing=checkpointing, chunked=bool(chunk),
+                                                   teacher=teacher)
+            gpu_hours = flops / (spec["peak_tflops"] * 1e12 * mfu) / 3600
+            wall = gpu_hours / world
+            jobs = jobs_needed(wall, runtime, margin)
+            p = size["params"]
+            memory = {
+                "mem_weights_gb": 4 * p / GB,
+                "mem_grads_gb": 4 * p / zero / GB,
+                "mem_optimizer_gb": 8 * p / zero / GB,
+                "mem_teacher_gb": 2 * teacher["params"] / GB if kd else 0.0,
+                "mem_activations_gb": activation_bytes(size, micro_tokens, False) / GB,
+                "mem_activations_checkpointed_gb": activation_bytes(size, micro_tokens, True) / GB,
+                "mem_logits_gb": logits_bytes(size["vocab"], micro_tokens, chunk, kd) / GB,
+            }
+            act = memory["mem_activations_checkpointed_gb" if checkpointing else "mem_activations_gb"]
+            memory["mem_peak_gb"] = (memory["mem_weights_gb"] + memory["mem_grads_gb"] + memory["mem_optimizer_gb"]
+                                     + memory["mem_teacher_gb"] + act + memory["mem_logits_gb"])
+            checkpoint_gb = (KEEP * 12 * p + 4 * p) / GB
+            if memory["mem_peak_gb"] > spec["memory_gb"]:
+                warnings.append(f"peak {memory['mem_peak_gb']:.0f} GB > {spec['memory_gb']} GB")
+            if math.isnan(jobs):
+                warnings.append(f"runtime {runtime:g} min <= stop margin {margin / 60:g} min")
+        else:
+            flops = gpu_hours = wall = jobs = checkpoint_gb = 0.0
+            memory = dict.fromkeys(("mem_weights_gb", "mem_grads_gb", "mem_optimizer_gb", "mem_teacher_gb",
+                                    "mem_activations_gb", "mem_activations_checkpointed_gb", "mem_logits_gb",
+                                    "mem_peak_gb"), math.nan)
+        rows.append({**out, "flops": flops, "gpu_hours": gpu_hours, "wall_hours": wall, "jobs": jobs, **memory,
+                     "checkpoint_gb": checkpoint_gb, "warning": "; ".join(warnings)})
+    table = pd.DataFrame(rows, columns=COLUMNS)
+
+    token_bytes = TOKEN_BYTES + 4 / block
+    heldout = len(data.get("heldout") or []) * (data.get("heldout_max_tokens") or 0)
+    disk = {}
+    for base, group in table.groupby("base", sort=False):
+        largest = int(group["tokens"].max())
+        if data.get("max_train_tokens"):
+            largest = min(largest, int(data["max_train_tokens"]))
+        disk[base] = {"train_tokens": largest, "heldout_tokens": heldout,
+                      "gb": (largest + heldout) * token_bytes / GB}
+    table.attrs.update({
+        "gpu": gpu, "peak_tflops": spec["peak_tflops"], "memory_gb": spec["memory_gb"], "mfu": mfu,
+        "nodes": nodes, "gpus_per_node": max(per_node, 1), "gpus": world, "runtime_min": runtime,
+        "stop_margin_s": margin, "block_size": block, "micro_batch": micro,
+        "gradient_checkpointing": checkpointing, "loss_chunk_tokens": chunk, "zero_partitions": zero,
+        "token_bytes": token_bytes, "data": disk, "notes": notes,
+    })
+    return table
+
+
+COLUMNS = ["variant", "kind", "base", "loops", "rank", "kd", "tokens", "params", "params_non_embedding", "params_lora",
+           "n_eff", "depths", "flops", "gpu_hours", "wall_hours", "jobs", "mem_weights_gb", "mem_grads_gb",
+           "mem_optimizer_gb", "mem_teacher_gb", "mem_activations_gb", "mem_activations_checkpointed_gb",
+           "mem_logits_gb", "mem_peak_gb", "checkpoint_gb", "warning"]
+
+
+def _human(v: float) -> str:
+    """0, 1,234, 12.3 or 0.0123: one decimal from 1 up, three significant digits below."""
+    if v is None or math.isnan(v):
+        return "-"
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.1f}" if abs(v) >= 1 else f"{v:.3g}"
+
+
+def _num(fmt: str):
+    return lambda v: "-" if v is None or math.isnan(v) else format(v, fmt)
+
+
+def _size(gb: float) -> str:
+    return f"{gb / 1000:.2f} TB" if gb >= 1000 else f"{_human(gb)} GB"
+
+
+def _count(n: float) -> str:
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.0f}"
+
+
+def format_plan(table: pd.DataFrame, title: str = "") -> str:
+    """The plan as text: assumptions, one row per variant in human units (B = 1e9
+    parameters or tokens, EFLOP = 1e18 FLOPs, memory per GPU in GB), totals and notes."""
+    a = table.attrs
+    chunk = f"loss in chunks of {a['loss_chunk_tokens']} tokens" if a["loss_chunk_tokens"] else "full logits"
+    lines = [
+        (f"{title}: " if title else "") + f"{len(table)} variants on {a['gpu']} ({a['peak_tflops']} TFLOP/s bf16 dense, "
+        f"{a['memory_gb']} GB) at MFU {a['mfu']:.2f}; {a['nodes']} node(s) x {a['gpus_per_node']} GPU(s), "
+        f"jobs of {a['runtime_min']:g} min (stop margin {a['stop_margin_s'] / 60:g} min)",
+        f"per GPU: micro-batch {a['micro_batch']} x {a['block_size']} tokens, gradient checkpointing "
+        f"{'on' if a['gradient_checkpointing'] else 'off'}, {chunk}, "
+        + (f"ZeRO-2 over {a['zero_partitions']} GPUs" if a["zero_partitions"] > 1 else "no ZeRO partitioning"),
+        "",
+    ]
+    shown = pd.DataFrame({
+        "variant": table["variant"], "kind": table["kind"],
+        "T(B)": table["tokens"] / 1e9, "P(B)": table["params"] / 1e9,
+        "P_ne(B)": table["params_non_embedding"] / 1e9, "N_eff(B)": table["n_eff"] / 1e9,
+        "EFLOP": table["flops"] / 1e18, "GPU-h": table["gpu_hours"], "wall-h": table["wall_hours"],
+        "jobs": table["jobs"],
+        "w": table["mem_weights_gb"], "g+opt": table["mem_grads_gb"] + table["mem_optimizer_gb"],
+        "teach": table["mem_teacher_gb"],
+        "act": table["mem_activations_checkpointed_gb" if a["gradient_checkpointing"] else "mem_activations_gb"],
+        "act_noGC" if a["gradient_checkpointing"] else "act_GC":
+            table["mem_activations_gb" if a["gradient_checkpointing"] else "mem_activations_checkpointed_gb"],
+        "logits": table["mem_logits_gb"], "peak GB": table["mem_peak_gb"], "ckpt GB": table["checkpoint_gb"],
+        "warning": table["warning"],
+    })
+    billions = lambda v: "-" if math.isnan(v) else f"{v:.3f}" if v >= 0.01 else f"{v:.3g}"  # noqa: E731
+    formats = {"T(B)": _human, "P(B)": billions, "P_ne(B)": billions, "N_eff(B)": billions,
+               "EFLOP": _human, "GPU-h": _human, "wall-h": _human, "jobs": _num(".0f"), "ckpt GB": _human}
+    formatters = {c: formats.get(c, _human) for c in shown.columns if c not in ("variant", "kind", "warning")}
+    lines.append(shown.to_string(index=False, formatters=formatters, justify="right", na_rep="-"))
+    trained = table["flops"] > 0
+    final_gb = (4 * table.loc[trained, "params"]).sum() / GB
+    data_gb = sum(d["gb"] for d in a["data"].values())
+    lines += [
+        "",
+        f"total: {trained.sum()} runs, {_human(table['flops'].sum() / 1e18)} EFLOP, "
+        f"{_human(table['gpu_hours'].sum())} GPU-h on {a['gpu']}, {_human(table['wall_hours'].sum())} h wall one run "
+        f"after another on {a['gpus']} GPU(s), {table['jobs'].sum():.0f} jobs; "
+        f"peak memory {_human(table['mem_peak_gb'].max())} GB per GPU"
+        if trained.any() else f"total: nothing to train ({len(table)} variants evaluated as they are)",
+        f"disk: checkpoints {_size(table['checkpoint_gb'].sum())} if every run is in flight at once "
+        f"({_size(final_gb)} of final weights stay); tokens {_size(data_gb)} ("
+        + ", ".join(f"{b} {_count(d['train_tokens'])} + {_count(d['heldout_tokens'])} held-out tokens"
+                    for b, d in a["data"].items())
+        + f", {a['token_bytes']:.3f} bytes each)",
+    ]
+    warned = table["warning"].astype(bool).sum()
+    if warned:
+        lines.append(f"warning: {warned} variant(s) flagged in the warning column")
+    lines += [f"note: {n}" for n in a["notes"]]
+    return "\n".join(lines)

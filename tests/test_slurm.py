@@ -1,0 +1,196 @@
+"""The cluster path on a real SLURM (one node on loopback, `tests/slurm_cluster.py`), through
+the README's command, `snakemake --profile slurm ... --configfile=FILE`, run from a
+checkout's root as a user would. `make test-slurm` (root, slurm-wlm and munge; ~15 min):
+
+- the test DAG runs as SLURM jobs (ids in Snakemake's output and in every rule's log) and
+  gives the same summary table as a local run;
+- uptraining on 2 ranks (torchrun, gloo, CPU) inside one allocation logs the 1-rank
+  run's losses for the same global batch;
+- an uptraining that needs several times its 1-minute time limit pauses before each limit
+  and continues in the next job, ending with the loss history of an uninterrupted run;
+- a job killed outright (`scancel -s KILL`, like a failed node) fails once, is not retried
+  blindly, and a rerun resumes from its last checkpoint to the same result.
+"""
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .slurm_cluster import LocalSlurm, missing
+
+pytestmark = pytest.mark.slurm
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+       "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+TEST_CONFIG = ".test/config/config.yaml"
+VARIANT = "rec-stepwise"
+SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+)")
+# The time-limit chain: ~1,600 optimizer steps of the tiny model (~1.5 min on 2 busy cores)
+# against 1-minute jobs that each train for ~20 s (start-up ~15 s, margin 25 s).
+CHAIN_STEPS = 1600
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    why = missing()
+    if why:
+        pytest.fail(f"a local SLURM cannot be started here: {why}")
+    slurm = LocalSlurm(tmp_path_factory.mktemp("slurm-state")).start()
+    yield slurm
+    slurm.stop()
+
+
+def checkout(path: Path) -> Path:
+    """A checkout's top level (links to this one's files) with nothing run in it yet."""
+    path.mkdir(parents=True)
+    for name in ("Snakefile", "workflow", "config", "slurm", ".test"):
+        (path / name).symlink_to(ROOT / name)
+    return path
+
+
+def snakemake(root: Path, *args: str, slurm: bool = True, timeout: int = 1200) -> subprocess.CompletedProcess:
+    """The README's command, from the checkout's root (killed with SIGKILL on timeout: a
+    hung Snakemake ignores SIGTERM)."""
+    how = ["--profile", "slurm"] if slurm else ["--cores", "2"]
+    return subprocess.run([str(BIN / "snakemake"), *how, *args], cwd=root, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_config(root: Path, name: str, variants: list[str], **changes) -> str:
+    """The test config restricted to some variants, with `changes` ({section: {key: value}})."""
+    config = yaml.safe_load((ROOT / TEST_CONFIG).read_text())
+    table = (ROOT / ".test/config/variants.tsv").read_text().splitlines()
+    keep = [table[0]] + [line for line in table[1:] if line.split("\t")[0] in variants]
+    (root / f"{name}.tsv").write_text("\n".join(keep) + "\n")
+    config["variants"] = f"{name}.tsv"
+    for section, values in changes.items():
+        config.setdefault(section, {})
+        for key, value in values.items():
+            if isinstance(value, dict):
+                config[section].setdefault(key, {}).update(value)
+            else:
+                config[section][key] = value
+    (root / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    return f"--configfile={name}.yaml"
+
+
+def seed_inputs(src: Path, dst: Path, variant: str = VARIANT) -> None:
+    """What uptraining `variant` needs, copied (with times) from a finished checkout."""
+    for rel in ("results/models/base/tiny", "results/data/tokens/tiny", f"results/models/init/{variant}"):
+        shutil.copytree(src / rel, dst / rel)
+    for rel in ("results/data/corpus",):
+        shutil.copytree(src / rel, dst / rel)
+
+
+def losses(path: Path) -> list[float]:
+    return [float(row["loss"]) for row in csv.DictReader(open(path))]
+
+
+@pytest.fixture(scope="module")
+def dag(cluster, tmp_path_factory):
+    """The whole test DAG through SLURM, and the same DAG run locally."""
+    root = tmp_path_factory.mktemp("cluster")
+    on_slurm = checkout(root / "slurm-run")
+    run = snakemake(on_slurm, "all", f"--configfile={TEST_CONFIG}")
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    local = checkout(root / "local-run")
+    again = snakemake(local, "all", f"--configfile={TEST_CONFIG}", slurm=False)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-5000:]
+    return on_slurm, run.stdout + run.stderr, local
+
+
+def test_every_job_ran_on_slurm_and_the_summary_equals_a_local_run(dag):
+    on_slurm, output, local = dag
+    job_ids = set(SUBMITTED.findall(output))
+    jobs = re.search(r"^total\s+(\d+)$", output, re.M)
+    assert jobs and len(job_ids) == int(jobs.group(1)) - 1  # every job but the local `all`
+    logs = sorted((on_slurm / "results/logs").rglob("*.log"))
+    assert len(logs) == len(job_ids)
+    for log in logs:
+        ran_in = re.findall(r"SLURM job (\d+)", log.read_text())
+        assert ran_in and set(ran_in) <= job_ids, log
+    for table in ("summary.csv", "paper_comparison.csv"):
+        assert (on_slurm / "results/tables" / table).read_text() == (local / "results/tables" / table).read_text()
+
+
+def test_two_ranks_in_one_allocation_log_the_one_rank_losses(dag, tmp_path):
+    """Same global batch (2 blocks of 64 tokens per step): 1 rank takes both, each of 2 ranks
+    (torchrun, gloo) one. Means and the all-reduce round differently: rel 1e-5."""
+    on_slurm, _, _ = dag
+    root = checkout(tmp_path / "two-ranks")
+    seed_inputs(on_slurm, root)
+    config = test_config(root, "two", [VARIANT], resources={"train": {"procs": 2, "threads": 2}})
+    run = snakemake(root, f"results/train/{VARIANT}/loss.csv", config)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    log = (root / f"results/logs/uptrain/{VARIANT}.log").read_text()
+    assert "launch: torchrun --standalone --nnodes 1 --nproc-per-node 2" in log and "SLURM job" in log
+    summary = yaml.safe_load((root / f"results/train/{VARIANT}/train_summary.json").read_text())
+    assert summary["config"]["world_size"] == 2 and summary["micro_batch_size"] == 1
+    one, two = losses(on_slurm / f"results/train/{VARIANT}/loss.csv"), losses(root / f"results/train/{VARIANT}/loss.csv")
+    assert len(one) == len(two) == 4
+    assert two == pytest.approx(one, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(dag, tmp_path_factory):
+    """The long uptraining of the chain and kill tests, run locally in one go."""
+    on_slurm, _, _ = dag
+    root = checkout(tmp_path_factory.mktemp("whole") / "checkout")
+    seed_inputs(on_slurm, root)
+    config = test_config(root, "long", [VARIANT], train={"tokens": CHAIN_STEPS * 128, "save_steps": 400})
+    run = snakemake(root, f"results/train/{VARIANT}/loss.csv", config, slurm=False)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    return root / f"results/train/{VARIANT}/loss.csv"
+
+
+def test_a_run_longer_than_its_time_limit_continues_over_jobs_to_the_same_result(dag, uninterrupted, tmp_path):
+    on_slurm, _, _ = dag
+    root = checkout(tmp_path / "chain")
+    seed_inputs(on_slurm, root)
+    config = test_config(root, "long", [VARIANT], train={"tokens": CHAIN_STEPS * 128, "save_steps": 400,
+                                                         "stop_margin_s": 25},
+                         resources={"train": {"runtime": 1}})
+    run = snakemake(root, f"results/train/{VARIANT}/loss.csv", config, timeout=1800)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    log = (root / f"results/logs/uptrain/{VARIANT}.log").read_text()
+    jobs = re.findall(r"rrt train: SLURM job (\d+)", log)
+    pauses = re.findall(r"rrt train: paused at step (\d+) \(25 s before the job's time limit\)", log)
+    assert len(jobs) >= 3 and len(set(jobs)) == len(jobs) and len(pauses) == len(jobs) - 1, log[-3000:]
+    assert (root / f"results/train/{VARIANT}/loss.csv").read_text() == uninterrupted.read_text()
+
+
+def test_a_killed_job_fails_once_and_a_rerun_resumes_to_the_same_result(dag, uninterrupted, tmp_path):
+    on_slurm, _, _ = dag
+    root = checkout(tmp_path / "killed")
+    seed_inputs(on_slurm, root)
+    config = test_config(root, "long", [VARIANT], train={"tokens": CHAIN_STEPS * 128, "save_steps": 400})
+    target = f"results/train/{VARIANT}/loss.csv"
+    snake = subprocess.Popen([str(BIN / "snakemake"), "--profile", "slurm", target, config], cwd=root, env=ENV,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    manifest = root / f"results/train/{VARIANT}/checkpoints/checkpoint-400/rrt_manifest.json"
+    deadline = time.monotonic() + 600
+    while not manifest.exists():
+        assert snake.poll() is None and time.monotonic() < deadline, "no checkpoint-400 before the kill"
+        time.sleep(1)
+    job = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+    assert len(job) == 1
+    subprocess.run(["scancel", "-s", "KILL", job[0]], check=True)
+    output, _ = snake.communicate(timeout=600)
+    assert snake.returncode != 0
+    # the retry (attempt 2) refused to run blindly: the killed job had not paused
+    log = (root / f"results/logs/uptrain/{VARIANT}.log").read_text()
+    assert "attempt 2: the previous job did not pause at its time limit" in log, log[-3000:]
+    rerun = snakemake(root, target, config)
+    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-5000:]
+    log = (root / f"results/logs/uptrain/{VARIANT}.log").read_text()
+    assert re.search(r"resuming from checkpoint-(400|800|1200)", log), log[-3000:]
+    assert (root / target).read_text() == uninterrupted.read_text()
