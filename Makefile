@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    the whole pipeline on the embedded default (SmolLM2-135M, CPU) + HTML report
-#   make test   the fast test suite (`make test-all` adds the heavy tests)
+#   make test   the fast test suite (`make test-all` adds the heavy tests; `make test-slurm`
+#               runs the cluster path on a local one-node SLURM, as root)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +17,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-all run report lint clean
+.PHONY: install test test-all test-slurm slurm-packages run report lint clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +37,16 @@ test: install
 
 test-all: install
 	$(BIN)/pytest -q -m "slow or not slow"
+
+# The cluster path on a real one-node SLURM on loopback (tests/slurm_cluster.py starts it and
+# stops it by PID): needs root, and Debian's slurm-wlm and munge (installed here if missing).
+test-slurm: install slurm-packages
+	$(BIN)/pytest -q -m slurm tests/test_slurm.py
+
+slurm-packages:
+	@command -v slurmctld >/dev/null && command -v munged >/dev/null || \
+	  { test "$$(id -u)" = 0 || { echo "test-slurm needs root and slurm-wlm + munge"; exit 1; }; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null; }
 
 # Snakemake decides what is out of date; a second `make run` does no work.
 run: install

@@ -1,7 +1,7 @@
 # Relaxed Recursive Transformers: tokenize -> convert per variant -> uptrain -> evaluate -> report.
 #   snakemake --cores 2 all                          # embedded default (make run)
 #   snakemake --cores 2 results/eval/rec-average.json # one variant and what it needs
-#   snakemake --profile profiles/slurm --configfile config/paper.yaml all
+#   snakemake --profile slurm all                    # the paper's experiment on SLURM
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -29,3 +29,4 @@ report: "workflow/report/workflow.rst"
 rule all:
     input:
         rules.aggregate.output,
+        rules.plan.output,

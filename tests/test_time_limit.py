@@ -2,6 +2,7 @@
 checkpoints at a step boundary and exits 75; the next run continues it to exactly the loss
 history and weights of an uninterrupted run. (The SLURM requeue that continues it by
 itself is in tests/test_slurm.py.)"""
+import json
 import os
 import signal
 import subprocess
@@ -68,6 +69,9 @@ def test_a_signal_pauses_at_the_step_boundary_and_the_next_run_finishes_the_same
     assert not (out / "final").exists()
     summary = train(out_dir=out, **settings)
     assert summary["resumed_from_step"] == 2 and summary["steps"] == STEPS
+    sessions = [json.loads(line) for line in open(out / "sessions.jsonl")]
+    assert [(s["from_step"], s["to_step"], s["status"]) for s in sessions] == [
+        (0, 2, f"paused: signal {signal.Signals(sig).name}"), (2, STEPS, "done")]
     assert (out / "loss.csv").read_text() == (whole / "loss.csv").read_text()
     a, b = weights(whole / "final"), weights(out / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -98,6 +102,16 @@ def test_the_deadline_leaves_one_step_and_the_margin():
     control = _step_end(stop, 75, 4)
     assert control.should_training_stop and control.should_save
     assert stop.paused == "10 s before the job's time limit"
+
+
+@pytest.mark.parametrize("signalled, continues", [(None, True), ("SIGUSR1", True), ("SIGTERM", False)])
+def test_only_a_cancel_stops_for_good(signalled, continues):
+    """A time limit or SLURM's SIGUSR1 warning pauses to continue (the job requeues itself);
+    SIGTERM (`scancel`, a preemption) saves and stops: a cancelled job stays cancelled."""
+    stop = StopBeforeLimit(deadline=None if signalled else 100, margin=10)
+    stop._last, stop.signalled = 0.0, signalled
+    control = _step_end(stop, 95, 3)
+    assert control.should_training_stop and stop.continues is continues
 
 
 def test_the_last_step_is_never_a_pause():

@@ -9,6 +9,9 @@ from rrt.variants import read_variants
 
 validate(config, "../schemas/config.schema.yaml")
 
+# The experiment's config file (the last --configfile, else the default), for `rrt plan`.
+CONFIG_FILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "config/config.yaml"
+
 try:
     VARIANTS = read_variants(config["variants"])
 except UsageError as e:

@@ -39,3 +39,23 @@ rule aggregate:
         "--train-dir results/train --tables results/tables "
         "--figures results/figures --benchmarks results/benchmarks --train-settings '{params.train_settings}' "
         "> {log} 2>&1"
+
+
+rule plan:
+    """What the experiment costs on GPUs: FLOPs, GPU-hours, time-limited jobs, memory per GPU
+    and disk per variant (`rrt plan`; the config's `plan` section sets GPU and MFU)."""
+    input:
+        config=CONFIG_FILE,
+        variants=config["variants"],
+    output:
+        report("results/tables/plan.csv", caption="../report/plan.rst", category="3. Cost",
+               labels={"table": "cost plan"}),
+    log:
+        "results/logs/plan.log",
+    threads: threads_of("report")
+    resources:
+        **resources_of("report"),
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "rrt plan --config {input.config} --out {output} > {log} 2>&1"

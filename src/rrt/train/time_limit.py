@@ -8,23 +8,28 @@ from that checkpoint and the run ends exactly as an uninterrupted one would.
 - The deadline is the earlier of `--time-limit` minutes after training started and the
   SLURM job's own end time (asked of `squeue` when SLURM_JOB_ID is set), so it holds
   however long the job queued or started up.
-- SIGTERM and SIGUSR1 (a preemption, `scancel`, or SLURM's `--signal=USR1@SECONDS`) ask
-  for the same stop at the next step boundary.
+- SIGUSR1 (SLURM's `--signal=USR1@SECONDS`: time is running out) asks for the same stop
+  at the next step boundary. So does SIGTERM (`scancel`, a preemption), but that stop does
+  not requeue: a cancelled job stays cancelled (a preempting SLURM requeues by itself), and
+  a rerun continues from the checkpoint just written.
 - Every rank must stop after the same step: the ranks' wishes are combined with an
   all-reduce (max) at each step end, so one rank's clock or signal stops them all together.
-- Continuing: inside a SLURM job (`requeue`), rank 0 requeues the job once every rank has
-  paused: SLURM restarts the same job id (after its ~2-minute requeue hold), Snakemake keeps
+- Continuing: inside a SLURM job (`requeue`), after a time-limit or SIGUSR1 pause rank 0
+  requeues the job once every rank has paused: SLURM restarts the same job id (after its ~2-minute requeue hold), Snakemake keeps
   waiting for it, and the restarted job resumes from the checkpoint. Only a pause requeues:
   a job that fails for any other reason fails, once, and a rerun resumes from the last
   checkpoint as always. Outside SLURM the CLI exits 75 and a rerun continues.
 """
 from __future__ import annotations
 
+import json
 import os
+import platform
 import signal
 import subprocess
 import time
 from datetime import datetime
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -67,6 +72,26 @@ def deadline(time_limit_minutes: float | None, started: float) -> float | None:
     return min(ends) if ends else None
 
 
+SESSIONS = "sessions.jsonl"
+
+
+def record_session(out_dir: Path, *, from_step: int, to_step: int, status: str) -> None:
+    """One line per training session (a job, or a run of a requeued job) in
+    out_dir/sessions.jsonl: which SLURM job, host, steps and how it ended. Appended and
+    synced, so the history survives the requeue that follows. History only: a failure to
+    write it is reported, never fatal."""
+    line = json.dumps({"slurm_job": os.environ.get("SLURM_JOB_ID"), "host": platform.node(),
+                       "ended": datetime.now().isoformat(timespec="seconds"), "from_step": from_step,
+                       "to_step": to_step, "status": status})
+    try:
+        with open(Path(out_dir) / SESSIONS, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        print(f"could not record the session in {Path(out_dir) / SESSIONS}: {e}", flush=True)
+
+
 def requeue_slurm_job(job_id: str | None = None) -> str | None:
     """Put this SLURM job back in the queue (same id; SLURM kills it now and starts it again
     after ~2 minutes, and Snakemake keeps waiting for it). None if done, else why not."""
@@ -80,12 +105,13 @@ def requeue_slurm_job(job_id: str | None = None) -> str | None:
 class StopBeforeLimit(TrainerCallback):
     """Save and stop at the first step end after which one more step would not leave
     `margin` seconds before `deadline`, or after a stop signal. `paused` says why it stopped
-    (None if it did not)."""
+    (None if it did not); `continues` whether the job should go on (not after SIGTERM)."""
 
     def __init__(self, deadline: float | None, margin: float, clock=time.time):
         self.deadline, self.margin, self.clock = deadline, margin, clock
         self.signalled: str | None = None
         self.paused: str | None = None
+        self.continues = False
         self._previous = {}
         self._last = None
         self._longest_step = 0.0
@@ -110,16 +136,38 @@ class StopBeforeLimit(TrainerCallback):
         reason = self.signalled and f"signal {self.signalled}"
         if reason is None and self.deadline is not None and now + self._longest_step + self.margin > self.deadline:
             reason = f"{self.margin:.0f} s before the job's time limit"
-        if _any_rank(reason is not None, args.device) and state.global_step < state.max_steps:
+        cancel = self.signalled == "SIGTERM"
+        wish = 0 if reason is None else (2 if cancel else 1)
+        agreed = _max_over_ranks(wish, args.device)  # a cancel anywhere wins over a time limit
+        if agreed and state.global_step < state.max_steps:
             control.should_save = True
             control.should_training_stop = True
             self.paused = reason or "another rank's time limit or signal"
+            self.continues = agreed == 1
 
 
-def _any_rank(flag: bool, device) -> bool:
-    """True on every rank if it is True on any (all ranks must call this together)."""
+def _max_over_ranks(value: int, device) -> int:
+    """The largest of the ranks' values, on every rank (all ranks must call this together)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+        return value
+    t = torch.tensor([float(value)], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return int(t.item())
+
+
+def pause(trainer, stop: StopBeforeLimit, out_dir: Path, from_step: int, requeue: bool) -> None:
+    """After a pause: say so (a requeue kills the job before the CLI could) in the log and
+    in sessions.jsonl; with `requeue` and a pause that continues, rank 0 requeues the job
+    once every rank has its part of the checkpoint on disk."""
+    step = trainer.state.global_step
+    if trainer.is_world_process_zero():
+        print(f"paused at step {step} ({stop.paused}); checkpoint-{step} is saved", flush=True)
+        record_session(out_dir, from_step=from_step, to_step=step, status=f"paused: {stop.paused}")
+    if not (requeue and stop.continues):
+        return
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        why_not = requeue_slurm_job()
+        print("requeued this SLURM job: it continues from the checkpoint" if why_not is None
+              else f"could not requeue ({why_not}): rerun to continue", flush=True)
+    trainer.accelerator.wait_for_everyone()

@@ -30,8 +30,6 @@ What the paper fixes and what this module adds where it is silent:
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -52,9 +50,7 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import logging as hf_logging
 
-from ..io import atomic_write_json, atomic_write_text
 from ..model import modeling  # noqa: F401  registers the recursive model type
-from ..model.load import copy_tokenizer
 from ..settings import KD_KINDS as KINDS
 from ..settings import TRAIN
 from .checkpoints import (
@@ -69,10 +65,9 @@ from .checkpoints import (
     tokens_in_checkpoint,
 )
 from .losses import lm_losses
+from .outputs import FINAL_TMP, finish, summary_of
 from .plan import num_steps, parse_adam_betas, plan_batches, warmup_steps_for
-from .time_limit import Paused, StopBeforeLimit, deadline, requeue_slurm_job
-
-FINAL_TMP = ".final.tmp"
+from .time_limit import Paused, StopBeforeLimit, deadline, pause, record_session
 
 
 # --- data -------------------------------------------------------------------------------
@@ -164,25 +159,6 @@ class QuietProgress(ProgressCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
             self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}", refresh=False)
-
-
-# --- outputs ----------------------------------------------------------------------------
-def _write_loss_csv(path: Path, history: list[dict], with_kd: bool) -> None:
-    """One row per logged step; `tokens_seen` is Trainer's exact count (all ranks)."""
-    fields = ["step", "tokens_seen", "loss", "ce"] + (["kd"] if with_kd else []) + ["lr"]
-    buffer = io.StringIO()
-    w = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
-    w.writeheader()
-    for h in history:
-        w.writerow({"step": h["step"], "tokens_seen": h.get("num_input_tokens_seen", ""), "loss": h["loss"],
-                    "ce": h.get("ce", ""), "kd": h.get("kd", ""), "lr": h.get("learning_rate", "")})
-    atomic_write_text(path, buffer.getvalue())
-
-
-def _save_final(trainer, model_dir, tmp: Path) -> None:
-    trainer.save_model(str(tmp))  # every rank: collective under DeepSpeed, rank 0 writes
-    if trainer.is_world_process_zero():
-        copy_tokenizer(model_dir, tmp)
 
 
 # --- DeepSpeed --------------------------------------------------------------------------
@@ -330,27 +306,17 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - start
+    from_step = step_of(resume) if resume else 0
     if stop.paused:
-        _pause(trainer, requeue)
+        pause(trainer, stop, out_dir, from_step, requeue)
         raise Paused(trainer.state.global_step, stop.paused)
 
-    summary = _summary(trainer, config, steps=steps, micro=micro, accum=accum, block=block, seconds=seconds,
+    summary = summary_of(trainer, config, steps=steps, micro=micro, accum=accum, block=block, seconds=seconds,
                        session_tokens=trainer.state.num_input_tokens_seen - start_tokens, resume=resume)
-    _finish(trainer, out_dir, model_dir, summary, with_kd=teacher is not None, keep_checkpoints=keep_checkpoints)
-    return summary
-
-
-def _pause(trainer, requeue: bool) -> None:
-    """Every rank has its part of the checkpoint on disk before rank 0 requeues the job
-    (which kills all of them)."""
-    if not requeue:
-        return
-    trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
-        why_not = requeue_slurm_job()
-        print("requeued this SLURM job: it continues from the checkpoint" if why_not is None
-              else f"could not requeue ({why_not}): rerun to continue", flush=True)
-    trainer.accelerator.wait_for_everyone()
+        record_session(out_dir, from_step=from_step, to_step=trainer.state.global_step, status="done")
+    finish(trainer, out_dir, model_dir, summary, with_kd=teacher is not None, keep_checkpoints=keep_checkpoints)
+    return summary
 
 
 def _validate(config: dict) -> dict:
@@ -400,36 +366,3 @@ def _swap_progress_bar(trainer) -> None:
     trainer.pop_callback(PrinterCallback)
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(QuietProgress())
-
-
-def _summary(trainer, config: dict, *, steps, micro, accum, block, seconds, session_tokens, resume) -> dict:
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    last = history[-1] if history else {}
-    return {
-        "steps": trainer.state.global_step, "tokens": trainer.state.num_input_tokens_seen,
-        "tokens_per_step": micro * accum * block * config["world_size"], "micro_batch_size": micro,
-        "gradient_accumulation": accum, "block_size": block, "planned_steps": steps,
-        "seconds": round(seconds, 3), "session_tokens": session_tokens,
-        "tokens_per_second": session_tokens / seconds if seconds > 0 else math.nan,
-        "resumed_from_step": step_of(resume) if resume else None,
-        "final_loss": last.get("loss"), "final_ce": last.get("ce"), "final_kd": last.get("kd"),
-        "threads": torch.get_num_threads(), "device": str(trainer.args.device), "config": config,
-    }
-
-
-def _finish(trainer, out_dir: Path, model_dir, summary: dict, with_kd: bool, keep_checkpoints: bool) -> None:
-    """loss.csv and the summary first, the final model renamed into place last: `final`
-    exists only once everything is written."""
-    tmp = out_dir / FINAL_TMP
-    _save_final(trainer, model_dir, tmp)
-    if not trainer.is_world_process_zero():
-        return
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    _write_loss_csv(out_dir / "loss.csv", history, with_kd)
-    atomic_write_json(out_dir / "train_summary.json", summary)
-    tmp.rename(out_dir / "final")
-    if not keep_checkpoints:
-        shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
-    print(f"trained {summary['steps']} steps, {summary['tokens']:,} tokens, "
-          f"{summary['tokens_per_second']:.1f} tokens/s; final loss {summary['final_loss']:.4f}; "
-          f"saved to {out_dir / 'final'}")
