@@ -178,7 +178,7 @@ def find_resume(checkpoints: Path, run: dict | None = None, log=print, clean: bo
         break
     if skipped and found is None and main:
         log(f"no complete checkpoint in {checkpoints}: starting from scratch")
-    elif found is not None and skipped and main:
+    elif found is not None and main:  # the log says where a rerun or a requeued job went on
         log(f"resuming from {found.name}")
     if clean and main:
         for path in skipped:
