@@ -15,10 +15,11 @@ from that checkpoint and the run ends exactly as an uninterrupted one would.
 - Every rank must stop after the same step: the ranks' wishes are combined with an
   all-reduce (max) at each step end, so one rank's clock or signal stops them all together.
 - Continuing: inside a SLURM job (`requeue`), after a time-limit or SIGUSR1 pause rank 0
-  requeues the job once every rank has paused: SLURM restarts the same job id (after its ~2-minute requeue hold), Snakemake keeps
-  waiting for it, and the restarted job resumes from the checkpoint. Only a pause requeues:
-  a job that fails for any other reason fails, once, and a rerun resumes from the last
-  checkpoint as always. Outside SLURM the CLI exits 75 and a rerun continues.
+  requeues the job once every rank has paused: SLURM restarts the same job id (after its
+  ~2-minute requeue hold), Snakemake keeps waiting for it, and the restarted job resumes
+  from the checkpoint. Only a pause requeues: a job that fails for any other reason fails,
+  once, and a rerun resumes from the last checkpoint as always. Outside SLURM the CLI
+  exits 75 and a rerun continues. Each run is a line of out/sessions.jsonl.
 """
 from __future__ import annotations
 
