@@ -132,9 +132,10 @@ class LocalSlurm:
         raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}; logs in {self.state}")
 
     def stop(self) -> None:
-        """Cancel what is left, stop the daemons by PID (slurmd and slurmctld, then munged)
-        and remove the config this module wrote."""
-        if "slurmctld" in self.procs and self.procs["slurmctld"].poll() is None:
+        """Cancel what is left, stop the daemons by PID (slurmd and slurmctld, then munged;
+        from their pid files when this object did not start them) and remove the config
+        this module wrote."""
+        if (self.state / "slurmctld.child.pid").exists():
             subprocess.run(["scancel", "--full", "-u", "root"], capture_output=True)
         for name in reversed(DAEMONS):
             stop_pid(self.procs.get(name), self.state / f"{name}.child.pid")
@@ -179,13 +180,7 @@ def _main(argv: list[str]) -> int:
         if not STATE_FILE.exists():
             print("no cluster started by `up`", file=sys.stderr)
             return 1
-        cluster = LocalSlurm(Path(STATE_FILE.read_text()))
-        cluster.procs = {}
-        subprocess.run(["scancel", "--full", "-u", "root"], capture_output=True)
-        for name in reversed(DAEMONS):
-            stop_pid(None, cluster.state / f"{name}.child.pid")
-        if CONF.exists() and MARK in CONF.read_text():
-            CONF.unlink()
+        LocalSlurm(Path(STATE_FILE.read_text())).stop()
         STATE_FILE.unlink()
         return 0
     print(__doc__, file=sys.stderr)

@@ -44,4 +44,4 @@ rule uptrain:
         "--min-lr-ratio {params.train[min_lr_ratio]} --adam-betas {params.betas} "
         "--weight-decay {params.train[weight_decay]} --save-steps {params.train[save_steps]} --seed {params.train[seed]} "
         "{params.extra} {params.kd} {params.deepspeed} --stop-margin {params.train[stop_margin_s]} --requeue "
-        ">> {log} 2>&1"
+        "> {log} 2>&1"

@@ -28,8 +28,7 @@ def launch(args) -> None:
     command = launch_command(argv, nodes=args.nodes, procs_per_node=args.procs_per_node,
                              gpus_per_node=args.gpus_per_node, cpus_per_node=args.cpus_per_node,
                              head=head, job_id=job_id)
-    print(f"launch: {shlex.join(command)}" + (f" (SLURM job {os.environ['SLURM_JOB_ID']})"
-                                              if "SLURM_JOB_ID" in os.environ else ""), file=sys.stderr, flush=True)
+    print(f"launch: {shlex.join(command)}", file=sys.stderr, flush=True)  # `rrt` itself names the SLURM job
     if args.dry_run:
         print(shlex.join(command))
         return

@@ -67,10 +67,8 @@ def slurm_end_time(job_id: str | None = None) -> float | None:
 
 def deadline(time_limit_minutes: float | None, started: float) -> float | None:
     """When this job must be done: the earlier of the given limit and SLURM's end time."""
-    ends = [e for e in (slurm_end_time(),) if e is not None]
-    if time_limit_minutes is not None:
-        ends.append(started + 60 * time_limit_minutes)
-    return min(ends) if ends else None
+    ends = [slurm_end_time(), None if time_limit_minutes is None else started + 60 * time_limit_minutes]
+    return min((e for e in ends if e is not None), default=None)
 
 
 SESSIONS = "sessions.jsonl"
