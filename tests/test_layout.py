@@ -12,7 +12,7 @@ ALLOWED = {
     "errors": set(), "io": set(), "settings": set(), "variants": {"errors"},
     "model": {"errors", "io", "settings"},
     "data": {"errors", "io", "settings"},
-    "train": {"errors", "io", "settings", "model"},
+    "train": {"errors", "io", "settings", "model", "data"},
     "eval": {"errors", "io", "settings", "model", "data"},
     "report": {"errors", "io", "settings", "variants"},
     "cli": set(ORDER),

@@ -32,8 +32,16 @@ DATA = {
     "block_size": 256,            # tokens per packed block (paper: 2048)
     "max_train_tokens": None,
     "heldout_max_tokens": 2048,
-    "hub_train_chars": 100_000_000,
     "hub_heldout_chars": 20_000_000,
+    # Train shards (`rrt tokenize-shard`): SlimPajama-layout files, read by `shards` jobs.
+    "shards": 1,
+    "train_files": None,          # files to read; None: all (embedded) or enough for the largest budget (hub)
+    "tokens_per_file": 10_600_000,  # SlimPajama: 627B tokens / 59,166 train files
+    "train_files_margin": 0.1,    # read 10% more files than the largest budget needs
+    # Hub dataset ids, or local directories with the same layout (a mirror, for offline clusters).
+    "slimpajama": "cerebras/SlimPajama-627B",
+    "redpajama": "togethercomputer/RedPajama-Data-1T-Sample",
+    "pg19": "emozilla/pg19",
 }
 
 TRAIN = {

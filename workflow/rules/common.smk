@@ -4,6 +4,7 @@ import json
 
 from snakemake.utils import validate
 
+from rrt.data.shards import files_to_read
 from rrt.errors import UsageError
 from rrt.variants import read_variants
 
@@ -27,6 +28,8 @@ for _name, _row in VARIANTS.iterrows():
 wildcard_constraints:
     variant="|".join(VARIANTS.index),
     base="|".join(config["base_models"]),
+    shard=r"\d+",
+    shards=r"\d+",
 
 
 def variant(wildcards):
@@ -67,6 +70,35 @@ def final_dir(wildcards):
     if train_tokens(row) == 0:
         return init_dir(wildcards)
     return f"results/train/{row.variant}/final"
+
+
+def largest_budget():
+    """The most tokens any variant trains on (0 when none trains)."""
+    return max([train_tokens(row) for name, row in VARIANTS.iterrows() if needs_training(name)], default=0)
+
+
+def corpus_args():
+    d = config["data"]
+    args = f"--source {d['source']}"
+    if d["source"] == "hub":
+        args += f" --slimpajama {d['slimpajama']} --redpajama {d['redpajama']} --pg19 {d['pg19']}"
+    return args
+
+
+def train_location():
+    """Where the train files are: the embedded corpus's own, or SlimPajama (hub or mirror)."""
+    return "results/data/corpus" if config["data"]["source"] == "embedded" else config["data"]["slimpajama"]
+
+
+def shard_dirs(base):
+    n = config["data"]["shards"]
+    return [f"results/data/shards/{base}/{i}-of-{n}" for i in range(n)]
+
+
+def min_train_tokens():
+    """Tokens the gathered train set must hold: the largest budget (up to max_train_tokens)."""
+    cap = config["data"]["max_train_tokens"]
+    return min(largest_budget(), cap) if cap is not None else largest_budget()
 
 
 def heldout_sets():
@@ -127,6 +159,8 @@ def benchmark_files():
     """Every job's `benchmark:` record, which the stage-times table reads."""
     files = [f"results/benchmarks/base_model/{b}.tsv" for b in sorted(set(VARIANTS.base))]
     files += ["results/benchmarks/corpus.tsv"]
+    files += [d.replace("results/data/shards/", "results/benchmarks/tokenize_shard/") + ".tsv"
+              for b in sorted(set(VARIANTS.base)) for d in shard_dirs(b)]
     files += [f"results/benchmarks/tokenize/{b}.tsv" for b in sorted(set(VARIANTS.base))]
     for name, row in VARIANTS.iterrows():
         if row.kind == "recursive":
@@ -145,3 +179,9 @@ def train_settings_json():
     return json.dumps({"adam_betas": t["adam_betas"], "kd": t["kd"], "lr": t["lr"],
                        "weight_decay": t["weight_decay"], "warmup_steps": t["warmup_steps"],
                        "warmup_ratio": t["warmup_ratio"]})
+
+
+# How many SlimPajama-layout train files the shard jobs read ("all" for the embedded corpus).
+_files = files_to_read(config["data"]["source"], config["data"]["train_files"], largest_budget(),
+                       config["data"]["tokens_per_file"], config["data"]["train_files_margin"])
+TRAIN_FILES = "all" if _files is None else _files

@@ -17,11 +17,11 @@ rule base_model:
 
 
 rule corpus:
+    """Held-out perplexity sets (embedded: also the train set, in SlimPajama's file layout)."""
     output:
         directory("results/data/corpus"),
     params:
-        source=config["data"]["source"],
-        hub_chars=config["data"]["hub_train_chars"],
+        args=corpus_args(),
     log:
         "results/logs/corpus.log",
     benchmark:
@@ -32,19 +32,51 @@ rule corpus:
     conda:
         "../../envs/model.yaml"
     shell:
-        "rrt corpus --source {params.source} --hub-train-chars {params.hub_chars} --out {output} > {log} 2>&1"
+        "rrt corpus {params.args} --out {output} > {log} 2>&1"
 
 
-rule tokenize:
+rule tokenize_shard:
+    """Scatter: shard {shard} of {shards} reads every {shards}-th of the first TRAIN_FILES
+    train files (SlimPajama on the hub or a local mirror; embedded: the corpus's own), drops
+    documents that share an n-gram with a held-out set or an evaluation item, and writes a
+    token store. A killed job leaves no output; a rerun redoes that shard only."""
     input:
         corpus="results/data/corpus",
         tokenizer=lambda wc: base_dir(wc.base),
+    output:
+        directory("results/data/shards/{base}/{shard}-of-{shards}"),
+    params:
+        location=train_location(),
+        files=TRAIN_FILES,
+    log:
+        "results/logs/tokenize_shard/{base}/{shard}-of-{shards}.log",
+    benchmark:
+        "results/benchmarks/tokenize_shard/{base}/{shard}-of-{shards}.tsv"
+    threads: threads_of("data")
+    resources:
+        **resources_of("data"),
+    conda:
+        "../../envs/model.yaml"
+    shell:
+        "rrt tokenize-shard --location {params.location} --files {params.files} --shard {wildcards.shard} "
+        "--shards {wildcards.shards} --tokenizer {input.tokenizer} --corpus {input.corpus} "
+        "--processes {threads} --out {output} > {log} 2>&1"
+
+
+rule tokenize:
+    """Gather: the shards' files in canonical order as one stream of block_size blocks
+    (train/index.json, nothing copied), and the held-out sets as token stores."""
+    input:
+        corpus="results/data/corpus",
+        tokenizer=lambda wc: base_dir(wc.base),
+        shards=lambda wc: shard_dirs(wc.base),
     output:
         directory("results/data/tokens/{base}"),
     params:
         block=config["data"]["block_size"],
         caps=lambda wc: optional_args(
             max_train_tokens=config["data"]["max_train_tokens"],
+            min_train_tokens=min_train_tokens(),
             heldout_max_tokens=config["data"]["heldout_max_tokens"],
         ),
     log:
@@ -57,5 +89,5 @@ rule tokenize:
     conda:
         "../../envs/model.yaml"
     shell:
-        "rrt tokenize --corpus {input.corpus} --tokenizer {input.tokenizer} --out {output} "
-        "--block-size {params.block} {params.caps} > {log} 2>&1"
+        "rrt tokenize --corpus {input.corpus} --shard-dirs {input.shards} --tokenizer {input.tokenizer} "
+        "--out {output} --block-size {params.block} {params.caps} > {log} 2>&1"

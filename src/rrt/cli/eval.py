@@ -59,8 +59,10 @@ def _parse_prompt_formats(values: list[str] | None, tasks: list[str], source: st
 
 def _check_ppl_set(name: str, path: str) -> None:
     p = Path(path)
+    if (p / "index.json").is_file():  # blocks written by `rrt tokenize`
+        return
     if not (p / "dataset_info.json").is_file() or not (p / "state.json").is_file():
-        raise UsageError(f"--ppl {name}={path}: not a dataset directory saved with save_to_disk")
+        raise UsageError(f"--ppl {name}={path}: neither blocks written by `rrt tokenize` (index.json) nor a dataset saved with save_to_disk")
     features = json.loads((p / "dataset_info.json").read_text()).get("features", {})
     if "input_ids" not in features:
         raise UsageError(f"--ppl {name}={path}: no input_ids column (columns: {', '.join(features)})")

@@ -21,8 +21,9 @@ def _check(args) -> None:
         if data.exists():
             raise UsageError(f"--data {data} is a file, not a directory (give the directory written by `rrt tokenize`)")
         raise UsageError(f"--data directory {data} does not exist")
-    if not (data / "dataset_info.json").is_file() and not (data / "state.json").is_file():
-        raise UsageError(f"--data {data} is not a dataset saved with save_to_disk (e.g. by `rrt tokenize`)")
+    if not (data / "index.json").is_file() and not (data / "state.json").is_file():
+        raise UsageError(f"--data {data} holds neither blocks written by `rrt tokenize` (index.json) "
+                         "nor a dataset saved with save_to_disk")
     kd_flags = [f for f, v in (("--kd-loss", args.kd_loss), ("--kd-weight", args.kd_weight),
                                ("--kd-temperature", args.kd_temperature)) if v is not None]
     if kd_flags and args.teacher is None:

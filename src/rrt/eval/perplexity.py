@@ -9,6 +9,23 @@ import torch
 from datasets import load_from_disk
 from tqdm.auto import tqdm
 
+from ..data.blocks import TokenBlocks, is_block_dir
+
+
+def open_blocks(dataset_dir):
+    """Equal-length blocks, each {"input_ids": LongTensor}: a split directory written by
+    `rrt tokenize` (`rrt.data.blocks`) or a `datasets` directory with an input_ids column."""
+    if is_block_dir(dataset_dir):
+        blocks = TokenBlocks(dataset_dir)
+    else:
+        blocks = load_from_disk(str(dataset_dir))
+        if "input_ids" not in blocks.column_names:
+            raise ValueError(f"{dataset_dir} has no input_ids column (columns: {blocks.column_names})")
+        blocks = blocks.with_format("torch", columns=["input_ids"])
+    if len(blocks) == 0:
+        raise ValueError(f"{dataset_dir} has no blocks")
+    return blocks
+
 
 @torch.inference_mode()
 def perplexity(model, dataset_dir, batch_size: int = 8) -> dict:
@@ -17,18 +34,14 @@ def perplexity(model, dataset_dir, batch_size: int = 8) -> dict:
     Each block predicts its tokens 1..n-1 from their prefix; the mean is over all predicted
     tokens of all blocks. The NLL is summed row by row in fp32, so that only one row's
     logits are ever upcast (a 256k vocabulary at 2048 tokens is 2 GB per row)."""
-    blocks = load_from_disk(str(dataset_dir))
-    if "input_ids" not in blocks.column_names:
-        raise ValueError(f"{dataset_dir} has no input_ids column (columns: {blocks.column_names})")
-    if len(blocks) == 0:
-        raise ValueError(f"{dataset_dir} has no blocks")
-    blocks = blocks.with_format("torch", columns=["input_ids"])
+    blocks = open_blocks(dataset_dir)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total_nll, total_tokens = 0.0, 0
     for start in tqdm(range(0, len(blocks), batch_size), desc=f"perplexity {Path(dataset_dir).name}"):
-        ids = blocks[start:start + batch_size]["input_ids"].to(device)
+        ids = torch.stack([blocks[i]["input_ids"] for i in range(start, min(start + batch_size, len(blocks)))])
+        ids = ids.to(device)
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         for row_logits, row_ids in zip(logits, ids):
             total_nll += torch.nn.functional.cross_entropy(row_logits[:-1].float(), row_ids[1:],

@@ -50,6 +50,7 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import logging as hf_logging
 
+from ..data.blocks import TokenBlocks, is_block_dir
 from ..model import modeling  # noqa: F401  registers the recursive model type
 from ..settings import KD_KINDS as KINDS
 from ..settings import TRAIN
@@ -72,9 +73,15 @@ from .time_limit import Paused, StopBeforeLimit, deadline, pause, record_session
 
 # --- data -------------------------------------------------------------------------------
 def load_blocks(data_dir):
-    """The packed training set and its block length. It must hold one `input_ids` column
-    of equal-length rows (what `rrt tokenize` writes); the first and last rows are checked,
-    not every row, which would read the whole set."""
+    """The training blocks and their length: a train/ directory written by `rrt tokenize`
+    (token stores, memory-mapped, `rrt.data.blocks`), or a `datasets` directory with one
+    `input_ids` column of equal-length rows (its first and last rows are checked, not every
+    row, which would read the whole set)."""
+    if is_block_dir(data_dir):
+        data = TokenBlocks(data_dir)
+        if len(data) == 0:
+            raise ValueError(f"{data_dir}: the dataset is empty")
+        return data, data.block_size
     data = load_from_disk(str(data_dir))
     if not hasattr(data, "column_names") or "input_ids" not in data.column_names:
         raise ValueError(f"{data_dir}: expected a datasets.Dataset with an input_ids column")
@@ -85,8 +92,6 @@ def load_blocks(data_dir):
     if len(data[len(data) - 1]["input_ids"]) != block:
         raise ValueError(f"{data_dir}: rows have different lengths (expected packed blocks)")
     return data, block
-
-
 
 
 # --- the Trainer ------------------------------------------------------------------------
