@@ -300,7 +300,7 @@ def _fails(argv, capsys, match, code=2):
 @pytest.mark.parametrize("extra,match", [
     (["--tasks", "piqa,mmlu"], "--tasks: unknown task 'mmlu'"),
     (["--ppl", "wiki"], "--ppl expects NAME=VALUE, got 'wiki'"),
-    (["--ppl", "wiki=/nonexistent/held"], "--ppl wiki=/nonexistent/held: not a dataset directory"),
+    (["--ppl", "wiki=/nonexistent/held"], "--ppl wiki=/nonexistent/held: neither blocks written by `rrt tokenize`"),
     (["--prompt-format", "piqa=rc_9shot"], "--prompt-format: task 'piqa' has no prompt format 'rc_9shot'"),
     (["--prompt-format", "mmlu=rc_0shot"], "--prompt-format: unknown task 'mmlu'"),
     (["--tasks", "none"], "nothing to evaluate"),

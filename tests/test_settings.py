@@ -70,7 +70,7 @@ def test_cli_defaults_are_the_settings():
     assert train["adam_betas"] == ",".join(str(b) for b in settings.TRAIN["adam_betas"])
     data = {**_defaults("corpus"), **_defaults("tokenize")}
     for key in ("source", "seed", "heldout_docs", "ngram", "block_size", "max_train_tokens", "heldout_max_tokens",
-                "hub_train_chars", "hub_heldout_chars"):
+                "hub_heldout_chars", "slimpajama", "redpajama", "pg19"):
         assert data[key] == settings.DATA[key], key
     ev = _defaults("eval")
     for key in ("source", "limit", "batch_size"):
@@ -80,7 +80,7 @@ def test_cli_defaults_are_the_settings():
 def _readme_defaults() -> dict[str, str]:
     """`key` -> default cell of the keys table in config/README.md."""
     text = (ROOT / "config/README.md").read_text()
-    return {m[0]: m[1].strip() for m in re.findall(r"^\| `([a-z_.]+)` \| ([^|]*) \|", text, re.M)}
+    return {m[0]: m[1].strip() for m in re.findall(r"^\| `([a-z0-9_.]+)` \| ([^|]*) \|", text, re.M)}
 
 
 def _as_readme(value) -> str:

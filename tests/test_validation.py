@@ -208,12 +208,12 @@ def test_base_model_checks_its_flags_first(tmp_path, capsys):
 def test_corpus_and_tokenize_paths_and_numbers(tmp_path, capsys):
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    err = cli_error(capsys, ["corpus", "--out", str(tmp_path / "c"), "--hub-train-chars", "0"])
-    assert err == "rrt corpus: error: --hub-train-chars must be >= 1, got 0"
+    err = cli_error(capsys, ["corpus", "--out", str(tmp_path / "c"), "--hub-heldout-chars", "0"])
+    assert err == "rrt corpus: error: --hub-heldout-chars must be >= 1, got 0"
     err = cli_error(capsys, ["corpus", "--out", str(a_file / "c")])
     assert err == f"rrt corpus: error: --out {a_file / 'c'}: {a_file} is a file, not a directory"
     err = cli_error(capsys, ["tokenize", "--corpus", str(a_file), "--tokenizer", str(tmp_path), "--out",
-                             str(tmp_path / "t")])
+                             str(tmp_path / "t"), "--shard-dirs", str(tmp_path)])
     assert err.startswith(f"rrt tokenize: error: --corpus {a_file} is a file, not a directory")
     _only(tmp_path, "file")
 
