@@ -38,7 +38,7 @@ def gguf_path() -> Path:
 def materialize(out: str | Path) -> Path:
     """Dequantise the GGUF to fp32 and save it as a normal HF model directory."""
     src = gguf_path()
-    tok = _gguf_tokenizer()
+    tok = embedded_tokenizer()
     gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained: rebuild it from a clean config.
     config = gguf_model.config
@@ -62,7 +62,8 @@ def embedded_config() -> LlamaConfig:
     return config
 
 
-def _gguf_tokenizer():
+def embedded_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer, read from the embedded GGUF."""
     src = gguf_path()
     return AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
 
@@ -80,7 +81,7 @@ def fetch_hub(model_id: str, out: str | Path) -> Path:
 def tiny_model(out: str | Path, layers: int = 4, hidden_size: int = 32, seed: int = 0) -> Path:
     """A random llama small enough for a whole-pipeline test, with the real tokenizer so
     that tokenization and the few-shot tasks run exactly as for the real model."""
-    tok = _gguf_tokenizer()
+    tok = embedded_tokenizer()
     config = tiny_config(len(tok), layers, hidden_size, tok.bos_token_id, tok.eos_token_id)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
