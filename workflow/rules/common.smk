@@ -72,9 +72,10 @@ def final_dir(wildcards):
     return f"results/train/{row.variant}/final"
 
 
-def largest_budget():
-    """The most tokens any variant trains on (0 when none trains)."""
-    return max([train_tokens(row) for name, row in VARIANTS.iterrows() if needs_training(name)], default=0)
+def largest_budget(base):
+    """The most tokens any variant of `base` trains on (0 when none trains)."""
+    return max([train_tokens(row) for name, row in VARIANTS.iterrows() if row.base == base and needs_training(name)],
+               default=0)
 
 
 def corpus_args():
@@ -95,10 +96,19 @@ def shard_dirs(base):
     return [f"results/data/shards/{base}/{i}-of-{n}" for i in range(n)]
 
 
-def min_train_tokens():
+def min_train_tokens(base):
     """Tokens the gathered train set must hold: the largest budget (up to max_train_tokens)."""
     cap = config["data"]["max_train_tokens"]
-    return min(largest_budget(), cap) if cap is not None else largest_budget()
+    return min(largest_budget(base), cap) if cap is not None else largest_budget(base)
+
+
+def train_files(base):
+    """How many SlimPajama-layout train files the shard jobs of `base` read: enough for its
+    largest budget (hub), all of them (embedded), or data.train_files."""
+    d = config["data"]
+    n = files_to_read(d["source"], d["train_files"], min_train_tokens(base), d["tokens_per_file"],
+                      d["train_files_margin"])
+    return "all" if n is None else n
 
 
 def heldout_sets():
@@ -180,8 +190,3 @@ def train_settings_json():
                        "weight_decay": t["weight_decay"], "warmup_steps": t["warmup_steps"],
                        "warmup_ratio": t["warmup_ratio"]})
 
-
-# How many SlimPajama-layout train files the shard jobs read ("all" for the embedded corpus).
-_files = files_to_read(config["data"]["source"], config["data"]["train_files"], largest_budget(),
-                       config["data"]["tokens_per_file"], config["data"]["train_files_margin"])
-TRAIN_FILES = "all" if _files is None else _files

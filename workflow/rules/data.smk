@@ -36,8 +36,8 @@ rule corpus:
 
 
 rule tokenize_shard:
-    """Scatter: shard {shard} of {shards} reads every {shards}-th of the first TRAIN_FILES
-    train files (SlimPajama on the hub or a local mirror; embedded: the corpus's own), drops
+    """Scatter: shard {shard} of {shards} reads every {shards}-th of the first train files
+    (as many as the base's largest budget needs) (SlimPajama on the hub or a local mirror; embedded: the corpus's own), drops
     documents that share an n-gram with a held-out set or an evaluation item, and writes a
     token store. A killed job leaves no output; a rerun redoes that shard only."""
     input:
@@ -47,7 +47,7 @@ rule tokenize_shard:
         directory("results/data/shards/{base}/{shard}-of-{shards}"),
     params:
         location=train_location(),
-        files=TRAIN_FILES,
+        files=lambda wc: train_files(wc.base),
     log:
         "results/logs/tokenize_shard/{base}/{shard}-of-{shards}.log",
     benchmark:
@@ -76,7 +76,7 @@ rule tokenize:
         block=config["data"]["block_size"],
         caps=lambda wc: optional_args(
             max_train_tokens=config["data"]["max_train_tokens"],
-            min_train_tokens=min_train_tokens(),
+            min_train_tokens=min_train_tokens(wc.base),
             heldout_max_tokens=config["data"]["heldout_max_tokens"],
         ),
     log:

@@ -48,8 +48,10 @@ rule plan:
         config=CONFIG_FILE,
         variants=config["variants"],
     output:
-        report("results/tables/plan.csv", caption="../report/plan.rst", category="3. Cost",
-               labels={"table": "cost plan"}),
+        plan=report("results/tables/plan.csv", caption="../report/plan.rst", category="3. Cost",
+                    labels={"table": "cost plan"}),
+        data=report("results/tables/plan_data.csv", caption="../report/plan_data.rst", category="3. Cost",
+                    labels={"table": "data cost"}),
     log:
         "results/logs/plan.log",
     threads: threads_of("report")
@@ -58,4 +60,4 @@ rule plan:
     conda:
         "../../envs/report.yaml"
     shell:
-        "rrt plan --config {input.config} --out {output} > {log} 2>&1"
+        "rrt plan --config {input.config} --out {output.plan} --data-out {output.data} > {log} 2>&1"

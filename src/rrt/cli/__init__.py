@@ -238,6 +238,8 @@ def _report_commands(sub) -> None:
     pl.add_argument("--mfu", type=float, default=None,
                     help=f"model FLOPs utilisation in (0, 1] (default: the config's plan.mfu, else {PLAN['mfu']})")
     pl.add_argument("--out", default=None, help="also write the table to this .csv or .json file")
+    pl.add_argument("--data-out", default=None,
+                    help="also write the data stage's cost per base model (files, tokens, disk, core-hours) to this .csv")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,6 +12,7 @@ import math
 import re
 from pathlib import Path
 
+import pandas as pd
 import yaml
 from snakemake.utils import validate
 
@@ -70,6 +71,10 @@ def plan(args) -> None:
         if Path(args.out).suffix not in (".csv", ".json"):
             raise UsageError(f"--out {args.out}: must end in .csv or .json")
         checks.output_file(args.out, "--out")
+    if args.data_out is not None:
+        if Path(args.data_out).suffix != ".csv":
+            raise UsageError(f"--data-out {args.data_out}: must end in .csv")
+        checks.output_file(args.data_out, "--data-out")
     config_path = Path(args.config)
     config = read_config(config_path)
     variants = read_variants(_variants_path(config, config_path))
@@ -82,3 +87,7 @@ def plan(args) -> None:
             records = json.loads(table.to_json(orient="records"))
             atomic_write_text(args.out, json.dumps({"assumptions": table.attrs, "variants": records}, indent=1) + "\n")
         print(f"written to {args.out}")
+    if args.data_out is not None:
+        rows = [{"base": base, **cost} for base, cost in table.attrs["data"].items()]
+        atomic_write_text(args.data_out, pd.DataFrame(rows).to_csv(index=False))
+        print(f"written to {args.data_out}")

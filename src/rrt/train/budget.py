@@ -58,9 +58,10 @@ The peak uses the config's own train.gradient_checkpointing; both activation fig
 reported. Not counted: the CUDA context and allocator slack (~1-3 GB), ZeRO's buckets, the
 teacher's transient activations, temporaries of the optimizer step.
 
-Disk. `rrt.data.tokens` stores int32 ids with one int32 offset per block: (4 + 4/block_size)
-bytes per token, one copy per base model (its tokenizer's), sized for the largest budget
-among that base's variants (capped by data.max_train_tokens), plus the held-out caps.
+Data (`rrt.data.cost`): one copy of the tokens per base model (its tokenizer's), uint16 or
+uint32 ids, holding the train files read for the largest budget among that base's variants
+(capped by data.max_train_tokens) plus the held-out caps; and the core-hours to tokenize
+them at PLAN's measured rate per core.
 Checkpoints of a trained variant: KEEP = 2 kept × (weights 4·P + AdamW 8·P) + final weights 4·P.
 """
 from __future__ import annotations
@@ -72,6 +73,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..data.cost import data_cost
 from ..errors import UsageError
 from ..model.convert import parse_rank
 from ..model.families import family_of
@@ -84,7 +86,6 @@ from .checkpoints import KEEP
 from .plan import plan_batches
 
 GB = 1e9
-TOKEN_BYTES = 4                 # int32 ids (rrt.data.tokens), plus one int32 offset per block
 DEFAULT_STOP_MARGIN_S = 300     # train.stop_margin_s when a config predates it
 DEFAULT_RUNTIME_MIN = 60        # the uptrain rule's runtime without resources.train.runtime
 
@@ -324,21 +325,19 @@ def plan_budget(config: dict, variants: pd.DataFrame, *, gpu: str | None = None,
                      "checkpoint_gb": checkpoint_gb, "warning": "; ".join(warnings)})
     table = pd.DataFrame(rows, columns=COLUMNS)
 
-    token_bytes = TOKEN_BYTES + 4 / block
-    heldout = len(data.get("heldout") or []) * (data.get("heldout_max_tokens") or 0)
     disk = {}
+    data_threads = int(((config.get("resources") or {}).get("data") or {}).get("threads", 1))
     for base, group in table.groupby("base", sort=False):
         largest = int(group["tokens"].max())
         if data.get("max_train_tokens"):
             largest = min(largest, int(data["max_train_tokens"]))
-        disk[base] = {"train_tokens": largest, "heldout_tokens": heldout,
-                      "gb": (largest + heldout) * token_bytes / GB}
+        disk[base] = data_cost(data, largest, size_of(base, "original")["vocab"], data_threads)
     table.attrs.update({
         "gpu": gpu, "peak_tflops": spec["peak_tflops"], "memory_gb": spec["memory_gb"], "mfu": mfu,
         "nodes": nodes, "gpus_per_node": max(per_node, 1), "gpus": world, "runtime_min": runtime,
         "stop_margin_s": margin, "block_size": block, "micro_batch": micro,
         "gradient_checkpointing": checkpointing, "loss_chunk_tokens": chunk, "zero_partitions": zero,
-        "token_bytes": token_bytes, "data": disk, "notes": notes,
+        "data": disk, "notes": notes,
     })
     return table
 
@@ -420,9 +419,15 @@ def format_plan(table: pd.DataFrame, title: str = "") -> str:
         if trained.any() else f"total: nothing to train ({len(table)} variants evaluated as they are)",
         f"disk: checkpoints {_size(table['checkpoint_gb'].sum())} if every run is in flight at once "
         f"({_size(final_gb)} of final weights stay); tokens {_size(data_gb)} ("
-        + ", ".join(f"{b} {_count(d['train_tokens'])} + {_count(d['heldout_tokens'])} held-out tokens"
-                    for b, d in a["data"].items())
-        + f", {a['token_bytes']:.3f} bytes each)",
+        + ", ".join(f"{b} {_count(d['train_tokens'])} + {_count(d['heldout_tokens'])} held-out tokens "
+                    f"x {d['token_bytes']} bytes" for b, d in a["data"].items()) + ")",
+        "tokenize: " + ", ".join(
+            f"{b} {_human(d['core_hours'])} core-h" + (f" ({d['train_files']:,} files)" if d["train_files"] else "")
+            for b, d in a["data"].items())
+        + f" at {PLAN['tokenize_tokens_per_s_per_core'] / 1e6:.2f}M tokens/s per core; "
+        + f"{next(iter(a['data'].values()))['shards']} shard job(s) per base, "
+        + f"~{_human(60 * max(d['shard_wall_hours'] for d in a['data'].values()))} min each on "
+        + "resources.data.threads cores (reading from the hub can take longer)",
     ]
     warned = table["warning"].astype(bool).sum()
     if warned:
