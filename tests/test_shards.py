@@ -2,10 +2,15 @@
 over N shard jobs, token stores, the gather step and the memory-mapped blocks training and
 perplexity read. Local mirrors in the hub's exact layout, real text, real tokenizers."""
 import collections
+import csv
 import hashlib
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,6 +208,32 @@ def test_same_training_batches_whatever_the_number_of_shards(tmp_path):
               micro_batch_size=2, lr=1e-3, save_steps=100, progress=False)
         losses[n] = (tmp_path / f"run{n}" / "loss.csv").read_text()
     assert losses[1] == losses[4] and len(losses[1].splitlines()) == 6
+
+
+def test_two_ranks_read_the_one_rank_batches(tmp_path):
+    """`rrt launch` with 2 processes (torchrun, gloo, CPU) on the 4-shard dataset: the same
+    global batch split over 2 ranks gives the 1-rank losses (means and the all-reduce round
+    differently: rel 1e-5)."""
+    tok = word_tokenizer(tmp_path / "tok")
+    rng = np.random.default_rng(1)
+    write_mirror(tmp_path / "mirror", [("s", words(*rng.integers(0, 50, rng.integers(3, 40)))) for _ in range(120)],
+                 files=8, chunks=2)
+    out = tokenize_n(tmp_path, tmp_path / "mirror", make_corpus_dir(tmp_path / "corpus"), tok, 4, 16)
+    make_tiny("llama", layers=2).save_pretrained(tmp_path / "model")
+    train_cmd = ["rrt", "train", "--model", str(tmp_path / "model"), "--data", str(out / "train"),
+                 "--max-tokens", "128", "--batch-tokens", "32", "--micro-batch-size", "2", "--lr", "1e-3"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "OMP_NUM_THREADS": "1"}
+    for procs in (1, 2):
+        run = subprocess.run([str(Path(sys.executable).with_name("rrt")), "launch", "--procs-per-node", str(procs),
+                              "--", *train_cmd, "--out", str(tmp_path / f"run{procs}")],
+                             capture_output=True, text=True, env=env)
+        assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    rows = {p: list(csv.DictReader(open(tmp_path / f"run{p}" / "loss.csv"))) for p in (1, 2)}
+    assert len(rows[1]) == len(rows[2]) == 4
+    assert [float(r["loss"]) for r in rows[2]] == pytest.approx([float(r["loss"]) for r in rows[1]], rel=1e-5)
+    summary = json.loads((tmp_path / "run2" / "train_summary.json").read_text())
+    assert summary["config"]["world_size"] == 2
 
 
 # --- errors -----------------------------------------------------------------------------

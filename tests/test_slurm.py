@@ -103,7 +103,7 @@ def seed_inputs(src: Path, dst: Path, variant: str = VARIANT) -> None:
     """What uptraining `variant` needs, copied (with times) from a finished checkout."""
     for rel in ("results/models/base/tiny", "results/data/tokens/tiny", f"results/models/init/{variant}"):
         shutil.copytree(src / rel, dst / rel)
-    for rel in ("results/data/corpus",):
+    for rel in ("results/data/corpus", "results/data/shards/tiny"):  # train/index.json points into the shards
         shutil.copytree(src / rel, dst / rel)
 
 
