@@ -80,7 +80,8 @@ def test_stage_times_from_snakemake_benchmarks(tmp_path):
 
     header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
     for rel, seconds, rss in (("uptrain/a.tsv", 60.0, 2000.5), ("uptrain/b.tsv", 40.0, 2500.0),
-                              ("corpus.tsv", 8.5, "-")):
+                              ("corpus.tsv", 8.5, "-"), ("tokenize_shard/smollm2/0-of-2.tsv", 3.0, 900.0),
+                              ("tokenize_shard/smollm2/1-of-2.tsv", 4.0, 950.0)):
         path = tmp_path / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(header + f"{seconds}\t0:00:00\t{rss}\t1\t1\t1\t0\t0\t50\t{seconds}\n")
@@ -88,7 +89,10 @@ def test_stage_times_from_snakemake_benchmarks(tmp_path):
     assert table.loc["uptrain", "jobs"] == 2 and table.loc["uptrain", "seconds_total"] == 100.0
     assert table.loc["uptrain", "seconds_mean"] == 50.0 and table.loc["uptrain", "max_rss_mb"] == 2500.0
     assert table.loc["corpus", "seconds_total"] == 8.5 and pd.isna(table.loc["corpus", "max_rss_mb"])
-    assert table.loc["all jobs", "jobs"] == 3 and table.loc["all jobs", "seconds_total"] == 108.5
+    # a rule whose jobs sit one folder deeper (per base model) is still one rule
+    assert table.loc["tokenize_shard", "jobs"] == 2 and table.loc["tokenize_shard", "seconds_total"] == 7.0
+    assert "smollm2" not in table.index
+    assert table.loc["all jobs", "jobs"] == 5 and table.loc["all jobs", "seconds_total"] == 115.5
 
 
 def test_several_bases_compare_with_their_own_original(results):

@@ -114,12 +114,13 @@ def loss_curves(variants: pd.DataFrame, train_dir: Path) -> pd.DataFrame:
 
 
 def stage_times(bench_dir: Path) -> pd.DataFrame:
-    """Per rule, from Snakemake's `benchmark:` files (bench_dir/<rule>/<job>.tsv or
-    bench_dir/<rule>.tsv): jobs, total / mean / max seconds and peak memory. Job-seconds add
+    """Per rule, from Snakemake's `benchmark:` files (bench_dir/<rule>.tsv, <rule>/<job>.tsv
+    or <rule>/<base>/<job>.tsv): jobs, total / mean / max seconds and peak memory. Job-seconds add
     up; with parallel jobs the wall time of the run is less than the total."""
     rows = []
     for path in sorted(Path(bench_dir).rglob("*.tsv")):
-        rule = path.parent.name if path.parent != Path(bench_dir) else path.stem
+        parts = path.relative_to(bench_dir).parts
+        rule = parts[0] if len(parts) > 1 else path.stem
         bench = pd.read_csv(path, sep="\t")
         rows.append({"rule": rule, "job": path.stem, "seconds": float(bench["s"].iloc[-1]),
                      "max_rss_mb": pd.to_numeric(bench["max_rss"], errors="coerce").iloc[-1]})
