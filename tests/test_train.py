@@ -11,11 +11,12 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from rrt.cli import main
 from rrt.model.convert import convert
+from rrt.model.exits import logit_transform
 from rrt.model.modeling import RecursiveForCausalLM
 from rrt.settings import TRAIN
 from rrt.train.checkpoints import last_checkpoint
 from rrt.train.kd import kd_loss
-from rrt.train.losses import _logit_transform, final_hidden_states, lm_losses
+from rrt.train.losses import final_hidden_states, lm_losses
 from rrt.train.plan import num_steps, parse_adam_betas, plan_batches, warmup_steps_for
 from rrt.train.trainer import train
 
@@ -172,7 +173,7 @@ def test_final_hidden_states_give_the_models_logits(family, recursive, ids):
         hidden = final_hidden_states(model, ids)
         logits = model(input_ids=ids).logits
         assert hidden.shape == (*ids.shape, model.config.get_text_config().hidden_size)
-        again = _logit_transform(model)(model.get_output_embeddings()(hidden))
+        again = logit_transform(model)(model.get_output_embeddings()(hidden))
     torch.testing.assert_close(again, logits, rtol=1e-5, atol=1e-6)
 
 

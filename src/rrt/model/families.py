@@ -17,6 +17,7 @@ class Family:
     layers_path: str  # the decoder-layer ModuleList inside the family's CausalLM
     attn: str  # attention submodule of a decoder layer
     mlp: str  # MLP submodule of a decoder layer
+    norm_path: str  # the final norm, between the last decoder layer and the LM head
 
     def causal_lm_cls(self, config: PreTrainedConfig) -> type:
         return AutoModelForCausalLM._model_mapping[type(config)]
@@ -38,14 +39,14 @@ class Family:
 
 FAMILIES = {
     # Llama 2/3, TinyLlama, SmolLM2
-    "llama": Family("llama", "model.layers", "self_attn", "mlp"),
+    "llama": Family("llama", "model.layers", "self_attn", "mlp", "model.norm"),
     # Gemma 1 (Gemma 2B of the paper)
-    "gemma": Family("gemma", "model.layers", "self_attn", "mlp"),
+    "gemma": Family("gemma", "model.layers", "self_attn", "mlp", "model.norm"),
     # Gemma 2 and 3: sliding/global attention alternate per depth
-    "gemma2": Family("gemma2", "model.layers", "self_attn", "mlp"),
-    "gemma3_text": Family("gemma3_text", "model.layers", "self_attn", "mlp"),
+    "gemma2": Family("gemma2", "model.layers", "self_attn", "mlp", "model.norm"),
+    "gemma3_text": Family("gemma3_text", "model.layers", "self_attn", "mlp", "model.norm"),
     # Pythia: parallel residual, fused QKV, biases
-    "gpt_neox": Family("gpt_neox", "gpt_neox.layers", "attention", "mlp"),
+    "gpt_neox": Family("gpt_neox", "gpt_neox.layers", "attention", "mlp", "gpt_neox.final_layer_norm"),
 }
 
 

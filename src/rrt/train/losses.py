@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from ..model.exits import logit_transform
 from .kd import divergence_sum, kd_loss
 
 
@@ -22,7 +23,7 @@ def final_hidden_states(model, input_ids, attention_mask=None) -> torch.Tensor:
     between its backbone and its head (final norm inside or outside the backbone, slicing,
     the recursive wrapper's `base`, GPT-NeoX's differently named head) happens as usual, and
     the captured tensor is by construction the head's input. What happens *after* the head
-    (soft-capping) is `_logit_transform`'s job."""
+    (soft-capping) is `rrt.model.exits.logit_transform`'s job."""
     head = model.get_output_embeddings()
     captured = []
 
@@ -41,19 +42,6 @@ def final_hidden_states(model, input_ids, attention_mask=None) -> torch.Tensor:
         raise RuntimeError(f"{type(model).__name__}: its output embedding ran {len(captured)} times in one forward, "
                            "expected once")
     return captured[0]
-
-
-def _logit_transform(model):
-    """What the family's CausalLM does to the head's output before the loss: Gemma 2/3's
-    final-logit soft-capping (cap * tanh(logits / cap)), as transformers writes it."""
-    config = model.config.get_text_config(decoder=True)
-    for name in ("logit_scale", "logits_scaling"):  # Cohere, Granite: not supported families
-        if getattr(config, name, None) not in (None, 1, 1.0):
-            raise NotImplementedError(f"{type(model).__name__}: {name} is not handled by the chunked loss")
-    cap = getattr(config, "final_logit_softcapping", None)
-    if cap is None:
-        return lambda logits: logits
-    return lambda logits: torch.tanh(logits / cap) * cap
 
 
 def _chunk_losses(hidden, targets, teacher_hidden, head, transform, teacher_head, teacher_transform, kind,
@@ -97,13 +85,13 @@ def lm_losses(model, input_ids, attention_mask=None, labels=None, *, teacher=Non
     targets = labels[:, 1:].reshape(-1)
     keep = targets != -100
     count = max(int(keep.sum()), 1)
-    head, transform = model.get_output_embeddings(), _logit_transform(model)
+    head, transform = model.get_output_embeddings(), logit_transform(model)
     teacher_hidden = teacher_head = teacher_transform = None
     if teacher is not None:
         with torch.no_grad():
             teacher_hidden = final_hidden_states(teacher, input_ids, attention_mask)
         teacher_hidden = teacher_hidden[:, :-1].reshape(-1, teacher_hidden.shape[-1])
-        teacher_head, teacher_transform = teacher.get_output_embeddings(), _logit_transform(teacher)
+        teacher_head, teacher_transform = teacher.get_output_embeddings(), logit_transform(teacher)
     ce = kd = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_tokens):
         rows = slice(start, start + chunk_tokens)

@@ -1,0 +1,102 @@
+"""Early exit: exit heads (every loop read out by the final norm and LM head), the
+early-exit loss, and the oracle exit rate."""
+import pytest
+import torch
+
+from rrt.eval.exit_rates import oracle_exit_counts, oracle_exit_rates
+from rrt.model.convert import convert
+from rrt.model.exits import exit_depths, exit_hidden_states, exit_logits
+from rrt.train.early_exit import (
+    AGGRESSIVE,
+    early_exit_losses,
+    exit_losses,
+    exit_weights,
+)
+
+from .conftest import FAMILIES, make_tiny
+
+
+def _recursive(family, loops=2, rank=0):
+    return convert(make_tiny(family, layers=6), loops=loops, init="stepwise", rank=rank).eval()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("loops", [1, 2, 3])
+def test_last_exit_is_the_models_output(family, loops, ids):
+    model = _recursive(family, loops, rank=4)
+    assert exit_depths(model) == [(b + 1) * 6 // loops - 1 for b in range(loops)]
+    with torch.no_grad():
+        hidden = exit_hidden_states(model, ids)
+        logits = model(input_ids=ids).logits
+        assert len(hidden) == loops
+        assert torch.equal(exit_logits(model, hidden[-1]), logits)  # soft-capping included (Gemma 2/3)
+        if loops > 1:
+            assert not torch.allclose(exit_logits(model, hidden[0]), logits)
+
+
+def test_a_plain_model_has_one_exit(ids):
+    model = make_tiny("gemma2", layers=4)
+    with torch.no_grad():
+        (hidden,) = exit_hidden_states(model, ids)
+        assert torch.equal(exit_logits(model, hidden), model(input_ids=ids).logits)
+
+
+def test_intermediate_exit_is_the_first_loop_alone(ids):
+    """Exit 1 of a B=2 model is what a model of its first loop's depths outputs."""
+    model = _recursive("llama", 2, rank=4)
+    first_loop = _recursive("llama", 2, rank=4)
+    layers = first_loop.base.model.layers
+    first_loop.base.model.layers = torch.nn.ModuleList(list(layers)[:3])
+    first_loop.config.text_config.num_hidden_layers = 3
+    with torch.no_grad():
+        assert torch.allclose(exit_logits(model, exit_hidden_states(model, ids)[0]),
+                              first_loop(input_ids=ids).logits, atol=1e-6)
+
+
+def test_zero_intermediate_weights_give_the_plain_loss(ids):
+    model = _recursive("gemma2", 2, rank=4)
+    total, ces, kds = early_exit_losses(model, ids, weights=[0.0, 1.0])
+    assert torch.allclose(total, model(input_ids=ids, labels=ids).loss, atol=1e-6)
+    assert len(ces) == 2 and len(kds) == 1 and kds[0] > 0
+
+
+def test_kd_sends_no_gradient_into_the_final_exit():
+    torch.manual_seed(0)
+    inter = torch.randn(2, 5, 11, requires_grad=True)
+    final = torch.randn(2, 5, 11, requires_grad=True)
+    labels = torch.randint(0, 11, (2, 5))
+    _, _, kds = exit_losses([inter, final], labels, [0.1, 1.0])
+    kds[0].backward()
+    assert final.grad is None and inter.grad.abs().sum() > 0
+    # the whole loss: the final exit's gradient is its CE's alone
+    final.grad = inter.grad = None
+    total, ces, _ = exit_losses([inter, final], labels, AGGRESSIVE)
+    total.backward()
+    alone = final.detach().clone().requires_grad_()
+    exit_losses([inter.detach(), alone], labels, [0.0, 1.0])[1][1].backward()
+    assert torch.allclose(final.grad, alone.grad)
+
+
+def test_exit_weights():
+    assert exit_weights(0.1, 3) == [0.1, 0.1, 1.0]
+    assert exit_weights([0.3, 1], 2) == [0.3, 1.0]
+    with pytest.raises(ValueError, match="3 exit weights for a model with 2 loops"):
+        exit_weights([0.1, 0.1, 1], 2)
+    with pytest.raises(ValueError, match="final one > 0"):
+        exit_weights([1, 0], 2)
+
+
+def test_oracle_exit_rate_on_a_hand_made_case():
+    """4 positions, 3 exits. Final argmaxes: 0, 1, 2, 3. Exit 1 agrees at positions 0 and 3;
+    exit 2 at 0, 1 and 3: position 1 exits at loop 2, position 2 only at the end."""
+    eye = torch.eye(4)
+    final = eye[[0, 1, 2, 3]]
+    exit1 = eye[[0, 0, 0, 3]]
+    exit2 = eye[[0, 1, 3, 3]]
+    counts = oracle_exit_counts([exit1[None], exit2[None], final[None]])
+    assert counts == {"positions": 4, "agree": [2, 3, 4], "first": [2, 1, 1]}
+    rates = oracle_exit_rates(counts)
+    assert rates["exit_at"] == [0.5, 0.25, 0.25] and rates["agree"] == [0.5, 0.75, 1.0]
+    assert rates["mean_loops"] == pytest.approx(1.75)
+    masked = oracle_exit_counts([exit1[None], exit2[None], final[None]], mask=torch.tensor([[1, 1, 0, 0]]))
+    assert masked == {"positions": 2, "agree": [1, 2, 2], "first": [1, 1, 0]}
