@@ -100,3 +100,28 @@ def test_oracle_exit_rate_on_a_hand_made_case():
     assert rates["mean_loops"] == pytest.approx(1.75)
     masked = oracle_exit_counts([exit1[None], exit2[None], final[None]], mask=torch.tensor([[1, 1, 0, 0]]))
     assert masked == {"positions": 2, "agree": [1, 2, 2], "first": [1, 1, 0]}
+
+
+def _blocks(tmp_path, rows=5, block=12, seed=0):
+    import datasets
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 96, (rows, block), generator=g).tolist()
+    datasets.Dataset.from_dict({"input_ids": ids}).save_to_disk(str(tmp_path / "held"))
+    return tmp_path / "held"
+
+
+@pytest.mark.parametrize("loops", [1, 2])
+def test_per_exit_perplexity_ends_with_the_models_perplexity(tmp_path, loops):
+    from rrt.eval.perplexity import exit_perplexity, perplexity
+
+    model = _recursive("gemma2", loops, rank=4)
+    held = _blocks(tmp_path)
+    per_exit, plain = exit_perplexity(model, held, batch_size=2), perplexity(model, held, batch_size=2)
+    assert len(per_exit["exits"]) == loops and per_exit["tokens"] == plain["tokens"] == 5 * 11
+    assert per_exit["exits"][-1]["ppl"] == pytest.approx(plain["ppl"], rel=1e-6)
+    oracle = per_exit["oracle"]
+    assert oracle["agree"][-1] == 1.0 and sum(oracle["exit_at"]) == pytest.approx(1.0)
+    if loops == 1:
+        assert oracle["exit_at"] == [1.0] and oracle["mean_loops"] == 1.0
+    else:
+        assert per_exit["exits"][0]["ppl"] != pytest.approx(plain["ppl"], rel=1e-3)

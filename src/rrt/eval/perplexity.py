@@ -10,6 +10,8 @@ from datasets import load_from_disk
 from tqdm.auto import tqdm
 
 from ..data.blocks import TokenBlocks, is_block_dir
+from ..model.exits import exit_hidden_states, exit_logits
+from .exit_rates import oracle_exit_counts, oracle_exit_rates
 
 
 def open_blocks(dataset_dir):
@@ -50,3 +52,32 @@ def perplexity(model, dataset_dir, batch_size: int = 8) -> dict:
     model.train(was_training)
     mean = total_nll / total_tokens
     return {"ppl": math.exp(mean), "nll": mean, "tokens": total_tokens}
+
+
+@torch.inference_mode()
+def exit_perplexity(model, dataset_dir, batch_size: int = 8) -> dict:
+    """Held-out perplexity at every loop's exit (`rrt.model.exits`) and the oracle exit
+    rates over the same tokens: {"exits": [{"ppl", "nll"} per exit], "tokens",
+    "oracle": `oracle_exit_rates`}. The last exit's numbers are `perplexity`'s. Row by
+    row in fp32 as there."""
+    blocks = open_blocks(dataset_dir)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    nll, tokens, counts = None, 0, None
+    for start in tqdm(range(0, len(blocks), batch_size), desc=f"exit perplexity {Path(dataset_dir).name}"):
+        ids = torch.stack([blocks[i]["input_ids"] for i in range(start, min(start + batch_size, len(blocks)))])
+        ids = ids.to(device)
+        hidden = exit_hidden_states(model, ids, torch.ones_like(ids))
+        nll = nll or [0.0] * len(hidden)
+        for row in range(ids.shape[0]):
+            logits = [exit_logits(model, h[row:row + 1, :-1]) for h in hidden]
+            for b, z in enumerate(logits):
+                nll[b] += torch.nn.functional.cross_entropy(z[0].float(), ids[row, 1:], reduction="sum").item()
+            c = oracle_exit_counts(logits)
+            counts = c if counts is None else {k: (counts[k] + c[k] if k == "positions" else
+                                                   [x + y for x, y in zip(counts[k], c[k])]) for k in c}
+        tokens += ids[:, 1:].numel()
+    model.train(was_training)
+    exits = [{"ppl": math.exp(n / tokens), "nll": n / tokens} for n in nll]
+    return {"exits": exits, "tokens": tokens, "oracle": oracle_exit_rates(counts)}
