@@ -125,3 +125,65 @@ def test_per_exit_perplexity_ends_with_the_models_perplexity(tmp_path, loops):
         assert oracle["exit_at"] == [1.0] and oracle["mean_loops"] == 1.0
     else:
         assert per_exit["exits"][0]["ppl"] != pytest.approx(plain["ppl"], rel=1e-3)
+
+
+def _train_data(tmp_path, blocks=16, block=16):
+    import datasets
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(blocks):
+        phase = int(torch.randint(0, 8, (1,), generator=g))
+        rows.append([10 + (phase + j) % 8 for j in range(block)])
+    datasets.Dataset.from_dict({"input_ids": rows}).save_to_disk(str(tmp_path / "data"))
+    return tmp_path / "data"
+
+
+def test_early_exit_training_trains_every_exit(tmp_path):
+    import csv
+
+    from rrt.train.trainer import train
+
+    _recursive("llama", 2, rank=4).save_pretrained(tmp_path / "model")
+    data = _train_data(tmp_path)
+    kw = dict(max_tokens=16 * 2 * 12, batch_tokens=32, micro_batch_size=2, lr=3e-3, save_steps=100, progress=False)
+    summary = train(tmp_path / "model", data, tmp_path / "ee", exit_weights=[0.1, 1.0], **kw)
+    rows = list(csv.DictReader(open(tmp_path / "ee" / "loss.csv")))
+    assert list(rows[0]) == ["step", "tokens_seen", "loss", "ce", "kd", "ce_exit1", "ce_exit2", "lr"]
+    first, last = rows[0], rows[-1]
+    assert float(last["ce_exit1"]) < float(first["ce_exit1"]) and float(last["ce_exit2"]) < float(first["ce_exit2"])
+    assert all(r["ce"] == r["ce_exit2"] for r in rows)
+    for r in rows:  # the logged loss is the weighted sum
+        expected = 0.1 * float(r["ce_exit1"]) + float(r["ce_exit2"]) + 0.1 * float(r["kd"])
+        assert float(r["loss"]) == pytest.approx(expected, rel=1e-4)
+    assert summary["config"]["exit_weights"] == [0.1, 1.0]
+    # weights 0 / 1 train exactly what plain training trains
+    train(tmp_path / "model", data, tmp_path / "final-only", exit_weights=[0.0, 1.0], **kw)
+    train(tmp_path / "model", data, tmp_path / "plain", **kw)
+    plain = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "plain" / "loss.csv"))]
+    final_only = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "final-only" / "loss.csv"))]
+    assert final_only == pytest.approx(plain, rel=1e-4)
+
+
+def test_early_exit_training_refuses_a_teacher(tmp_path):
+    from rrt.train.trainer import train
+
+    _recursive("llama", 2).save_pretrained(tmp_path / "model")
+    with pytest.raises(ValueError, match="early-exit training takes neither a teacher nor loss_chunk_tokens"):
+        train(tmp_path / "model", _train_data(tmp_path), tmp_path / "out", max_tokens=64, batch_tokens=32,
+              exit_weights=[0.1, 1.0], teacher_dir=tmp_path / "model")
+
+
+def test_cli_eval_exits_writes_per_exit_perplexity(tmp_path, capsys):
+    import json
+
+    from rrt.cli import main
+
+    _recursive("llama", 3, rank=4).save_pretrained(tmp_path / "model")
+    held = _blocks(tmp_path)
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(tmp_path / "model"), "--out", str(out), "--ppl", f"x={held}",
+                 "--tasks", "none", "--exits"]) == 0
+    result = json.loads(out.read_text())
+    exits = result["ppl_exits"]["x"]
+    assert len(exits["exits"]) == 3 and exits["exits"][-1]["ppl"] == pytest.approx(result["ppl_x"], rel=1e-6)
+    assert len(exits["oracle"]["exit_at"]) == 3 and exits["oracle"]["agree"][-1] == 1.0

@@ -181,6 +181,11 @@ def _train_commands(sub) -> None:
                    help="stop this long (plus one step) before the time limit, for the checkpoint to be written")
     t.add_argument("--requeue", action="store_true",
                    help="in a SLURM job, requeue the job when paused (same job id): it continues by itself")
+    t.add_argument("--exit-weights", default=None, metavar="W1,...,WB",
+                   help="early-exit training: CE weight of each loop's exit (paper's aggressive recipe: 0.1,1.0), "
+                        "plus KD from the detached final exit")
+    t.add_argument("--exit-kd-weight", type=float, default=1.0,
+                   help="early-exit training: scale of each intermediate exit's KD (times its weight)")
     lc = _command(sub, "launch", "launch:launch",
                   help="run a command on N nodes x P processes (torchrun; srun across a SLURM allocation)",
                   description="One process: the command itself; one node: torchrun --standalone; several nodes: "
@@ -209,6 +214,8 @@ def _eval_commands(sub) -> None:
                    help=f"embedded prompt format (default {EVAL['prompt_format']}), e.g. rc_5shot or "
                         "hellaswag=rc_5shot; repeatable")
     e.add_argument("--workdir", default=None, help="keep the converted task files here (default: a temp dir)")
+    e.add_argument("--exits", action="store_true",
+                   help="also held-out perplexity at every loop's exit, with oracle exit rates (early exit)")
     e.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS or all cores); 1 is far "
                         "faster when other jobs share the cores")

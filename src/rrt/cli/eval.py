@@ -89,6 +89,8 @@ def evaluate(args) -> None:
         if args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.exits and not ppl:
+        raise UsageError("--exits needs --ppl NAME=DIR (per-exit perplexity is measured on held-out sets)")
     result = evaluate_model(args.model, args.out, ppl, tasks, args.source, args.limit, args.batch_size,
-                            args.workdir, formats, default)
+                            args.workdir, formats, default, exits=args.exits)
     print(json.dumps({k: v for k, v in result.items() if k.startswith(("ppl_", "acc_"))}, indent=1))

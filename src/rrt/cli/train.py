@@ -73,7 +73,17 @@ def train(args) -> None:
                     adam_betas=args.adam_betas, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
                     loss_chunk_tokens=args.loss_chunk_tokens, save_steps=args.save_steps, log_steps=args.log_steps,
                     deepspeed=args.deepspeed, keep_checkpoints=args.keep_checkpoints,
-                    time_limit_minutes=args.time_limit, stop_margin=args.stop_margin, requeue=args.requeue, **kd)
+                    time_limit_minutes=args.time_limit, stop_margin=args.stop_margin, requeue=args.requeue,
+                    exit_weights=_exit_weights(args.exit_weights), exit_kd_weight=args.exit_kd_weight, **kd)
+
+
+def _exit_weights(value):
+    if value is None:
+        return None
+    try:
+        return [float(w) for w in value.split(",")]
+    except ValueError:
+        raise UsageError(f"--exit-weights must be comma-separated numbers, got {value!r}") from None
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from ..errors import UsageError, first_line
 from ..io import atomic_write_json
 from ..model.load import load_model_dir
 from ..model.params import count_params
-from .perplexity import perplexity
+from .perplexity import exit_perplexity, perplexity
 from .tasks import DEFAULT_PROMPT_FORMAT, headline, headline_stderr, run_tasks
 
 
@@ -39,11 +39,13 @@ def mean_stderr(stderrs: list[float | None]) -> float | None:
 def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, tasks: list[str] | None = None,
                    source: str = "embedded", limit: int | None = None, batch_size: int = 8, workdir=None,
                    prompt_formats: dict[str, str] | None = None,
-                   default_format: str = DEFAULT_PROMPT_FORMAT) -> dict:
+                   default_format: str = DEFAULT_PROMPT_FORMAT, exits: bool = False) -> dict:
     """Evaluate one saved model and write its JSON (atomically: complete or absent):
     {"model", "params": {"non_embedding", "lora", "embedding", "total"}, "ppl_<set>",
      "acc_<task>", "acc_<task>_stderr", "acc_avg", "acc_avg_stderr", "tasks": {task: {...}},
-     "ppl": {set: {...}}, "limit", "source", "seconds": {"load", "ppl_<set>", "task_<task>", "total"}}."""
+     "ppl": {set: {...}}, "limit", "source", "seconds": {"load", "ppl_<set>", "task_<task>", "total"}}.
+    With `exits`, also "ppl_exits": {set: `exit_perplexity`} (perplexity at every loop's
+    exit and the oracle exit rates)."""
     ppl_sets, tasks = dict(ppl_sets or {}), list(tasks or [])
     start = time.perf_counter()
     model, tokenizer = _load(model_dir, need_tokenizer=bool(tasks))
@@ -55,6 +57,10 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
         result["ppl"][name] = perplexity(model, path, batch_size)
         result[f"ppl_{name}"] = result["ppl"][name]["ppl"]
         seconds[f"ppl_{name}"] = time.perf_counter() - t
+        if exits:
+            t = time.perf_counter()
+            result.setdefault("ppl_exits", {})[name] = exit_perplexity(model, path, batch_size)
+            seconds[f"ppl_exits_{name}"] = time.perf_counter() - t
     if tasks:
         per_task = run_tasks(model, tokenizer, tasks, source, limit, batch_size, workdir, prompt_formats,
                              default_format)

@@ -64,9 +64,13 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+EXIT_KEYS = ("exit_weights", "exit_kd_weight")  # early-exit training; part of the run only when on
+
+
 def run_settings(config: dict) -> dict:
     """The settings that define the run, as stored in JSON (tuples become lists)."""
-    return json.loads(json.dumps({k: config[k] for k in RUN_KEYS}))
+    keys = RUN_KEYS + (EXIT_KEYS if config.get("exit_weights") else ())
+    return json.loads(json.dumps({k: config[k] for k in keys}))
 
 
 # --- the manifest -----------------------------------------------------------------------

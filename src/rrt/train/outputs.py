@@ -18,15 +18,18 @@ from .checkpoints import CHECKPOINTS, step_of
 FINAL_TMP = ".final.tmp"
 
 
-def write_loss_csv(path: Path, history: list[dict], with_kd: bool) -> None:
-    """One row per logged step; `tokens_seen` is Trainer's exact count (all ranks)."""
-    fields = ["step", "tokens_seen", "loss", "ce"] + (["kd"] if with_kd else []) + ["lr"]
+def write_loss_csv(path: Path, history: list[dict], with_kd: bool, exits: int = 0) -> None:
+    """One row per logged step; `tokens_seen` is Trainer's exact count (all ranks). With
+    early-exit training, `ce` is the final exit's and ce_exit<b> each exit's."""
+    per_exit = [f"ce_exit{b}" for b in range(1, exits + 1)]
+    fields = ["step", "tokens_seen", "loss", "ce"] + (["kd"] if with_kd else []) + per_exit + ["lr"]
     buffer = io.StringIO()
     w = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     for h in history:
         w.writerow({"step": h["step"], "tokens_seen": h.get("num_input_tokens_seen", ""), "loss": h["loss"],
-                    "ce": h.get("ce", ""), "kd": h.get("kd", ""), "lr": h.get("learning_rate", "")})
+                    "ce": h.get("ce", ""), "kd": h.get("kd", ""), "lr": h.get("learning_rate", ""),
+                    **{k: h.get(k, "") for k in per_exit}})
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -51,7 +54,8 @@ def summary_of(trainer, config: dict, *, steps, micro, accum, block, seconds, se
     }
 
 
-def finish(trainer, out_dir: Path, model_dir, summary: dict, with_kd: bool, keep_checkpoints: bool) -> None:
+def finish(trainer, out_dir: Path, model_dir, summary: dict, with_kd: bool, keep_checkpoints: bool,
+           exits: int = 0) -> None:
     """loss.csv and the summary first, the final model renamed into place last: `final`
     exists only once everything is written."""
     tmp = out_dir / FINAL_TMP
@@ -59,7 +63,7 @@ def finish(trainer, out_dir: Path, model_dir, summary: dict, with_kd: bool, keep
     if not trainer.is_world_process_zero():
         return
     history = [h for h in trainer.state.log_history if "loss" in h]
-    write_loss_csv(out_dir / "loss.csv", history, with_kd)
+    write_loss_csv(out_dir / "loss.csv", history, with_kd, exits)
     atomic_write_json(out_dir / "train_summary.json", summary)
     tmp.rename(out_dir / "final")
     if not keep_checkpoints:

@@ -52,6 +52,7 @@ from transformers.utils import logging as hf_logging
 
 from ..data.blocks import TokenBlocks, is_block_dir
 from ..model import modeling  # noqa: F401  registers the recursive model type
+from ..model.exits import exit_depths
 from ..settings import KD_KINDS as KINDS
 from ..settings import TRAIN
 from .checkpoints import (
@@ -65,6 +66,8 @@ from .checkpoints import (
     step_of,
     tokens_in_checkpoint,
 )
+from .early_exit import early_exit_losses
+from .early_exit import exit_weights as exit_weights_for
 from .losses import lm_losses
 from .outputs import FINAL_TMP, finish, summary_of
 from .plan import num_steps, parse_adam_betas, plan_batches, warmup_steps_for
@@ -106,15 +109,28 @@ class UptrainTrainer(Trainer):
     loss_is_scaled_for_ga = False
 
     def __init__(self, *args, teacher=None, kd_kind="fkl", kd_weight=0.5, kd_temperature=1.0,
-                 loss_chunk_tokens=None, **kwargs):
+                 loss_chunk_tokens=None, exit_weights=None, exit_kd_weight=1.0, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = None if teacher is None else teacher.to(self.args.device)
         self.kd_kind, self.kd_weight, self.kd_temperature = kd_kind, kd_weight, kd_temperature
         self.loss_chunk_tokens = loss_chunk_tokens
+        self.exit_weights, self.exit_kd_weight = exit_weights, exit_kd_weight
         self._parts: dict[str, list[torch.Tensor]] = {"ce": [], "kd": []}
+        for b in range(len(exit_weights or ())):
+            self._parts[f"ce_exit{b + 1}"] = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ids = inputs["input_ids"]
+        if self.exit_weights:  # early-exit training: every loop's exit, KD from the final one
+            loss, ces, kds = early_exit_losses(_WrappedForward(model, self.accelerator.unwrap_model(model)), ids,
+                                               inputs.get("attention_mask"), inputs.get("labels", ids),
+                                               weights=self.exit_weights, kd_weight=self.exit_kd_weight)
+            for b, ce in enumerate(ces):
+                self._parts[f"ce_exit{b + 1}"].append(ce.detach().float())
+            self._parts["ce"].append(ces[-1].detach().float())
+            if kds:
+                self._parts["kd"].append(torch.stack(kds).mean().detach())
+            return (loss, {"loss": loss}) if return_outputs else loss
         kwargs = dict(attention_mask=inputs.get("attention_mask"), labels=inputs.get("labels", ids),
                       teacher=self.teacher, kd_kind=self.kd_kind, kd_temperature=self.kd_temperature,
                       chunk_tokens=self.loss_chunk_tokens)
@@ -147,11 +163,14 @@ class UptrainTrainer(Trainer):
 
 class _WrappedForward:
     """Calls go to the wrapped model (DDP/DeepSpeed engine: their forward hooks run); the
-    head and config come from the unwrapped one."""
+    head, config and submodules come from the unwrapped one."""
 
     def __init__(self, wrapped, unwrapped):
         self._wrapped, self.config = wrapped, unwrapped.config
         self.get_output_embeddings = unwrapped.get_output_embeddings
+        self.get_submodule = unwrapped.get_submodule
+        if hasattr(unwrapped, "base"):
+            self.base = unwrapped.base
 
     def __call__(self, *args, **kwargs):
         return self._wrapped(*args, **kwargs)
@@ -237,7 +256,7 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
           save_steps: int = TRAIN["save_steps"], log_steps: int = TRAIN["log_steps"], deepspeed=None,
           bf16="auto", progress: bool = True, keep_checkpoints: bool = False, callbacks=(),
           time_limit_minutes: float | None = None, stop_margin: float = TRAIN["stop_margin_s"],
-          requeue: bool = False) -> dict:
+          requeue: bool = False, exit_weights=None, exit_kd_weight: float = 1.0) -> dict:
     """Uptrain the model in `model_dir` on the packed blocks in `data_dir`; write `out_dir`.
 
     Returns the summary (also in out_dir/train_summary.json). If out_dir/final exists the
@@ -251,7 +270,11 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
     Time limits (`time_limit`): within `time_limit_minutes` of this call (or before the
     SLURM job's end) less `stop_margin` seconds, or at SIGTERM/SIGUSR1, the run checkpoints
     at a step boundary and raises `Paused`; rerun to continue, or with `requeue` (in a
-    SLURM job) rank 0 first requeues the job, which then continues by itself."""
+    SLURM job) rank 0 first requeues the job, which then continues by itself.
+
+    Early-exit training (`early_exit.py`): `exit_weights` (one per loop, or one number for
+    every intermediate exit) trains every loop's exit, with KD from the detached final exit
+    weighted by `exit_kd_weight`; loss.csv then has a ce_exit<b> column per exit."""
     started = time.time()
     hf_logging.disable_progress_bar()  # weight-loading bars; Trainer's own bar stays
 
@@ -270,7 +293,8 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
         min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, adam_betas=adam_betas, seed=seed,
         gradient_checkpointing=gradient_checkpointing, loss_chunk_tokens=loss_chunk_tokens, teacher_dir=teacher_dir,
         kd_kind=kd_kind, kd_weight=kd_weight, kd_temperature=kd_temperature, save_steps=save_steps,
-        log_steps=log_steps, deepspeed=deepspeed, bf16=bf16, progress=progress))
+        log_steps=log_steps, deepspeed=deepspeed, bf16=bf16, progress=progress, exit_weights=exit_weights,
+        exit_kd_weight=exit_kd_weight))
     data, block = load_blocks(data_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     micro, accum, step_tokens = plan_batches(batch_tokens, block, micro_batch_size, world)
@@ -295,6 +319,7 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
     record_run(out_dir, run)
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    weights = exit_weights_for(config["exit_weights"], len(exit_depths(model))) if config["exit_weights"] else None
     teacher = None
     if teacher_dir:
         teacher = _load_teacher(teacher_dir, torch.bfloat16 if use_bf16 else torch.float32, _vocab(model))
@@ -302,8 +327,8 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
     stop = StopBeforeLimit(deadline(time_limit_minutes, started), stop_margin)
     trainer = UptrainTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
                                teacher=teacher, kd_kind=kd_kind, kd_weight=kd_weight, kd_temperature=kd_temperature,
-                               loss_chunk_tokens=loss_chunk_tokens,
-                               callbacks=[ManifestCallback(run)] + list(callbacks)
+                               loss_chunk_tokens=loss_chunk_tokens, exit_weights=weights,
+                               exit_kd_weight=exit_kd_weight, callbacks=[ManifestCallback(run)] + list(callbacks)
                                + ([] if keep_checkpoints else [NoLastCheckpoint()]) + [stop])
     _swap_progress_bar(trainer)
 
@@ -320,7 +345,8 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
                        session_tokens=trainer.state.num_input_tokens_seen - start_tokens, resume=resume)
     if trainer.is_world_process_zero():
         record_session(out_dir, from_step=from_step, to_step=trainer.state.global_step, status="done")
-    finish(trainer, out_dir, model_dir, summary, with_kd=teacher is not None, keep_checkpoints=keep_checkpoints)
+    finish(trainer, out_dir, model_dir, summary, with_kd=teacher is not None or bool(weights),
+           keep_checkpoints=keep_checkpoints, exits=len(weights or ()))
     return summary
 
 
@@ -350,6 +376,15 @@ def _validate(config: dict) -> dict:
     if config["loss_chunk_tokens"] is not None and config["loss_chunk_tokens"] < 1:
         raise ValueError(f"loss_chunk_tokens must be >= 1, got {config['loss_chunk_tokens']}")
     config["gradient_checkpointing"] = bool(config["gradient_checkpointing"])
+    if config["exit_weights"] is not None:
+        if config["teacher_dir"] is not None or config["loss_chunk_tokens"] is not None:
+            raise ValueError("early-exit training takes neither a teacher nor loss_chunk_tokens")
+        if isinstance(config["exit_weights"], str):
+            config["exit_weights"] = [float(w) for w in config["exit_weights"].split(",")]
+        if not (math.isfinite(config["exit_kd_weight"]) and config["exit_kd_weight"] >= 0):
+            raise ValueError(f"exit_kd_weight must be a finite number >= 0, got {config['exit_kd_weight']}")
+    else:
+        config["exit_kd_weight"] = None
     if config["teacher_dir"] is None:  # KD settings mean nothing without a teacher
         config.update(kd_kind=None, kd_weight=None, kd_temperature=None)
     return config
