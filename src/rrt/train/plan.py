@@ -1,7 +1,11 @@
 """The arithmetic of a run: micro-batch and accumulation for a token batch, the number of
-optimizer steps for a token budget, the warmup of each run, AdamW's betas."""
+optimizer steps for a token budget, the warmup of each run, AdamW's betas, and the checks
+of a run's settings (`validate_run`)."""
 from __future__ import annotations
 
+import math
+
+from ..settings import KD_KINDS as KINDS
 from ..settings import TRAIN
 
 
@@ -57,3 +61,43 @@ def parse_adam_betas(betas) -> list[float]:
         shown = betas if isinstance(betas, str) else ",".join(str(b) for b in parts)
         raise ValueError(f"adam_betas must be two numbers B1,B2 in [0, 1), got {shown!r}")
     return values
+
+
+def validate_run(config: dict) -> dict:
+    """The arguments of `train` that describe the run, checked."""
+    if config["kd_kind"] not in KINDS:
+        raise ValueError(f"kd loss must be one of {', '.join(KINDS)}, got {config['kd_kind']!r}")
+    if not 0 <= config["kd_weight"] <= 1:
+        raise ValueError(f"kd_weight must be in [0, 1], got {config['kd_weight']}")
+    if not (math.isfinite(config["kd_temperature"]) and config["kd_temperature"] > 0):
+        raise ValueError(f"kd_temperature must be a finite number > 0, got {config['kd_temperature']}")
+    if not 0 <= config["min_lr_ratio"] <= 1:
+        raise ValueError(f"min_lr_ratio must be in [0, 1], got {config['min_lr_ratio']}")
+    for key in ("save_steps", "log_steps"):
+        if config[key] < 1:
+            raise ValueError(f"{key} must be >= 1, got {config[key]}")
+    # NaN compares false with everything: test for what is wanted, not against what is not.
+    if not (math.isfinite(config["lr"]) and config["lr"] > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {config['lr']}")
+    if not (math.isfinite(config["weight_decay"]) and config["weight_decay"] >= 0):
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {config['weight_decay']}")
+    if config["warmup_steps"] is not None and config["warmup_steps"] < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {config['warmup_steps']}")
+    if not 0 <= config["warmup_ratio"] <= 1:
+        raise ValueError(f"warmup_ratio must be in [0, 1], got {config['warmup_ratio']}")
+    config["adam_betas"] = parse_adam_betas(config["adam_betas"])  # a list: as stored in JSON
+    if config["loss_chunk_tokens"] is not None and config["loss_chunk_tokens"] < 1:
+        raise ValueError(f"loss_chunk_tokens must be >= 1, got {config['loss_chunk_tokens']}")
+    config["gradient_checkpointing"] = bool(config["gradient_checkpointing"])
+    if config["exit_weights"] is not None:
+        if config["teacher_dir"] is not None or config["loss_chunk_tokens"] is not None:
+            raise ValueError("early-exit training takes neither a teacher nor loss_chunk_tokens")
+        if isinstance(config["exit_weights"], str):
+            config["exit_weights"] = [float(w) for w in config["exit_weights"].split(",")]
+        if not (math.isfinite(config["exit_kd_weight"]) and config["exit_kd_weight"] >= 0):
+            raise ValueError(f"exit_kd_weight must be a finite number >= 0, got {config['exit_kd_weight']}")
+    else:
+        config["exit_kd_weight"] = None
+    if config["teacher_dir"] is None:  # KD settings mean nothing without a teacher
+        config.update(kd_kind=None, kd_weight=None, kd_temperature=None)
+    return config

@@ -31,7 +31,6 @@ What the paper fixes and what this module adds where it is silent:
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import socket
@@ -53,7 +52,6 @@ from transformers.utils import logging as hf_logging
 from ..data.blocks import TokenBlocks, is_block_dir
 from ..model import modeling  # noqa: F401  registers the recursive model type
 from ..model.exits import exit_depths
-from ..settings import KD_KINDS as KINDS
 from ..settings import TRAIN
 from .checkpoints import (
     CHECKPOINTS,
@@ -70,7 +68,7 @@ from .early_exit import early_exit_losses
 from .early_exit import exit_weights as exit_weights_for
 from .losses import lm_losses
 from .outputs import FINAL_TMP, finish, summary_of
-from .plan import num_steps, parse_adam_betas, plan_batches, warmup_steps_for
+from .plan import num_steps, plan_batches, validate_run, warmup_steps_for
 from .time_limit import Paused, StopBeforeLimit, deadline, pause, record_session
 
 
@@ -287,7 +285,7 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
         print(f"{final} exists: training is complete, nothing to do")
         summary = out_dir / "train_summary.json"
         return json.loads(summary.read_text()) if summary.is_file() else {}
-    config = _validate(dict(
+    config = validate_run(dict(
         model_dir=model_dir, data_dir=data_dir, max_tokens=max_tokens, batch_tokens=batch_tokens,
         micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps, warmup_ratio=warmup_ratio,
         min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, adam_betas=adam_betas, seed=seed,
@@ -348,46 +346,6 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
     finish(trainer, out_dir, model_dir, summary, with_kd=teacher is not None or bool(weights),
            keep_checkpoints=keep_checkpoints, exits=len(weights or ()))
     return summary
-
-
-def _validate(config: dict) -> dict:
-    """The arguments of `train` that describe the run, checked."""
-    if config["kd_kind"] not in KINDS:
-        raise ValueError(f"kd loss must be one of {', '.join(KINDS)}, got {config['kd_kind']!r}")
-    if not 0 <= config["kd_weight"] <= 1:
-        raise ValueError(f"kd_weight must be in [0, 1], got {config['kd_weight']}")
-    if not (math.isfinite(config["kd_temperature"]) and config["kd_temperature"] > 0):
-        raise ValueError(f"kd_temperature must be a finite number > 0, got {config['kd_temperature']}")
-    if not 0 <= config["min_lr_ratio"] <= 1:
-        raise ValueError(f"min_lr_ratio must be in [0, 1], got {config['min_lr_ratio']}")
-    for key in ("save_steps", "log_steps"):
-        if config[key] < 1:
-            raise ValueError(f"{key} must be >= 1, got {config[key]}")
-    # NaN compares false with everything: test for what is wanted, not against what is not.
-    if not (math.isfinite(config["lr"]) and config["lr"] > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {config['lr']}")
-    if not (math.isfinite(config["weight_decay"]) and config["weight_decay"] >= 0):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {config['weight_decay']}")
-    if config["warmup_steps"] is not None and config["warmup_steps"] < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {config['warmup_steps']}")
-    if not 0 <= config["warmup_ratio"] <= 1:
-        raise ValueError(f"warmup_ratio must be in [0, 1], got {config['warmup_ratio']}")
-    config["adam_betas"] = parse_adam_betas(config["adam_betas"])  # a list: as stored in JSON
-    if config["loss_chunk_tokens"] is not None and config["loss_chunk_tokens"] < 1:
-        raise ValueError(f"loss_chunk_tokens must be >= 1, got {config['loss_chunk_tokens']}")
-    config["gradient_checkpointing"] = bool(config["gradient_checkpointing"])
-    if config["exit_weights"] is not None:
-        if config["teacher_dir"] is not None or config["loss_chunk_tokens"] is not None:
-            raise ValueError("early-exit training takes neither a teacher nor loss_chunk_tokens")
-        if isinstance(config["exit_weights"], str):
-            config["exit_weights"] = [float(w) for w in config["exit_weights"].split(",")]
-        if not (math.isfinite(config["exit_kd_weight"]) and config["exit_kd_weight"] >= 0):
-            raise ValueError(f"exit_kd_weight must be a finite number >= 0, got {config['exit_kd_weight']}")
-    else:
-        config["exit_kd_weight"] = None
-    if config["teacher_dir"] is None:  # KD settings mean nothing without a teacher
-        config.update(kd_kind=None, kd_weight=None, kd_temperature=None)
-    return config
 
 
 class NoLastCheckpoint(TrainerCallback):
