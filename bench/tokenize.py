@@ -41,12 +41,12 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per process, as in a 
 from rrt.data.corpus import build_corpus  # noqa: E402
 from rrt.data.decontaminate import eval_ngrams  # noqa: E402
 from rrt.data.shards import (  # noqa: E402
-    DocumentTokenizer,
     list_train_files,
     read_documents,
     tokenize_shard,
     write_mirror,
 )
+from rrt.data.tokenizer import DocumentTokenizer  # noqa: E402
 from rrt.model.base_models import embedded_tokenizer  # noqa: E402
 
 PAPER_TOKENS = 60_000_000_000

@@ -25,8 +25,6 @@ from rrt.data.corpus import (
 )
 from rrt.data.decontaminate import contaminated, eval_ngrams, ngrams
 from rrt.data.shards import (
-    DocumentTokenizer,
-    document_separator,
     list_train_files,
     read_documents,
     read_manifest,
@@ -38,6 +36,7 @@ from rrt.data.sources import (
     HubLocations,
     lambada_passages,
 )
+from rrt.data.tokenizer import DocumentTokenizer, document_separator
 
 from .conftest import cli_error
 

@@ -21,7 +21,6 @@ from rrt.cli import main
 from rrt.data.blocks import TokenBlocks
 from rrt.data.corpus import embedded_pools
 from rrt.data.shards import (
-    DocumentTokenizer,
     files_needed,
     files_to_read,
     list_train_files,
@@ -35,6 +34,7 @@ from rrt.data.shards import (
     tokenize_shard,
     write_mirror,
 )
+from rrt.data.tokenizer import DocumentTokenizer
 from rrt.data.tokens import tokenize_corpus
 from rrt.train.trainer import train
 

@@ -4,7 +4,8 @@ per shard job to tokenize them at a measured rate (`bench/tokenize.py`)."""
 from __future__ import annotations
 
 from ..settings import DATA, PLAN
-from .shards import files_to_read, token_dtype
+from .shards import files_to_read
+from .tokenizer import token_dtype
 
 GB = 1e9
 

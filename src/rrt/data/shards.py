@@ -38,18 +38,14 @@ import fsspec
 import numpy as np
 import zstandard
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
 
 from ..io import atomic_output_dir
 from .decontaminate import contaminated, ngrams
+from .tokenizer import DocumentTokenizer
 
 TRAIN_GLOB = "train/chunk*/example_train_*.jsonl.zst"
 _TRAIN_NAME = re.compile(r"train/chunk(\d+)/example_train_(\d+)\.jsonl\.zst$")
 HUB_PREFIX = "hf://datasets/"
-# Pretraining end-of-text tokens, tried before the tokenizer's eos: an instruct tokenizer's
-# eos ends a chat turn (SmolLM2-Instruct: <|im_end|>), not a document.
-END_OF_TEXT_TOKENS = ("<|endoftext|>", "<|end_of_text|>", "<eos>", "</s>")
-TOKENIZE_BATCH = 512  # documents per call into the Rust tokenizer
 
 
 class SourceFileError(ValueError):
@@ -195,56 +191,7 @@ def _parse_row(line: bytes, url: str, line_no: int) -> tuple[str, str]:
     return meta.get("redpajama_set_name") or "unknown", text
 
 
-# --- tokenizing -------------------------------------------------------------------------
-def document_separator(tokenizer) -> int:
-    """Id of the token appended after every document.
-
-    The pretraining end-of-text token when the tokenizer has one as a special token, else
-    the eos token. For the embedded SmolLM2-135M-Instruct tokenizer this is <|endoftext|>
-    (id 0), SmolLM2's pretraining separator, not its eos <|im_end|> (id 2): measured on
-    BoolQ passages packed into 256-token blocks, the model's mean NLL is 3.146 with
-    <|endoftext|> against 3.219 with <|im_end|>, which makes the first token of the next
-    document far less predictable (NLL 6.6 against 15.3). For base tokenizers (SmolLM2,
-    GPT-NeoX, Gemma, Llama) this is their eos token anyway."""
-    special = set(tokenizer.all_special_tokens) | set(getattr(tokenizer, "added_tokens_encoder", {}))
-    for token in END_OF_TEXT_TOKENS:
-        if token in special:
-            return tokenizer.convert_tokens_to_ids(token)
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no end-of-text or eos token to separate documents")
-    return tokenizer.eos_token_id
-
-
-def token_dtype(vocab_size: int):
-    """uint16 when every id fits (SmolLM2 49k, Llama 32k, GPT-NeoX 50k), else uint32 (Gemma 256k)."""
-    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
-
-
-class DocumentTokenizer:
-    """Token ids of documents, separator appended, through the Rust tokenizer's batch call
-    (special tokens as the tokenizer adds them: Gemma and Llama start a document with <bos>)."""
-
-    def __init__(self, tokenizer_dir):
-        self.hf = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        self.separator = document_separator(self.hf)
-        self.dtype = token_dtype(len(self.hf))
-        self._rust = self.hf.backend_tokenizer
-
-    def encode(self, texts: list[str]) -> list[np.ndarray]:
-        out = []
-        for start in range(0, len(texts), TOKENIZE_BATCH):
-            for enc in self._rust.encode_batch_fast(texts[start:start + TOKENIZE_BATCH], add_special_tokens=True):
-                ids = enc.ids
-                if not ids or ids[-1] != self.separator:
-                    ids.append(self.separator)
-                out.append(np.array(ids, dtype=self.dtype))
-        return out
-
-    def describe(self) -> dict:
-        return {"name": self.hf.name_or_path, "vocab_size": len(self.hf), "dtype": self.dtype.name,
-                "separator": {"token": self.hf.convert_ids_to_tokens(self.separator), "id": self.separator}}
-
-
+# --- tokenizing ---------------------------------------------------------------------
 # One per worker process (set before forking, inherited): the tokenizer and the banned
 # n-grams. Fork, not spawn: n-gram hashes use Python's per-process salted string hash.
 _WORKER: dict = {}

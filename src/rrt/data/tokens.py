@@ -15,7 +15,8 @@ from pathlib import Path
 
 from ..io import atomic_output_dir
 from .blocks import gather_shards, index_store
-from .shards import DocumentTokenizer, write_store
+from .shards import write_store
+from .tokenizer import DocumentTokenizer
 
 
 def read_heldout(path: Path) -> list[tuple[str, str]]:
