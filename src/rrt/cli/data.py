@@ -8,7 +8,7 @@ import numpy as np
 
 from ..data import shards
 from ..data.corpus import build_corpus
-from ..data.decontaminate import eval_ngrams, ngram_set
+from ..data.decontaminate import NGRAM, eval_ngrams, ngram_set
 from ..data.shards import SourceFileError, plan_files, resolve_location
 from ..data.sources import HubLocations
 from ..data.tokens import read_heldout, tokenize_corpus
@@ -70,7 +70,7 @@ def tokenize_shard(args) -> None:
     banned, ngram = None, None
     if args.corpus:
         corpus_dir = _corpus_dir(args.corpus)
-        ngram = json.loads((corpus_dir / "manifest.json").read_text()).get("decontamination", {}).get("ngram", 13)
+        ngram = json.loads((corpus_dir / "manifest.json").read_text()).get("decontamination", {}).get("ngram", NGRAM)
         banned = banned_ngrams(corpus_dir, ngram)
     try:
         files = plan_files(args.location, count)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .shards import read_manifest
+from .shards import add_counts, read_manifest
 
 INDEX = "index.json"
 FORMAT = "rrt-token-blocks/1"
@@ -49,9 +49,7 @@ def gather_shards(shard_dirs, out_dir, block_size: int, max_tokens: int | None =
     sources: dict[str, dict] = {}
     for m in manifests.values():
         for src, c in m["sources"].items():
-            entry = sources.setdefault(src, {"documents": 0, "tokens": 0})
-            entry["documents"] += c["documents"]
-            entry["tokens"] += c["tokens"]
+            add_counts(sources, src, c["documents"], c["tokens"])
     stream = sum(p["tokens"] for p in pieces)
     details = {"location": first["location"], "shards": len(manifests), "files": len(files),
                "documents": sum(m["documents"] for m in manifests.values()),

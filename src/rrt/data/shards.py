@@ -41,9 +41,9 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_output_dir
 from .decontaminate import contaminated, ngrams
+from .sources import SLIMPAJAMA_TRAIN_FILES as TRAIN_GLOB
 from .tokenizer import DocumentTokenizer
 
-TRAIN_GLOB = "train/chunk*/example_train_*.jsonl.zst"
 _TRAIN_NAME = re.compile(r"train/chunk(\d+)/example_train_(\d+)\.jsonl\.zst$")
 HUB_PREFIX = "hf://datasets/"
 
@@ -143,6 +143,13 @@ def write_mirror(root, docs: list[tuple[str, str]], files: int, chunks: int) -> 
     return out
 
 
+def add_counts(totals: dict, source: str, documents: int, tokens: int) -> None:
+    """Add documents and tokens to a {source: {"documents", "tokens"}} tally."""
+    entry = totals.setdefault(source, {"documents": 0, "tokens": 0})
+    entry["documents"] += documents
+    entry["tokens"] += tokens
+
+
 # --- reading a file ---------------------------------------------------------------------
 def _decompressed_chunks(f, name: str, chunk: int = 1 << 20):
     """Decompressed bytes of a (multi-frame) zstd stream; a file that ends inside a frame is
@@ -216,9 +223,7 @@ def _tokenize_file(job: tuple[str, str]) -> dict:
     lengths = np.array([len(x) for x in ids], dtype=np.int64)
     by_source: dict[str, dict] = {}
     for src, n in zip(sources, lengths.tolist()):
-        entry = by_source.setdefault(src, {"documents": 0, "tokens": 0})
-        entry["documents"] += 1
-        entry["tokens"] += n
+        add_counts(by_source, src, 1, n)
     tokens = np.concatenate(ids) if ids else np.empty(0, dtype=tok.dtype)
     return {"path": rel, "tokens": tokens, "lengths": lengths, "dropped": dropped,
             "sources": dict(sorted(by_source.items()))}
@@ -244,9 +249,7 @@ class StoreWriter:
         self.ends.append(offset + np.cumsum(lengths))
         self.tokens += int(lengths.sum())
         for src, c in sources.items():
-            entry = self.sources.setdefault(src, {"documents": 0, "tokens": 0})
-            entry["documents"] += c["documents"]
-            entry["tokens"] += c["tokens"]
+            add_counts(self.sources, src, c["documents"], c["tokens"])
         return offset
 
     def close(self, **details) -> dict:
@@ -306,9 +309,7 @@ def write_store(docs, tokenizer: DocumentTokenizer, out_dir, max_tokens: int | N
     kept = len(ids) if max_tokens is None else documents_within(lengths, max_tokens)
     by_source: dict[str, dict] = {}
     for src, n in zip(sources[:kept], lengths[:kept].tolist()):
-        entry = by_source.setdefault(src, {"documents": 0, "tokens": 0})
-        entry["documents"] += 1
-        entry["tokens"] += n
+        add_counts(by_source, src, 1, n)
     with atomic_output_dir(out_dir) as tmp:
         writer = StoreWriter(tmp, tokenizer)
         tokens = np.concatenate(ids[:kept]) if kept else np.empty(0, dtype=tokenizer.dtype)

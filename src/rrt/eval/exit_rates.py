@@ -25,6 +25,14 @@ def oracle_exit_counts(logits: list[torch.Tensor], mask: torch.Tensor | None = N
     return {"positions": int(keep.sum()), "agree": agree, "first": first}
 
 
+def add_oracle_counts(total: dict | None, counts: dict) -> dict:
+    """The sum of two `oracle_exit_counts` (total None: counts)."""
+    if total is None:
+        return counts
+    return {"positions": total["positions"] + counts["positions"],
+            **{k: [a + b for a, b in zip(total[k], counts[k])] for k in ("agree", "first")}}
+
+
 def oracle_exit_rates(counts: dict) -> dict:
     """Fractions of `oracle_exit_counts`: per-exit agreement and the exit distribution
     (fractions exiting first at each exit; they sum to 1), and the mean loops per token."""

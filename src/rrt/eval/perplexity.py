@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ..data.blocks import TokenBlocks, is_block_dir
 from ..model.exits import exit_hidden_states, exit_logits
-from .exit_rates import oracle_exit_counts, oracle_exit_rates
+from .exit_rates import add_oracle_counts, oracle_exit_counts, oracle_exit_rates
 
 
 def open_blocks(dataset_dir):
@@ -29,6 +29,13 @@ def open_blocks(dataset_dir):
     return blocks
 
 
+def _batches(blocks, batch_size: int, device, desc: str):
+    """(rows, block) LongTensors of consecutive blocks on `device`, with a progress bar."""
+    for start in tqdm(range(0, len(blocks), batch_size), desc=desc):
+        rows = range(start, min(start + batch_size, len(blocks)))
+        yield torch.stack([blocks[i]["input_ids"] for i in rows]).to(device)
+
+
 @torch.inference_mode()
 def perplexity(model, dataset_dir, batch_size: int = 8) -> dict:
     """{"ppl", "nll", "tokens"} over a saved dataset of equal-length blocks (`input_ids`).
@@ -41,9 +48,7 @@ def perplexity(model, dataset_dir, batch_size: int = 8) -> dict:
     was_training = model.training
     model.eval()
     total_nll, total_tokens = 0.0, 0
-    for start in tqdm(range(0, len(blocks), batch_size), desc=f"perplexity {Path(dataset_dir).name}"):
-        ids = torch.stack([blocks[i]["input_ids"] for i in range(start, min(start + batch_size, len(blocks)))])
-        ids = ids.to(device)
+    for ids in _batches(blocks, batch_size, device, f"perplexity {Path(dataset_dir).name}"):
         logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         for row_logits, row_ids in zip(logits, ids):
             total_nll += torch.nn.functional.cross_entropy(row_logits[:-1].float(), row_ids[1:],
@@ -65,18 +70,14 @@ def exit_perplexity(model, dataset_dir, batch_size: int = 8) -> dict:
     was_training = model.training
     model.eval()
     nll, tokens, counts = None, 0, None
-    for start in tqdm(range(0, len(blocks), batch_size), desc=f"exit perplexity {Path(dataset_dir).name}"):
-        ids = torch.stack([blocks[i]["input_ids"] for i in range(start, min(start + batch_size, len(blocks)))])
-        ids = ids.to(device)
+    for ids in _batches(blocks, batch_size, device, f"exit perplexity {Path(dataset_dir).name}"):
         hidden = exit_hidden_states(model, ids, torch.ones_like(ids))
         nll = nll or [0.0] * len(hidden)
         for row in range(ids.shape[0]):
             logits = [exit_logits(model, h[row:row + 1, :-1]) for h in hidden]
             for b, z in enumerate(logits):
                 nll[b] += torch.nn.functional.cross_entropy(z[0].float(), ids[row, 1:], reduction="sum").item()
-            c = oracle_exit_counts(logits)
-            counts = c if counts is None else {k: (counts[k] + c[k] if k == "positions" else
-                                                   [x + y for x, y in zip(counts[k], c[k])]) for k in c}
+            counts = add_oracle_counts(counts, oracle_exit_counts(logits))
         tokens += ids[:, 1:].numel()
     model.train(was_training)
     exits = [{"ppl": math.exp(n / tokens), "nll": n / tokens} for n in nll]

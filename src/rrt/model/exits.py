@@ -10,6 +10,8 @@ recursive) model has one exit, its output.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .families import family_of
@@ -22,6 +24,25 @@ def _backbone(model):
 
 def _text_config(model):
     return model.config.get_text_config(decoder=True)
+
+
+@contextlib.contextmanager
+def starved_head(model, captured: list | None = None):
+    """While active, the LM head receives an empty slice of its input (the model's forward
+    runs unchanged up to it, then projects zero positions, so no logits are made); the
+    head's real input is appended to `captured` when given."""
+    def hook(module, args, kwargs):
+        hidden = args[0] if args else kwargs["input"]
+        if captured is not None:
+            captured.append(hidden)
+        empty = hidden[..., :0, :]
+        return ((empty,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "input": empty})
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 def exit_depths(model) -> list[int]:
@@ -44,16 +65,11 @@ def exit_hidden_states(model, input_ids, attention_mask=None) -> list[torch.Tens
             captured[depth] = output[0] if isinstance(output, tuple) else output
         return hook
 
-    def starve(module, args, kwargs):
-        hidden = args[0] if args else kwargs["input"]
-        empty = hidden[..., :0, :]
-        return ((empty,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "input": empty})
-
     depths = exit_depths(model)
     handles = [layers[d].register_forward_hook(record(d)) for d in depths]
-    handles.append(model.get_output_embeddings().register_forward_pre_hook(starve, with_kwargs=True))
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        with starved_head(model):
+            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     finally:
         for h in handles:
             h.remove()

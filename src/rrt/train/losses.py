@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from ..model.exits import logit_transform
+from ..model.exits import logit_transform, starved_head
 from .kd import divergence_sum, kd_loss
 
 
@@ -16,28 +16,16 @@ def final_hidden_states(model, input_ids, attention_mask=None) -> torch.Tensor:
     """The hidden states the model's LM head would see (after the final norm), without
     computing any logits.
 
-    How: a forward pre-hook on `model.get_output_embeddings()` captures the head's input and
-    hands the head an empty slice of it, so the model's own forward runs unchanged up to the
-    head and then projects zero positions. This is chosen over calling the backbone
+    How: `starved_head` (a forward pre-hook on `model.get_output_embeddings()`) captures the
+    head's input and hands the head an empty slice of it, so the model's own forward runs
+    unchanged up to the head and then projects zero positions. This is chosen over calling the backbone
     (`get_decoder()`) because it needs no knowledge of the family: whatever the CausalLM does
     between its backbone and its head (final norm inside or outside the backbone, slicing,
     the recursive wrapper's `base`, GPT-NeoX's differently named head) happens as usual, and
     the captured tensor is by construction the head's input. What happens *after* the head
     (soft-capping) is `rrt.model.exits.logit_transform`'s job."""
-    head = model.get_output_embeddings()
-    captured = []
-
-    def hook(module, args, kwargs):
-        hidden = args[0] if args else kwargs["input"]
-        captured.append(hidden)
-        empty = hidden[..., :0, :]
-        return ((empty,) + tuple(args[1:]), kwargs) if args else (args, {**kwargs, "input": empty})
-
-    handle = head.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
+    with starved_head(model, []) as captured:
         model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    finally:
-        handle.remove()
     if len(captured) != 1:
         raise RuntimeError(f"{type(model).__name__}: its output embedding ran {len(captured)} times in one forward, "
                            "expected once")
