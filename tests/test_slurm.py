@@ -81,6 +81,15 @@ def snakemake(root: Path, *args: str, slurm: bool = True, timeout: int = 1200) -
                           text=True, timeout=timeout)
 
 
+def failed(run: subprocess.CompletedProcess, root: Path) -> str:
+    """What a failed run printed, and the end of each rule log it left: a SLURM job's own
+    error is in its rule's log, not in Snakemake's output."""
+    text = (run.stdout + run.stderr)[-5000:]
+    for log in sorted((root / "results/logs").rglob("*.log")):
+        text += f"\n--- {log.relative_to(root)}:\n" + log.read_text()[-3000:]
+    return text
+
+
 def write_config(root: Path, name: str, variants: list[str], **changes) -> str:
     """The test config restricted to some variants, with `changes` ({section: {key: value}})."""
     config = yaml.safe_load((ROOT / TEST_CONFIG).read_text())
@@ -143,10 +152,10 @@ def dag(cluster, tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     on_slurm = checkout(root / "slurm-run")
     run = snakemake(on_slurm, "all", f"--configfile={TEST_CONFIG}")
-    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    assert run.returncode == 0, failed(run, on_slurm)
     local = checkout(root / "local-run")
     again = snakemake(local, "all", f"--configfile={TEST_CONFIG}", slurm=False)
-    assert again.returncode == 0, (again.stdout + again.stderr)[-5000:]
+    assert again.returncode == 0, failed(again, local)
     return on_slurm, run.stdout + run.stderr, local
 
 
@@ -172,7 +181,7 @@ def test_two_ranks_in_one_allocation_log_the_one_rank_losses(dag, tmp_path):
     seed_inputs(on_slurm, root)
     config = write_config(root, "two", [VARIANT], resources={"train": {"procs": 2, "threads": 2}})
     run = snakemake(root, f"results/train/{VARIANT}/loss.csv", config)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    assert run.returncode == 0, failed(run, root)
     log = (root / f"results/logs/uptrain/{VARIANT}.log").read_text()
     assert "launch: torchrun --standalone --nnodes 1 --nproc-per-node 2" in log and "SLURM job" in log
     summary = yaml.safe_load((root / f"results/train/{VARIANT}/train_summary.json").read_text())
@@ -190,7 +199,7 @@ def uninterrupted(dag, tmp_path_factory):
     seed_inputs(on_slurm, root)
     config = write_config(root, "long", [VARIANT], train={"tokens": CHAIN_STEPS * 128, "save_steps": 400})
     run = snakemake(root, f"results/train/{VARIANT}/loss.csv", config, slurm=False)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    assert run.returncode == 0, failed(run, root)
     return root / f"results/train/{VARIANT}/loss.csv"
 
 
@@ -204,7 +213,7 @@ def test_a_run_longer_than_its_time_limit_continues_over_jobs_to_the_same_result
     with ReleaseRequeued():
         run = snakemake(root, f"results/train/{VARIANT}/loss.csv", config, timeout=1800)
     output = run.stdout + run.stderr
-    assert run.returncode == 0, output[-5000:]
+    assert run.returncode == 0, failed(run, root)
     # one SLURM job for Snakemake, run (and requeued by itself) several times: its sessions
     assert len(SUBMITTED.findall(output)) == 1
     sessions = [json.loads(line) for line in open(root / f"results/train/{VARIANT}/sessions.jsonl")]
@@ -242,7 +251,7 @@ def test_a_cancelled_job_checkpoints_stays_cancelled_and_a_rerun_resumes_to_the_
     paused_at = sessions[0]["to_step"]
     assert 400 <= paused_at < CHAIN_STEPS
     rerun = snakemake(root, target, config)
-    assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-5000:]
+    assert rerun.returncode == 0, failed(rerun, root)
     log = (root / f"results/logs/uptrain/{VARIANT}.log").read_text()
     assert f"resuming from checkpoint-{paused_at}" in log, log[-3000:]
     sessions = [json.loads(line) for line in open(root / f"results/train/{VARIANT}/sessions.jsonl")]
