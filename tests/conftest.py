@@ -92,3 +92,16 @@ def cli_error(capsys, argv, code=2, progress_ok=False) -> str:
     else:
         assert len(lines) == 1, lines
     return lines[-1]
+
+
+@pytest.fixture
+def tiny_real_vocab_dir(smollm2_tokenizer, tmp_path):
+    """A random 2-layer llama over the real tokenizer: real prompts, chance-level answers."""
+    config = LlamaConfig(vocab_size=len(smollm2_tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    path = tmp_path / "tiny"
+    LlamaForCausalLM(config).save_pretrained(path)
+    smollm2_tokenizer.save_pretrained(path)
+    return path

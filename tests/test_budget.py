@@ -164,6 +164,10 @@ def test_flops_by_hand():
     # Checkpointing and chunked loss together recompute exactly one forward.
     assert flops(size, 8, checkpointing=True, chunked=True) == 4 * forward
     assert flops(size, 8, checkpointing=True, chunked=True, teacher=teacher) == 4 * forward + (400 + 256) + 100
+    # Early-exit training, 3 exits: two more heads, forward and backward (chunked: recomputed,
+    # and the final exit's head as their KD target, recomputed too).
+    assert flops(size, 8, checkpointing=False, chunked=False, exits=3) == 3 * forward + 2 * 6 * 20
+    assert flops(size, 8, checkpointing=True, chunked=True, exits=3) == 4 * forward + 2 * 12 * 20
 
 
 def test_jobs_arithmetic():
@@ -211,6 +215,12 @@ def test_plan_rows_hours_and_memory():
     assert rec.mem_teacher_gb == pytest.approx(2 * p / 1e9)
     assert rec.mem_logits_gb == pytest.approx(2 * full.mem_logits_gb)
     assert (table.warning == "").all()
+    early_exit = _variants(("ee", "recursive", "g", "stepwise", 2, "cycle", "0", False, "default"))
+    early_exit["early_exit"] = "aggressive_kd"
+    ee = budget.plan_budget(_config(), early_exit).iloc[0]
+    plain = budget.plan_budget(_config(), early_exit.assign(early_exit="-")).iloc[0]
+    assert ee.flops - plain.flops == pytest.approx(1e9 * 12 * gemma["n_head"])
+    assert ee.mem_logits_gb == pytest.approx(2 * full.mem_logits_gb)  # the final exit's chunk as KD target
     # A100 at half the MFU: 989/312 × 2 times the GPU-hours.
     slow = budget.plan_budget(_config(), VARIANTS, gpu="a100", mfu=0.2).set_index("variant")
     assert slow.loc["full", "gpu_hours"] == pytest.approx(full.gpu_hours * 989 / 312 * 2)

@@ -228,19 +228,6 @@ def test_oracle_model_scores_exactly_as_designed(smollm2_tokenizer, tmp_path, mo
     assert json.loads((tmp_path / "oracle.json").read_text()) == result
 
 
-@pytest.fixture
-def tiny_real_vocab_dir(smollm2_tokenizer, tmp_path):
-    """A random 2-layer llama over the real tokenizer: real prompts, chance-level answers."""
-    config = LlamaConfig(vocab_size=len(smollm2_tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    path = tmp_path / "tiny"
-    LlamaForCausalLM(config).save_pretrained(path)
-    smollm2_tokenizer.save_pretrained(path)
-    return path
-
-
 def test_cli_eval_writes_one_json_with_perplexity_and_tasks(tiny_real_vocab_dir, tmp_path, capsys):
     held = _save_blocks(tmp_path / "held", torch.randint(0, 1000, (3, 16)).tolist())
     out = tmp_path / "eval" / "tiny.json"

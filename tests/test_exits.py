@@ -84,6 +84,11 @@ def test_exit_weights():
         exit_weights([0.1, 0.1, 1], 2)
     with pytest.raises(ValueError, match="final one > 0"):
         exit_weights([1, 0], 2)
+    assert exit_weights("aggressive", 3) == [0.1, 0.1, 1.0]
+    assert exit_weights("uniform", 2) == [1.0, 1.0]
+    assert exit_weights("linear", 4) == [0.25, 0.5, 0.75, 1.0]
+    with pytest.raises(ValueError, match="unknown exit-weight schedule 'steep'"):
+        exit_weights("steep", 2)
 
 
 def test_oracle_exit_rate_on_a_hand_made_case():
@@ -168,7 +173,7 @@ def test_early_exit_training_refuses_a_teacher(tmp_path):
     from rrt.train.trainer import train
 
     _recursive("llama", 2).save_pretrained(tmp_path / "model")
-    with pytest.raises(ValueError, match="early-exit training takes neither a teacher nor loss_chunk_tokens"):
+    with pytest.raises(ValueError, match="early-exit training takes no teacher"):
         train(tmp_path / "model", _train_data(tmp_path), tmp_path / "out", max_tokens=64, batch_tokens=32,
               exit_weights=[0.1, 1.0], teacher_dir=tmp_path / "model")
 
@@ -184,6 +189,28 @@ def test_cli_eval_exits_writes_per_exit_perplexity(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "model"), "--out", str(out), "--ppl", f"x={held}",
                  "--tasks", "none", "--exits"]) == 0
     result = json.loads(out.read_text())
-    exits = result["ppl_exits"]["x"]
+    assert result["exits"]["loops"] == 3 and result["exits"]["depths"] == [1, 3, 5]
+    exits = result["exits"]["ppl"]["x"]
     assert len(exits["exits"]) == 3 and exits["exits"][-1]["ppl"] == pytest.approx(result["ppl_x"], rel=1e-6)
     assert len(exits["oracle"]["exit_at"]) == 3 and exits["oracle"]["agree"][-1] == 1.0
+
+
+@pytest.mark.parametrize("chunk", [5, 64])
+def test_chunked_early_exit_loss_equals_the_full_logits_one(ids, chunk):
+    """Chunks of 5 positions (and one chunk holding all) give the loss, every exit's CE and
+    KD, and the gradients of full logits."""
+    model = _recursive("gemma2", 3, rank=4)
+    labels = ids.clone()
+    labels[:, :3] = -100
+    full = early_exit_losses(model, ids, labels=labels, weights=[0.3, 0.1, 1.0], kd_weight=0.5)
+    full[0].backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    chunked = early_exit_losses(model, ids, labels=labels, weights=[0.3, 0.1, 1.0], kd_weight=0.5, chunk_tokens=chunk)
+    chunked[0].backward()
+    assert torch.allclose(chunked[0], full[0], rtol=1e-5)
+    assert torch.allclose(torch.stack(chunked[1]), torch.stack(full[1]), rtol=1e-5)
+    assert torch.allclose(torch.stack(chunked[2]), torch.stack(full[2]), rtol=1e-4, atol=1e-7)
+    for n, p in model.named_parameters():
+        if n in grads:
+            assert torch.allclose(p.grad, grads[n], rtol=1e-4, atol=1e-6), n

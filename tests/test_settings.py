@@ -15,7 +15,8 @@ from rrt.cli import build_parser
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
 VARIANTS_SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/variants.schema.yaml").read_text())
-SECTIONS = {"data": settings.DATA, "train": settings.TRAIN, "eval": settings.EVAL, "plan": settings.PLAN}
+SECTIONS = {"data": settings.DATA, "train": settings.TRAIN, "eval": settings.EVAL, "plan": settings.PLAN,
+            "early_exit": settings.EARLY_EXIT}
 
 
 def schema_defaults(section: str) -> dict:
@@ -46,6 +47,8 @@ def test_schema_lists_are_the_settings():
     assert tuple(props["plan"]["properties"]["gpu"]["enum"]) == tuple(settings.PLAN["gpu_specs"])
     base = props["base_models"]["additionalProperties"]["properties"]["source"]["enum"]
     assert tuple(base) == settings.BASE_SOURCES
+    recipe = props["early_exit"]["properties"]["recipes"]["additionalProperties"]["properties"]
+    assert tuple(recipe["weights"]["oneOf"][0]["enum"]) == settings.EXIT_SCHEDULES
     row = VARIANTS_SCHEMA["properties"]
     assert tuple(row["init"]["enum"]) == ("-", *settings.INITS)
     assert tuple(row["sharing"]["enum"]) == ("-", *settings.SHARINGS)
@@ -75,6 +78,8 @@ def test_cli_defaults_are_the_settings():
     ev = _defaults("eval")
     for key in ("source", "limit", "batch_size"):
         assert ev[key] == settings.EVAL[key], key
+    assert {k: v for k, v in settings.EVAL.items() if k.startswith("exit_")} == {
+        "exit_thresholds": settings.EVAL["exit_thresholds"], "exit_task_thresholds": settings.EVAL["exit_task_thresholds"]}
 
 
 def _readme_defaults() -> dict[str, str]:
@@ -84,6 +89,8 @@ def _readme_defaults() -> dict[str, str]:
 
 
 def _as_readme(value) -> str:
+    if isinstance(value, dict):
+        return "`" + yaml.safe_dump(value, default_flow_style=True, sort_keys=False).strip() + "`"
     if value is None:
         return "none"
     if isinstance(value, bool):

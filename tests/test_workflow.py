@@ -62,7 +62,8 @@ def test_summary_has_every_variant_with_sizes_and_scores(run):
     assert stages.loc["uptrain", "jobs"] == len(trained) and stages.loc["evaluate", "jobs"] == len(variants)
     assert {"base_model", "corpus", "tokenize", "convert", "reduce"} <= set(stages.index)
     assert sorted(p.name for p in (work / "results/figures").iterdir()) == [
-        "accuracy_vs_params.png", "init_comparison.png", "loss_curves.png", "relaxed_rank.png"]
+        "accuracy_vs_params.png", "exit_rates.png", "exit_tradeoff.png", "init_comparison.png", "loss_curves.png",
+        "relaxed_rank.png"]
 
 
 def test_eval_json_matches_an_independent_perplexity(run):
@@ -88,6 +89,35 @@ def test_uptraining_logged_every_step_and_kd(run):
     kd = pd.read_csv(work / "results/train/rec-stepwise-kd/loss.csv")
     assert "kd" in kd.columns and (kd.kd > 0).all()
     assert not (work / "results/train/rec-stepwise/checkpoints").exists()  # removed once final exists
+
+
+def test_early_exit_post_training_and_every_exit_evaluated(run):
+    """rec-stepwise-ee trains on from rec-stepwise's uptrained model with the aggressive
+    recipe (every exit's CE, KD from the final one); it and its parent are evaluated at both
+    exits, at every threshold, and the early-exit table holds one row per exit."""
+    work, config = run
+    summary = json.loads((work / "results/train/rec-stepwise-ee/train_summary.json").read_text())
+    assert summary["config"]["model_dir"] == str((work / "results/train/rec-stepwise/final").resolve())
+    assert summary["config"]["exit_weights"] == "aggressive" and summary["config"]["exit_kd_weight"] == 1.0
+    loss = pd.read_csv(work / "results/train/rec-stepwise-ee/loss.csv")
+    assert (loss.ce == loss.ce_exit2).all() and (loss.kd > 0).all()
+    assert loss.loss.to_numpy() == pytest.approx((0.1 * loss.ce_exit1 + loss.ce_exit2 + 0.1 * loss.kd).to_numpy(),
+                                                 rel=1e-4)
+    thresholds = config["eval"]["exit_task_thresholds"]["max_prob"]
+    for name in ("rec-stepwise", "rec-stepwise-ee"):
+        result = json.loads((work / f"results/eval/{name}.json").read_text())
+        exits = result["exits"]
+        assert exits["loops"] == 2 and [e["exit"] for e in exits["tasks"]] == [1, 2]
+        assert exits["tasks"][1]["acc_avg"] == result["acc_avg"]
+        assert exits["ppl"]["wiki"]["exits"][1]["ppl"] == pytest.approx(result["ppl_wiki"], rel=1e-6)
+        assert len(exits["ppl"]["wiki"]["thresholds"]["max_prob"]) == 12
+        assert [t["threshold"] for t in exits["task_thresholds"]["max_prob"]] == thresholds
+    assert "exits" not in json.loads((work / "results/eval/rec-average.json").read_text())
+    table = pd.read_csv(work / "results/tables/early_exit.csv")
+    assert list(zip(table.variant, table.exit)) == [("rec-stepwise", 1), ("rec-stepwise", 2),
+                                                    ("rec-stepwise-ee", 1), ("rec-stepwise-ee", 2)]
+    ee = table[table.variant == "rec-stepwise-ee"].set_index("exit")
+    assert list(ee.paper_acc_avg) == [48.0, 52.6]
 
 
 def test_second_run_does_nothing_and_one_variant_reruns_alone(run):

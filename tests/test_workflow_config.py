@@ -33,7 +33,7 @@ def test_config(tmp_path):
 def test_test_config_builds_the_whole_dag(tmp_path, test_config):
     code, text = dry_run(tmp_path, test_config)
     assert code == 0, text[-2000:]
-    for rule, count in (("convert", 4), ("reduce", 1), ("uptrain", 6), ("evaluate", 7), ("aggregate", 1)):
+    for rule, count in (("convert", 4), ("reduce", 1), ("uptrain", 7), ("evaluate", 8), ("aggregate", 1)):
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
 
 
@@ -64,6 +64,29 @@ def test_bad_rank_in_variants_is_rejected(tmp_path, test_config):
     assert code != 0 and "'lots' does not match" in text, text[-2000:]
 
 
+EE_HEADER = "variant\tkind\tbase\tinit\tloops\tsharing\trank\tkd\ttokens\tparent\tearly_exit\n"
+EE_PARENT = "p\trecursive\ttiny\tstepwise\t2\tcycle\t0\tfalse\tdefault\t-\t-\n"
+
+
+@pytest.mark.parametrize("row, message", [
+    ("x\trecursive\ttiny\tstepwise\t2\tcycle\t0\tfalse\tdefault\tnope\taggressive_kd",
+     "variant 'x': parent 'nope' is not a variant"),
+    ("x\trecursive\ttiny\taverage\t2\tcycle\t0\tfalse\tdefault\tp\taggressive_kd",
+     "variant 'x': init 'average' differs from its parent 'p' ('stepwise')"),
+    ("x\trecursive\ttiny\tstepwise\t2\tcycle\t0\tfalse\tdefault\tp\tfast",
+     "variant 'x': early_exit recipe 'fast' is not in early_exit.recipes (aggressive_kd, aggressive)"),
+    ("x\trecursive\ttiny\tstepwise\t2\tcycle\t0\ttrue\tdefault\tp\taggressive_kd",
+     "variant 'x': early_exit and kd cannot be combined"),
+    ("x\trecursive\ttiny\tstepwise\t1\tcycle\t0\tfalse\tdefault\t-\taggressive",
+     "variant 'x': early_exit needs a recursive variant with loops >= 2"),
+    ("x\trecursive\ttiny\tstepwise\t2\tcycle\t0\tfalse\tdefault\tx\t-",
+     "variant 'x': its parents loop back to 'x'"),
+])
+def test_bad_early_exit_rows_are_one_line_errors(tmp_path, test_config, row, message):
+    code, text = dry_run(tmp_path, test_config, EE_HEADER + EE_PARENT + row + "\n")
+    assert code != 0 and message in text, text[-2000:]
+
+
 def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
     """config/paper.yaml (hub models, 8-GPU uptraining) plans without touching the network:
     uptraining is launched on 8 ranks (`rrt launch`) with DeepSpeed and a time limit, and
@@ -74,7 +97,7 @@ def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
                          cwd=ROOT, capture_output=True, text=True)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
-    for rule, count in (("base_model", 3), ("tokenize", 3), ("uptrain", 33), ("evaluate", 36)):
+    for rule, count in (("base_model", 3), ("tokenize", 3), ("uptrain", 39), ("evaluate", 42)):
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
     train = [line for line in text.splitlines() if "rrt train" in line]
     assert train and all("rrt launch --nodes 1 --procs-per-node 8 --gpus-per-node 8" in line
@@ -92,6 +115,21 @@ def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
     assert all("--warmup-ratio 0.02796" in line for line in train)
     assert all("--source harness" in line for line in text.splitlines() if "rrt eval" in line)
     assert "rrt corpus --source hub" in text
+    # Early exit: post-training starts from the parent's uptrained model, with its recipe;
+    # the CE-only weight ablations switch the KD off; co-training starts from the conversion.
+    post = next(line for line in train if "--out results/train/gemma-rec-stepwise-ee " in line)
+    assert "--model results/train/gemma-rec-stepwise/final" in post and "--max-tokens 15000000000" in post
+    assert "--exit-weights aggressive --exit-kd-weight 1.0" in post
+    ablation = next(line for line in train if "--out results/train/gemma-rec-stepwise-ee-w0.3 " in line)
+    assert "--exit-weights 0.3 --exit-kd-weight 0.0" in ablation
+    cotrain = next(line for line in train if "--out results/train/gemma-rec-stepwise-ee-cotrain " in line)
+    assert "--model results/models/init/gemma-rec-stepwise-ee-cotrain" in cotrain
+    evals = {line.split("--out results/eval/")[1].split(".json")[0]: line for line in text.splitlines()
+             if "rrt eval" in line}
+    at_exits = sorted(v for v, line in evals.items() if " --exits " in line)
+    assert at_exits == sorted(["gemma-rec-stepwise", "gemma-rec-stepwise-ee", "gemma-rec-stepwise-ee-ce",
+                               "gemma-rec-stepwise-ee-w0.3", "gemma-rec-stepwise-ee-w0.05",
+                               "gemma-rec-stepwise-ee-w0.01", "gemma-rec-stepwise-ee-cotrain"])
 
 
 def test_test_config_is_self_contained(tmp_path, test_config):

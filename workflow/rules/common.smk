@@ -23,6 +23,9 @@ for _name, _row in VARIANTS.iterrows():
         raise ValueError(f"{config['variants']}: variant {_name!r} uses base {_row.base!r}, not in base_models")
     if _row.kind == "recursive" and _row.init == "-":
         raise ValueError(f"{config['variants']}: recursive variant {_name!r} needs an init")
+    if _row.early_exit != "-" and _row.early_exit not in config["early_exit"]["recipes"]:
+        raise ValueError(f"{config['variants']}: variant {_name!r}: early_exit recipe {_row.early_exit!r} is not in "
+                         f"early_exit.recipes ({', '.join(config['early_exit']['recipes'])})")
 
 
 wildcard_constraints:
@@ -33,7 +36,8 @@ wildcard_constraints:
 
 
 def variant(wildcards):
-    return VARIANTS.loc[wildcards.variant]
+    """A variant's row, from a rule's wildcards or by name."""
+    return VARIANTS.loc[wildcards if isinstance(wildcards, str) else wildcards.variant]
 
 
 def train_tokens(row):
@@ -54,22 +58,53 @@ def base_dir(base):
 
 
 def init_dir(wildcards):
-    """The model uptraining starts from."""
+    """The model uptraining starts from: the base, the converted model, or the parent's
+    trained model (early-exit post-training). `wildcards` or a variant name."""
     row = variant(wildcards)
     if row.kind in ("original", "full"):
         return base_dir(row.base)
+    if row.parent != "-":
+        return final_dir(row.parent)
     return f"results/models/init/{row.variant}"
 
 
 def final_dir(wildcards):
     """The model that is evaluated: the base as is, the converted model when no tokens
-    are asked for, else the uptrained one."""
+    are asked for, else the uptrained one. `wildcards` or a variant name."""
     row = variant(wildcards)
     if row.kind == "original":
         return base_dir(row.base)
     if train_tokens(row) == 0:
-        return init_dir(wildcards)
+        return init_dir(row.variant)
     return f"results/train/{row.variant}/final"
+
+
+def converted(name):
+    """Whether the variant's model is made by `convert` or `reduce` (not its parent's)."""
+    row = VARIANTS.loc[name]
+    return row.kind in ("recursive", "reduced") and row.parent == "-"
+
+
+def exit_args(row):
+    """`rrt train` flags of the variant's early-exit recipe (none without one)."""
+    if row.early_exit == "-":
+        return ""
+    recipe = config["early_exit"]["recipes"][row.early_exit]
+    weights = recipe["weights"]
+    weights = ",".join(str(w) for w in weights) if isinstance(weights, list) else weights
+    return f"--exit-weights {weights} --exit-kd-weight {recipe.get('kd_weight', 1.0)}"
+
+
+def evaluated_at_exits(name):
+    """Early-exit variants and the variants they post-train: evaluated at every exit."""
+    row = VARIANTS.loc[name]
+    return row.early_exit != "-" or bool(((VARIANTS.parent == name) & (VARIANTS.early_exit != "-")).any())
+
+
+def thresholds_args(flag, thresholds):
+    """`rrt eval` threshold flags of {criterion: [t, ...]} ('none' for none)."""
+    pairs = [f"{c}={','.join(str(t) for t in ts)}" for c, ts in thresholds.items() if ts]
+    return " ".join(f"{flag} {p}" for p in pairs) if pairs else f"{flag} none"
 
 
 def largest_budget(base):
@@ -173,10 +208,8 @@ def benchmark_files():
               for b in sorted(set(VARIANTS.base)) for d in shard_dirs(b)]
     files += [f"results/benchmarks/tokenize/{b}.tsv" for b in sorted(set(VARIANTS.base))]
     for name, row in VARIANTS.iterrows():
-        if row.kind == "recursive":
-            files.append(f"results/benchmarks/convert/{name}.tsv")
-        elif row.kind == "reduced":
-            files.append(f"results/benchmarks/reduce/{name}.tsv")
+        if converted(name):
+            files.append(f"results/benchmarks/{'convert' if row.kind == 'recursive' else 'reduce'}/{name}.tsv")
         if needs_training(name):
             files.append(f"results/benchmarks/uptrain/{name}.tsv")
         files.append(f"results/benchmarks/evaluate/{name}.tsv")

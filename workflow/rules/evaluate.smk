@@ -1,5 +1,7 @@
 rule evaluate:
-    """Perplexity on each held-out set and the 7 few-shot tasks, one JSON per variant."""
+    """Perplexity on each held-out set and the 7 few-shot tasks, one JSON per variant;
+    early-exit variants and their parents also at every loop's exit and at confidence
+    thresholds (`rrt eval --exits`)."""
     input:
         model=final_dir,
         data=lambda wc: f"results/data/tokens/{variant(wc).base}",
@@ -10,6 +12,10 @@ rule evaluate:
         eval_cfg=config["eval"],
         tasks=",".join(config["eval"]["tasks"]) or "none",
         limit=optional_args(limit=config["eval"]["limit"]),
+        exits=lambda wc: " ".join([
+            "--exits", thresholds_args("--exit-thresholds", config["eval"]["exit_thresholds"]),
+            thresholds_args("--exit-task-thresholds", config["eval"]["exit_task_thresholds"])])
+        if evaluated_at_exits(wc.variant) else "",
     log:
         "results/logs/evaluate/{variant}.log",
     benchmark:
@@ -23,4 +29,4 @@ rule evaluate:
         "OMP_NUM_THREADS={threads} rrt eval --model {input.model} --out {output} {params.ppl} "
         "--tasks {params.tasks} --source {params.eval_cfg[source]} {params.limit} "
         "--batch-size {params.eval_cfg[batch_size]} --prompt-format {params.eval_cfg[prompt_format]} "
-        "--workdir results/eval/tasks > {log} 2>&1"
+        "--workdir results/eval/tasks {params.exits} > {log} 2>&1"

@@ -5,7 +5,7 @@ rule convert:
     output:
         directory("results/models/init/{variant}"),
     wildcard_constraints:
-        variant="|".join(VARIANTS.index[VARIANTS.kind == "recursive"]) or "^$",
+        variant="|".join(v for v in VARIANTS.index[VARIANTS.kind == "recursive"] if converted(v)) or "^$",
     params:
         row=lambda wc: variant(wc).to_dict(),
     log:
@@ -29,7 +29,7 @@ rule reduce:
     output:
         directory("results/models/init/{variant}"),
     wildcard_constraints:
-        variant="|".join(VARIANTS.index[VARIANTS.kind == "reduced"]) or "^$",
+        variant="|".join(v for v in VARIANTS.index[VARIANTS.kind == "reduced"] if converted(v)) or "^$",
     params:
         row=lambda wc: variant(wc).to_dict(),
     log:

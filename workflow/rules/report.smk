@@ -1,5 +1,5 @@
 rule aggregate:
-    """Summary table, comparison with the paper, and the report's figures."""
+    """Summary table, comparison with the paper, early-exit tables, and the report's figures."""
     input:
         evals=expand("results/eval/{variant}.json", variant=VARIANTS.index),
         train=[f"results/train/{v}/train_summary.json" for v in VARIANTS.index if needs_training(v)],
@@ -24,6 +24,16 @@ rule aggregate:
                         category="2. Figures", labels={"figure": "relaxation rank"}),
         fig_loss=report("results/figures/loss_curves.png", caption="../report/loss_curves.rst",
                         category="2. Figures", labels={"figure": "training loss"}),
+        early_exit=report("results/tables/early_exit.csv", caption="../report/early_exit.rst",
+                          category="1. Results", labels={"table": "early exit: every exit"}),
+        early_exit_md="results/tables/early_exit.md",
+        exit_thresholds=report("results/tables/exit_thresholds.csv", caption="../report/exit_thresholds.rst",
+                               category="1. Results", labels={"table": "early exit: thresholds"}),
+        exit_thresholds_md="results/tables/exit_thresholds.md",
+        fig_exit_rates=report("results/figures/exit_rates.png", caption="../report/exit_rates.rst",
+                              category="2. Figures", labels={"figure": "exit rate vs threshold"}),
+        fig_exit_tradeoff=report("results/figures/exit_tradeoff.png", caption="../report/exit_tradeoff.rst",
+                                 category="2. Figures", labels={"figure": "accuracy vs exit rate"}),
     params:
         paper=optional_args(paper=config.get("paper_reference")),
         train_settings=lambda wc: train_settings_json(),

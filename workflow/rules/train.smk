@@ -1,5 +1,7 @@
 rule uptrain:
-    """Uptrain a variant (all parameters), optionally distilling from its full-size base.
+    """Uptrain a variant (all parameters), optionally distilling from its full-size base;
+    with an `early_exit` recipe, every loop's exit is trained (co-training from a fresh
+    conversion, or post-training from its `parent`'s trained model).
     Checkpoints live in results/train/{variant}/checkpoints, outside the declared outputs,
     so an interrupted job resumes from the last one when rerun. On SLURM, a run longer than
     the job's `runtime` checkpoints `stop_margin_s` before the limit and requeues its job,
@@ -20,6 +22,7 @@ rule uptrain:
         warmup=lambda wc: warmup_args(variant(wc)),
         extra=optional_args(loss_chunk_tokens=config["train"]["loss_chunk_tokens"])
         + (" --gradient-checkpointing" if config["train"]["gradient_checkpointing"] else ""),
+        exits=lambda wc: exit_args(variant(wc)),
         kd=lambda wc: (
             "--teacher {} --kd-loss {loss} --kd-weight {weight} --kd-temperature {temperature}".format(
                 base_dir(variant(wc).base), **config["train"]["kd"])
@@ -43,5 +46,5 @@ rule uptrain:
         "--micro-batch-size {params.train[micro_batch_size]} --lr {params.train[lr]} {params.warmup} "
         "--min-lr-ratio {params.train[min_lr_ratio]} --adam-betas {params.betas} "
         "--weight-decay {params.train[weight_decay]} --save-steps {params.train[save_steps]} --seed {params.train[seed]} "
-        "{params.extra} {params.kd} {params.deepspeed} --stop-margin {params.train[stop_margin_s]} --requeue "
+        "{params.extra} {params.kd} {params.exits} {params.deepspeed} --stop-margin {params.train[stop_margin_s]} --requeue "
         "> {log} 2>&1"

@@ -23,6 +23,8 @@ from ..settings import (
     DATA_SOURCES,
     EVAL,
     EVAL_SOURCES,
+    EXIT_CRITERIA,
+    EXIT_SCHEDULES,
     INITS,
     KD_KINDS,
     LORA_INITS,
@@ -181,9 +183,10 @@ def _train_commands(sub) -> None:
                    help="stop this long (plus one step) before the time limit, for the checkpoint to be written")
     t.add_argument("--requeue", action="store_true",
                    help="in a SLURM job, requeue the job when paused (same job id): it continues by itself")
-    t.add_argument("--exit-weights", default=None, metavar="W1,...,WB",
-                   help="early-exit training: CE weight of each loop's exit (paper's aggressive recipe: 0.1,1.0), "
-                        "plus KD from the detached final exit")
+    t.add_argument("--exit-weights", default=None, metavar="SCHEDULE|W|W1,...,WB",
+                   help=f"early-exit training: CE weight of each loop's exit, plus KD from the detached final exit: "
+                        f"{', '.join(EXIT_SCHEDULES)} (the paper's aggressive: 0.1 intermediate, 1 final), one "
+                        "weight for every intermediate exit, or one per exit")
     t.add_argument("--exit-kd-weight", type=float, default=1.0,
                    help="early-exit training: scale of each intermediate exit's KD (times its weight)")
     lc = _command(sub, "launch", "launch:launch",
@@ -196,6 +199,10 @@ def _train_commands(sub) -> None:
     lc.add_argument("--cpus-per-node", type=int, default=None, help="CPUs each node's srun task may use")
     lc.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     lc.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the command, e.g. -- rrt train ...")
+
+
+def _thresholds_text(thresholds: dict) -> str:
+    return " ".join(f"{c}={','.join(f'{t:g}' for t in ts)}" for c, ts in thresholds.items())
 
 
 def _eval_commands(sub) -> None:
@@ -215,7 +222,14 @@ def _eval_commands(sub) -> None:
                         "hellaswag=rc_5shot; repeatable")
     e.add_argument("--workdir", default=None, help="keep the converted task files here (default: a temp dir)")
     e.add_argument("--exits", action="store_true",
-                   help="also held-out perplexity at every loop's exit, with oracle exit rates (early exit)")
+                   help="early exit: also perplexity and the tasks at every loop's exit, oracle exit rates, and "
+                        "exiting at confidence thresholds")
+    e.add_argument("--exit-thresholds", action="append", metavar="CRITERION=T1,T2,...",
+                   help=f"with --exits, held-out numbers at these thresholds ({', '.join(EXIT_CRITERIA)}); "
+                        "repeatable; default: " + _thresholds_text(EVAL["exit_thresholds"]))
+    e.add_argument("--exit-task-thresholds", action="append", metavar="CRITERION=T1,T2,...",
+                   help="with --exits, the tasks again at each of these thresholds ('none': no rerun); default: "
+                        + _thresholds_text(EVAL["exit_task_thresholds"]))
     e.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS or all cores); 1 is far "
                         "faster when other jobs share the cores")

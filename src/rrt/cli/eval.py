@@ -10,7 +10,7 @@ from ..errors import UsageError
 from ..eval.evaluate import evaluate_model
 from ..eval.tasks import DEFAULT_PROMPT_FORMAT, resolve_prompt_format
 from ..model.load import load_config_dir
-from ..settings import TASKS
+from ..settings import EVAL, EXIT_CRITERIA, TASKS
 from . import checks
 
 
@@ -68,6 +68,29 @@ def _check_ppl_set(name: str, path: str) -> None:
         raise UsageError(f"--ppl {name}={path}: no input_ids column (columns: {', '.join(features)})")
 
 
+def parse_thresholds(values: list[str] | None, flag: str, default: dict) -> dict[str, list[float]]:
+    """CRITERION=T1,T2,... pairs ({criterion: [t, ...]}); `default` when none is given,
+    nothing for 'none'. Probabilities must lie in (0, 1], entropies be >= 0."""
+    if not values:
+        return {c: list(ts) for c, ts in default.items()}
+    if [v.strip() for v in values] == ["none"]:
+        return {}
+    out = {}
+    for criterion, text in _parse_pairs(values, flag).items():
+        if criterion not in EXIT_CRITERIA:
+            raise UsageError(f"{flag}: unknown criterion {criterion!r}; known: {', '.join(EXIT_CRITERIA)}")
+        try:
+            ts = [float(t) for t in text.split(",")]
+        except ValueError:
+            raise UsageError(f"{flag} {criterion}=: thresholds must be numbers, got {text!r}") from None
+        bad = [t for t in ts if not (0 < t <= 1 if criterion == "max_prob" else t >= 0)]
+        if bad:
+            allowed = "in (0, 1]" if criterion == "max_prob" else ">= 0 (nats)"
+            raise UsageError(f"{flag} {criterion}=: thresholds must be {allowed}, got {bad[0]:g}")
+        out[criterion] = ts
+    return out
+
+
 def evaluate(args) -> None:
     load_config_dir(args.model, "--model")
     checks.check_weights(args.model, "--model")
@@ -91,6 +114,12 @@ def evaluate(args) -> None:
         torch.set_num_threads(args.threads)
     if args.exits and not ppl:
         raise UsageError("--exits needs --ppl NAME=DIR (per-exit perplexity is measured on held-out sets)")
+    thresholds = parse_thresholds(args.exit_thresholds, "--exit-thresholds", EVAL["exit_thresholds"])
+    task_thresholds = parse_thresholds(args.exit_task_thresholds, "--exit-task-thresholds",
+                                       EVAL["exit_task_thresholds"])
+    if (args.exit_thresholds or args.exit_task_thresholds) and not args.exits:
+        raise UsageError("--exit-thresholds and --exit-task-thresholds need --exits")
     result = evaluate_model(args.model, args.out, ppl, tasks, args.source, args.limit, args.batch_size,
-                            args.workdir, formats, default, exits=args.exits)
+                            args.workdir, formats, default, exits=args.exits, exit_thresholds=thresholds,
+                            exit_task_thresholds=task_thresholds)
     print(json.dumps({k: v for k, v in result.items() if k.startswith(("ppl_", "acc_"))}, indent=1))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import UsageError, first_line
 from ..model.load import load_config_dir
-from ..settings import TRAIN
+from ..settings import EXIT_SCHEDULES, TRAIN
 from ..train.plan import parse_adam_betas
 from ..train.trainer import train as train_model
 from . import checks
@@ -78,12 +78,15 @@ def train(args) -> None:
 
 
 def _exit_weights(value):
-    if value is None:
-        return None
+    """A schedule name, one number (every intermediate exit; the final one 1.0) or W1,...,WB."""
+    if value is None or value in EXIT_SCHEDULES:
+        return value
     try:
-        return [float(w) for w in value.split(",")]
+        weights = [float(w) for w in value.split(",")]
     except ValueError:
-        raise UsageError(f"--exit-weights must be comma-separated numbers, got {value!r}") from None
+        raise UsageError(f"--exit-weights must be {', '.join(EXIT_SCHEDULES)}, a number or comma-separated "
+                         f"numbers, got {value!r}") from None
+    return weights[0] if len(weights) == 1 else weights
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from transformers import AutoTokenizer
 
 from ..errors import UsageError, first_line
 from ..io import atomic_write_json
+from ..model.exits import exit_depths, exit_readout, read_at_exit, read_when_confident
 from ..model.load import load_model_dir
 from ..model.params import count_params
 from .perplexity import exit_perplexity, perplexity
@@ -36,22 +37,59 @@ def mean_stderr(stderrs: list[float | None]) -> float | None:
     return math.sqrt(sum(s * s for s in stderrs)) / len(stderrs)
 
 
+def _accuracies(per_task: dict) -> dict:
+    """acc_<task>, acc_<task>_stderr, acc_avg, acc_avg_stderr of one `run_tasks` result."""
+    out = {}
+    for task, metrics in per_task.items():
+        out[f"acc_{task}"] = headline(task, metrics)
+        out[f"acc_{task}_stderr"] = headline_stderr(task, metrics)
+    out["acc_avg"] = sum(out[f"acc_{t}"] for t in per_task) / len(per_task)
+    out["acc_avg_stderr"] = mean_stderr([out[f"acc_{t}_stderr"] for t in per_task])
+    return out
+
+
+def exit_tasks(model, run, final: dict, thresholds: dict[str, list[float]] | None = None) -> dict:
+    """The tasks read at every exit and with confidence-threshold exiting: `run()` runs
+    them on `model` as it reads out; `final` holds the last exit's accuracies (the model's
+    own, not rerun). {"tasks": [{"exit": b, acc_*...} for b = 1..B], "task_thresholds":
+    {criterion: [{"threshold", acc_*...}]}}."""
+    loops = len(exit_depths(model))
+    per_exit = []
+    for b in range(loops - 1):
+        with exit_readout(model, read_at_exit(b)):
+            per_exit.append({"exit": b + 1, **_accuracies(run())})
+    per_exit.append({"exit": loops, **{k: v for k, v in final.items() if k.startswith("acc_")}})
+    at_threshold = {}
+    for criterion, ts in (thresholds or {}).items():
+        at_threshold[criterion] = []
+        for t in ts:
+            with exit_readout(model, read_when_confident(model, criterion, t)):
+                at_threshold[criterion].append({"threshold": float(t), **_accuracies(run())})
+    return {"tasks": per_exit, "task_thresholds": at_threshold}
+
+
 def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, tasks: list[str] | None = None,
                    source: str = "embedded", limit: int | None = None, batch_size: int = 8, workdir=None,
                    prompt_formats: dict[str, str] | None = None,
-                   default_format: str = DEFAULT_PROMPT_FORMAT, exits: bool = False) -> dict:
+                   default_format: str = DEFAULT_PROMPT_FORMAT, exits: bool = False,
+                   exit_thresholds: dict[str, list[float]] | None = None,
+                   exit_task_thresholds: dict[str, list[float]] | None = None) -> dict:
     """Evaluate one saved model and write its JSON (atomically: complete or absent):
     {"model", "params": {"non_embedding", "lora", "embedding", "total"}, "ppl_<set>",
      "acc_<task>", "acc_<task>_stderr", "acc_avg", "acc_avg_stderr", "tasks": {task: {...}},
      "ppl": {set: {...}}, "limit", "source", "seconds": {"load", "ppl_<set>", "task_<task>", "total"}}.
-    With `exits`, also "ppl_exits": {set: `exit_perplexity`} (perplexity at every loop's
-    exit and the oracle exit rates)."""
+    With `exits`, also "exits": {"loops", "depths", "ppl": {set: `exit_perplexity` with
+    `exit_thresholds`}, "tasks": [accuracies read at each exit], "task_thresholds":
+    {criterion: [accuracies with each token read at its confident exit, per threshold of
+    `exit_task_thresholds`]}} (`exit_tasks`)."""
     ppl_sets, tasks = dict(ppl_sets or {}), list(tasks or [])
     start = time.perf_counter()
     model, tokenizer = _load(model_dir, need_tokenizer=bool(tasks))
     seconds = {"load": time.perf_counter() - start}
     result = {"model": str(model_dir), "source": source, "limit": limit, "device": str(next(model.parameters()).device),
               "torch_threads": torch.get_num_threads(), "params": count_params(model), "ppl": {}}
+    if exits:
+        result["exits"] = {"loops": len(exit_depths(model)), "depths": exit_depths(model), "ppl": {}}
     for name, path in ppl_sets.items():
         t = time.perf_counter()
         result["ppl"][name] = perplexity(model, path, batch_size)
@@ -59,18 +97,21 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
         seconds[f"ppl_{name}"] = time.perf_counter() - t
         if exits:
             t = time.perf_counter()
-            result.setdefault("ppl_exits", {})[name] = exit_perplexity(model, path, batch_size)
+            result["exits"]["ppl"][name] = exit_perplexity(model, path, batch_size, exit_thresholds)
             seconds[f"ppl_exits_{name}"] = time.perf_counter() - t
     if tasks:
         per_task = run_tasks(model, tokenizer, tasks, source, limit, batch_size, workdir, prompt_formats,
                              default_format)
         result["tasks"] = per_task
+        result.update(_accuracies(per_task))
         for task in tasks:
-            result[f"acc_{task}"] = headline(task, per_task[task])
-            result[f"acc_{task}_stderr"] = headline_stderr(task, per_task[task])
             seconds[f"task_{task}"] = per_task[task]["seconds"]
-        result["acc_avg"] = sum(result[f"acc_{t}"] for t in tasks) / len(tasks)
-        result["acc_avg_stderr"] = mean_stderr([result[f"acc_{t}_stderr"] for t in tasks])
+        if exits:
+            t = time.perf_counter()
+            run = lambda: run_tasks(model, tokenizer, tasks, source, limit, batch_size, workdir,  # noqa: E731
+                                    prompt_formats, default_format)
+            result["exits"].update(exit_tasks(model, run, result, exit_task_thresholds))
+            seconds["task_exits"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - start
     result["seconds"] = seconds
     atomic_write_json(out_json, result)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from ..data.blocks import TokenBlocks, is_block_dir
 from ..model.exits import exit_hidden_states, exit_logits
-from .exit_rates import add_oracle_counts, oracle_exit_counts, oracle_exit_rates
+from .exit_rates import ExitTally
 
 
 def open_blocks(dataset_dir):
@@ -60,25 +60,19 @@ def perplexity(model, dataset_dir, batch_size: int = 8) -> dict:
 
 
 @torch.inference_mode()
-def exit_perplexity(model, dataset_dir, batch_size: int = 8) -> dict:
-    """Held-out perplexity at every loop's exit (`rrt.model.exits`) and the oracle exit
-    rates over the same tokens: {"exits": [{"ppl", "nll"} per exit], "tokens",
-    "oracle": `oracle_exit_rates`}. The last exit's numbers are `perplexity`'s. Row by
-    row in fp32 as there."""
+def exit_perplexity(model, dataset_dir, batch_size: int = 8, thresholds: dict[str, list[float]] | None = None) -> dict:
+    """Held-out perplexity and next-token accuracy at every loop's exit
+    (`rrt.model.exits`), the oracle exit rates and, per confidence threshold
+    ({criterion: [t, ...]}), the numbers of the exited predictions: `ExitTally.result`.
+    The last exit's perplexity is `perplexity`'s. Row by row in fp32 as there."""
     blocks = open_blocks(dataset_dir)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    nll, tokens, counts = None, 0, None
+    tally = ExitTally(thresholds)
     for ids in _batches(blocks, batch_size, device, f"exit perplexity {Path(dataset_dir).name}"):
         hidden = exit_hidden_states(model, ids, torch.ones_like(ids))
-        nll = nll or [0.0] * len(hidden)
         for row in range(ids.shape[0]):
-            logits = [exit_logits(model, h[row:row + 1, :-1]) for h in hidden]
-            for b, z in enumerate(logits):
-                nll[b] += torch.nn.functional.cross_entropy(z[0].float(), ids[row, 1:], reduction="sum").item()
-            counts = add_oracle_counts(counts, oracle_exit_counts(logits))
-        tokens += ids[:, 1:].numel()
+            tally.add([exit_logits(model, h[row, :-1]) for h in hidden], ids[row, 1:])
     model.train(was_training)
-    exits = [{"ppl": math.exp(n / tokens), "nll": n / tokens} for n in nll]
-    return {"exits": exits, "tokens": tokens, "oracle": oracle_exit_rates(counts)}
+    return tally.result()

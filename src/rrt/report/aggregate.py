@@ -12,6 +12,7 @@ import pandas as pd
 from ..io import atomic_write_text
 from ..settings import TASKS
 from ..variants import read_variants
+from .early_exit import exit_figures, exit_table, read_exits, threshold_table
 from .figures import make_figures
 
 ACC_COLUMNS = [f"acc_{t}" for t in TASKS] + ["acc_avg"]
@@ -86,13 +87,20 @@ def compare_with_paper(summary: pd.DataFrame, variants: pd.DataFrame, paper: pd.
     return table[[c for c in keep if c in table]]
 
 
+def _mean_text(mean: float, se: float) -> str:
+    """"mean ± se", "mean" without a se, "" without a mean (a row that has no accuracy)."""
+    if pd.isna(mean):
+        return ""
+    return f"{mean:.1f}" if pd.isna(se) else f"{mean:.1f} ± {se:.1f}"
+
+
 def _with_stderr(df: pd.DataFrame) -> pd.DataFrame:
     """acc columns as "mean ± se" text for the Markdown table (the CSV keeps both numbers)."""
     out = df.copy()
     for column in ACC_COLUMNS:
         se = f"{column}_se"
         if column in out and se in out:
-            out[column] = [f"{m:.1f}" if pd.isna(s) else f"{m:.1f} ± {s:.1f}" for m, s in zip(out[column], out[se])]
+            out[column] = [_mean_text(m, s) for m, s in zip(out[column], out[se])]
             out = out.drop(columns=se)
     return out
 
@@ -136,6 +144,17 @@ def stage_times(bench_dir: Path) -> pd.DataFrame:
     return pd.concat([table, pd.DataFrame([total])], ignore_index=True)[columns]
 
 
+def write_early_exit(variants: pd.DataFrame, eval_dir: Path, paper: pd.DataFrame, tables_dir: Path,
+                     figures_dir: Path) -> None:
+    """early_exit and exit_thresholds tables with their two figures, for every run: header-only
+    tables and "no early-exit variants" figures when no variant was evaluated at every exit."""
+    exits = read_exits(variants, eval_dir)
+    per_exit, thresholds = exit_table(variants, exits, paper), threshold_table(exits)
+    _write(per_exit, tables_dir / "early_exit")
+    _write(thresholds, tables_dir / "exit_thresholds")
+    exit_figures(per_exit, thresholds, figures_dir)
+
+
 def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_dir, bench_dir=None,
               train_settings: dict | None = None) -> pd.DataFrame:
     variants = read_variants(variants_tsv).reset_index(drop=True)
@@ -147,6 +166,7 @@ def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_
     paper = pd.read_csv(paper_tsv, sep="\t") if paper_tsv else pd.DataFrame({"paper_ref": []})
     _write(compare_with_paper(summary, variants, paper, train_settings), tables_dir / "paper_comparison")
     make_figures(summary, variants, loss_curves(variants, Path(train_dir)), figures_dir)
+    write_early_exit(variants, Path(eval_dir), paper, tables_dir, figures_dir)
     if bench_dir is not None:
         _write(stage_times(Path(bench_dir)), tables_dir / "stage_times")
     return summary

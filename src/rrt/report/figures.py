@@ -29,6 +29,8 @@ def make_figures(summary: pd.DataFrame, variants: pd.DataFrame, curves: pd.DataF
     data["rank_num"] = data["rank"].map(lambda r: float("nan") if r == "full" else int(r))
     data["model"] = data["base"] + " B=" + data["loops"].astype(str)
     several_bases = data["base"].nunique() > 1
+    # Early-exit rows train more (or other) exits than their init's row: not init or rank points.
+    plain = data["early_exit"].eq("-") & data["parent"].eq("-") if "early_exit" in data else True
 
     def save(fig, name):
         fig.tight_layout()
@@ -48,7 +50,7 @@ def make_figures(summary: pd.DataFrame, variants: pd.DataFrame, curves: pd.DataF
     save(fig, "accuracy_vs_params.png")
 
     # 2. Initialisation methods (pure recursive, no KD), per base model and loop count
-    inits = data[(data.kind == "recursive") & (data.rank_num == 0) & (~data.kd)]
+    inits = data[(data.kind == "recursive") & (data.rank_num == 0) & (~data.kd) & plain]
     several_models = inits["model"].nunique() > 1
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     sns.barplot(data=inits, x="init", y="acc_avg", hue="model" if several_models else None, ax=axes[0], color="C0")
@@ -62,7 +64,7 @@ def make_figures(summary: pd.DataFrame, variants: pd.DataFrame, curves: pd.DataF
     save(fig, "init_comparison.png")
 
     # 3. Relaxation: accuracy vs LoRA rank for the Average-initialised variants, per base and KD
-    relaxed = data[(data.kind == "recursive") & (data.init == "average")].sort_values("rank_num").copy()
+    relaxed = data[(data.kind == "recursive") & (data.init == "average") & plain].sort_values("rank_num").copy()
     relaxed["setting"] = relaxed["model"] + relaxed["kd"].map({True: " + KD", False: ""})
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     sns.lineplot(data=relaxed, x="rank_num", y="acc_avg", hue="setting", marker="o", ax=ax)

@@ -20,6 +20,10 @@ ctx/2 keys on average; sliding windows are ignored, an upper bound):
                    + 2·N_head                              with train.loss_chunk_tokens: each
                                                            chunk's head reruns in backward
                    + F_teacher (+ 2·N_head_teacher if chunked)   with KD: a frozen forward
+                   + (B−1)·6·N_head (12·N_head if chunked)  early-exit training: each
+                                                           intermediate exit's head, forward and
+                                                           backward (chunked: recomputed, with
+                                                           the final exit's head as its KD target)
 With checkpointing and chunked loss (the paper config) the recomputation is one whole
 forward: 4·F (+ the teacher). Total = T × that, T = the variant's `tokens` (`default`:
 train.tokens); `original` variants and 0-token ones train nothing (0).
@@ -52,7 +56,8 @@ input), 6 for gpt_neox (its LayerNorm keeps only its input).
     without checkpointing   s·b·(L_eff·act_depth + f·d)
     with checkpointing      s·b·(L_eff·4·d + f·d) + s·b·act_depth   (the fp32 input of every
                             depth, plus one depth's activations while it is recomputed)
-Logits, fp32 logits, softmax and gradient (×3), doubled with a teacher's:
+Logits, fp32 logits, softmax and gradient (×3), doubled with a teacher's (or the final
+exit's as early-exit KD target), B times for early-exit training without chunks:
     unchunked s·b·V·4·3;  with train.loss_chunk_tokens c: min(c, s·b)·V·4·3.
 The peak uses the config's own train.gradient_checkpointing; both activation figures are
 reported. Not counted: the CUDA context and allocator slack (~1-3 GB), ZeRO's buckets, the
@@ -175,7 +180,7 @@ def model_size(text, kind: str, loops: int = 1, sharing: str = "cycle", rank: in
 
 
 def train_flops_per_token(size: dict, ctx: int, *, checkpointing: bool, chunked: bool,
-                          teacher: dict | None = None) -> float:
+                          teacher: dict | None = None, exits: int = 1) -> float:
     """Training FLOPs per token of a model sized by `model_size` (formula: module docstring)."""
     attention = 2 * size["depths"] * ctx * size["d_attn"]
     forward = 2 * size["n_eff"] + attention
@@ -188,6 +193,7 @@ def train_flops_per_token(size: dict, ctx: int, *, checkpointing: bool, chunked:
         flops += 2 * teacher["n_eff"] + 2 * teacher["depths"] * ctx * teacher["d_attn"]
         if chunked:
             flops += 2 * teacher["n_head"]
+    flops += (exits - 1) * (12 if chunked else 6) * size["n_head"]
     return flops
 
 
@@ -199,9 +205,10 @@ def activation_bytes(size: dict, tokens: int, checkpointing: bool) -> float:
     return tokens * (size["depths"] * size["act_depth"] + final)
 
 
-def logits_bytes(vocab: int, tokens: int, chunk: int | None, teacher: bool) -> float:
-    rows = tokens if not chunk else min(chunk, tokens)
-    return rows * vocab * 4 * 3 * (2 if teacher else 1)
+def logits_bytes(vocab: int, tokens: int, chunk: int | None, teacher: bool, exits: int = 1) -> float:
+    if chunk:
+        return min(chunk, tokens) * vocab * 4 * 3 * (2 if teacher or exits > 1 else 1)
+    return tokens * vocab * 4 * 3 * (2 if teacher else 1) * exits
 
 
 def jobs_needed(wall_hours: float, runtime_min: float, stop_margin_s: float) -> float:
@@ -285,6 +292,7 @@ def plan_budget(config: dict, variants: pd.DataFrame, *, gpu: str | None = None,
         trains = kind != "original" and tokens > 0
         kd = bool(row["kd"])
         teacher = size_of(row["base"], "original") if kd else None
+        exits = int(row["loops"]) if str(row.get("early_exit", "-")) != "-" else 1
         out = {
             "variant": name, "kind": kind, "base": row["base"], "loops": int(row["loops"]), "rank": str(row["rank"]),
             "kd": kd, "tokens": tokens if trains else 0,
@@ -294,7 +302,7 @@ def plan_budget(config: dict, variants: pd.DataFrame, *, gpu: str | None = None,
         warnings = []
         if trains:
             flops = tokens * train_flops_per_token(size, block, checkpointing=checkpointing, chunked=bool(chunk),
-                                                   teacher=teacher)
+                                                   teacher=teacher, exits=exits)
             gpu_hours = flops / (spec["peak_tflops"] * 1e12 * mfu) / 3600
             wall = gpu_hours / world
             jobs = jobs_needed(wall, runtime, margin)
@@ -306,7 +314,7 @@ def plan_budget(config: dict, variants: pd.DataFrame, *, gpu: str | None = None,
                 "mem_teacher_gb": 2 * teacher["params"] / GB if kd else 0.0,
                 "mem_activations_gb": activation_bytes(size, micro_tokens, False) / GB,
                 "mem_activations_checkpointed_gb": activation_bytes(size, micro_tokens, True) / GB,
-                "mem_logits_gb": logits_bytes(size["vocab"], micro_tokens, chunk, kd) / GB,
+                "mem_logits_gb": logits_bytes(size["vocab"], micro_tokens, chunk, kd, exits) / GB,
             }
             act = memory["mem_activations_checkpointed_gb" if checkpointing else "mem_activations_gb"]
             memory["mem_peak_gb"] = (memory["mem_weights_gb"] + memory["mem_grads_gb"] + memory["mem_optimizer_gb"]

@@ -69,7 +69,7 @@ EXIT_KEYS = ("exit_weights", "exit_kd_weight")  # early-exit training; part of t
 
 def run_settings(config: dict) -> dict:
     """The settings that define the run, as stored in JSON (tuples become lists)."""
-    keys = RUN_KEYS + (EXIT_KEYS if config.get("exit_weights") else ())
+    keys = RUN_KEYS + (EXIT_KEYS if config.get("exit_weights") is not None else ())
     return json.loads(json.dumps({k: config[k] for k in keys}))
 
 

@@ -15,15 +15,30 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..model.exits import exit_hidden_states, exit_logits
+from ..model.exits import (
+    exit_head_input,
+    exit_hidden_states,
+    exit_logits,
+    logit_transform,
+)
+from ..settings import EXIT_SCHEDULES
 from .kd import kd_loss
+from .losses import chunked_losses
 
 AGGRESSIVE = (0.1, 1.0)  # the paper's best weights for B=2: intermediate, final
 
 
 def exit_weights(weights, loops: int) -> list[float]:
     """One weight per exit. A list of B numbers as given; a single number w means w for
-    every intermediate exit and 1.0 for the final one."""
+    every intermediate exit and 1.0 for the final one; or a schedule name: `aggressive`
+    (0.1 for every intermediate exit), `uniform` (1.0 for all), `linear` (b/B)."""
+    if isinstance(weights, str):
+        schedules = {"aggressive": [AGGRESSIVE[0]] * (loops - 1) + [AGGRESSIVE[1]],
+                     "uniform": [1.0] * loops, "linear": [(b + 1) / loops for b in range(loops)]}
+        assert set(schedules) == set(EXIT_SCHEDULES)
+        if weights not in schedules:
+            raise ValueError(f"unknown exit-weight schedule {weights!r}; known: {', '.join(EXIT_SCHEDULES)}")
+        weights = schedules[weights]
     if isinstance(weights, (int, float)):
         weights = [float(weights)] * (loops - 1) + [1.0]
     weights = [float(w) for w in weights]
@@ -55,8 +70,30 @@ def exit_losses(logits: list[torch.Tensor], labels: torch.Tensor, weights, *, kd
 
 
 def early_exit_losses(model, input_ids, attention_mask=None, labels=None, *, weights=AGGRESSIVE,
-                      kd_weight: float = 1.0, kd_kind: str = "fkl", kd_temperature: float = 1.0):
-    """`exit_losses` of a model on one micro-batch (one forward pass, every exit)."""
+                      kd_weight: float = 1.0, kd_kind: str = "fkl", kd_temperature: float = 1.0,
+                      chunk_tokens: int | None = None):
+    """`exit_losses` of a model on one micro-batch (one forward pass, every exit). With
+    `chunk_tokens`, no exit's full logits are made: each exit's head runs that many
+    positions at a time (`losses.chunked_losses`), the final exit's detached head input
+    standing in as the KD teacher's. Same numbers up to summation order."""
     labels = input_ids if labels is None else labels
-    logits = [exit_logits(model, h) for h in exit_hidden_states(model, input_ids, attention_mask)]
-    return exit_losses(logits, labels, weights, kd_weight=kd_weight, kd_kind=kd_kind, kd_temperature=kd_temperature)
+    hidden = exit_hidden_states(model, input_ids, attention_mask)
+    if not chunk_tokens:
+        logits = [exit_logits(model, h) for h in hidden]
+        return exit_losses(logits, labels, weights, kd_weight=kd_weight, kd_kind=kd_kind,
+                           kd_temperature=kd_temperature)
+    weights = exit_weights(weights, len(hidden))
+    head, transform = model.get_output_embeddings(), logit_transform(model)
+    inputs = [exit_head_input(model, h)[:, :-1] for h in hidden]  # position i predicts token i+1
+    final = inputs[-1].detach()
+    ces, kds, total = [], [], 0.0
+    for b, (x, w) in enumerate(zip(inputs, weights)):
+        intermediate = b < len(inputs) - 1
+        ce, kd = chunked_losses(x, labels[:, 1:], head, transform, chunk_tokens, final if intermediate else None,
+                                head, transform, kd_kind, kd_temperature)
+        ces.append(ce)
+        total = total + w * ce
+        if intermediate:
+            kds.append(kd)
+            total = total + w * kd_weight * kd
+    return total, ces, kds

@@ -68,18 +68,28 @@ def lm_losses(model, input_ids, attention_mask=None, labels=None, *, teacher=Non
     if chunk_tokens < 1:
         raise ValueError(f"loss_chunk_tokens must be >= 1, got {chunk_tokens}")
     hidden = final_hidden_states(model, input_ids, attention_mask)
-    width = hidden.shape[-1]
-    hidden = hidden[:, :-1].reshape(-1, width)  # position i predicts token i+1
-    targets = labels[:, 1:].reshape(-1)
-    keep = targets != -100
-    count = max(int(keep.sum()), 1)
-    head, transform = model.get_output_embeddings(), logit_transform(model)
     teacher_hidden = teacher_head = teacher_transform = None
     if teacher is not None:
         with torch.no_grad():
-            teacher_hidden = final_hidden_states(teacher, input_ids, attention_mask)
-        teacher_hidden = teacher_hidden[:, :-1].reshape(-1, teacher_hidden.shape[-1])
+            teacher_hidden = final_hidden_states(teacher, input_ids, attention_mask)[:, :-1]
         teacher_head, teacher_transform = teacher.get_output_embeddings(), logit_transform(teacher)
+    ce, kd = chunked_losses(hidden[:, :-1], labels[:, 1:], model.get_output_embeddings(), logit_transform(model),
+                            chunk_tokens, teacher_hidden, teacher_head, teacher_transform, kd_kind, kd_temperature)
+    return ce, (None if teacher is None else kd)
+
+
+def chunked_losses(hidden, targets, head, transform, chunk_tokens: int, teacher_hidden=None, teacher_head=None,
+                   teacher_transform=None, kd_kind="fkl", kd_temperature=1.0):
+    """(CE, KD) token means over targets != -100 of head inputs `hidden` (batch, n, d)
+    predicting `targets` (batch, n), `chunk_tokens` positions at a time, each chunk under
+    activation checkpointing; KD against the teacher's head inputs at the same positions,
+    which get no gradient (0 without a teacher)."""
+    width = hidden.shape[-1]
+    hidden, targets = hidden.reshape(-1, width), targets.reshape(-1)
+    if teacher_hidden is not None:
+        teacher_hidden = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
+    keep = targets != -100
+    count = max(int(keep.sum()), 1)
     ce = kd = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.shape[0], chunk_tokens):
         rows = slice(start, start + chunk_tokens)
@@ -96,4 +106,4 @@ def lm_losses(model, input_ids, attention_mask=None, labels=None, *, teacher=Non
         else:
             ce_sum, kd_sum = _chunk_losses(*args)
         ce, kd = ce + ce_sum, kd + kd_sum
-    return ce / count, (None if teacher is None else kd / count)
+    return ce / count, kd / count

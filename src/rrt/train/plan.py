@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
+from ..settings import EXIT_SCHEDULES, TRAIN
 from ..settings import KD_KINDS as KINDS
-from ..settings import TRAIN
 
 
 def plan_batches(batch_tokens: int, block_size: int, micro_batch_size: int, world_size: int = 1):
@@ -90,9 +90,9 @@ def validate_run(config: dict) -> dict:
         raise ValueError(f"loss_chunk_tokens must be >= 1, got {config['loss_chunk_tokens']}")
     config["gradient_checkpointing"] = bool(config["gradient_checkpointing"])
     if config["exit_weights"] is not None:
-        if config["teacher_dir"] is not None or config["loss_chunk_tokens"] is not None:
-            raise ValueError("early-exit training takes neither a teacher nor loss_chunk_tokens")
-        if isinstance(config["exit_weights"], str):
+        if config["teacher_dir"] is not None:
+            raise ValueError("early-exit training takes no teacher (its exits distil from its own final exit)")
+        if isinstance(config["exit_weights"], str) and config["exit_weights"] not in EXIT_SCHEDULES:
             config["exit_weights"] = [float(w) for w in config["exit_weights"].split(",")]
         if not (math.isfinite(config["exit_kd_weight"]) and config["exit_kd_weight"] >= 0):
             raise ValueError(f"exit_kd_weight must be a finite number >= 0, got {config['exit_kd_weight']}")

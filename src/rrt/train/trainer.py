@@ -120,9 +120,11 @@ class UptrainTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         ids = inputs["input_ids"]
         if self.exit_weights:  # early-exit training: every loop's exit, KD from the final one
-            loss, ces, kds = early_exit_losses(_WrappedForward(model, self.accelerator.unwrap_model(model)), ids,
-                                               inputs.get("attention_mask"), inputs.get("labels", ids),
-                                               weights=self.exit_weights, kd_weight=self.exit_kd_weight)
+            with self.accelerator.autocast():  # the exits' heads run outside the model's forward
+                loss, ces, kds = early_exit_losses(_WrappedForward(model, self.accelerator.unwrap_model(model)), ids,
+                                                   inputs.get("attention_mask"), inputs.get("labels", ids),
+                                                   weights=self.exit_weights, kd_weight=self.exit_kd_weight,
+                                                   chunk_tokens=self.loss_chunk_tokens)
             for b, ce in enumerate(ces):
                 self._parts[f"ce_exit{b + 1}"].append(ce.detach().float())
             self._parts["ce"].append(ces[-1].detach().float())
@@ -270,8 +272,8 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
     at a step boundary and raises `Paused`; rerun to continue, or with `requeue` (in a
     SLURM job) rank 0 first requeues the job, which then continues by itself.
 
-    Early-exit training (`early_exit.py`): `exit_weights` (one per loop, or one number for
-    every intermediate exit) trains every loop's exit, with KD from the detached final exit
+    Early-exit training (`early_exit.py`): `exit_weights` (one per loop, one number for
+    every intermediate exit, or a schedule name) trains every loop's exit, with KD from the detached final exit
     weighted by `exit_kd_weight`; loss.csv then has a ce_exit<b> column per exit."""
     started = time.time()
     hf_logging.disable_progress_bar()  # weight-loading bars; Trainer's own bar stays
@@ -317,7 +319,8 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
     record_run(out_dir, run)
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    weights = exit_weights_for(config["exit_weights"], len(exit_depths(model))) if config["exit_weights"] else None
+    weights = exit_weights_for(config["exit_weights"], len(exit_depths(model))) \
+        if config["exit_weights"] is not None else None
     teacher = None
     if teacher_dir:
         teacher = _load_teacher(teacher_dir, torch.bfloat16 if use_bf16 else torch.float32, _vocab(model))
