@@ -74,7 +74,7 @@ def test_the_literal_command_plans_the_paper_experiment(tmp_path):
     text = plan(clone(tmp_path), "all")
     planned = jobs(text)
     counts = {rule: sum(j["rule"] == rule for j in planned) for rule in {j["rule"] for j in planned}}
-    assert counts["uptrain"] == 33 and counts["evaluate"] == 36 and counts["base_model"] == 3
+    assert counts["uptrain"] == 39 and counts["evaluate"] == 42 and counts["base_model"] == 3
     for job in planned:
         sbatch = submit_string(job)
         assert f"-t {job['resources']['runtime']}" in sbatch and "--mem " in sbatch
@@ -109,7 +109,7 @@ def test_two_nodes_ask_for_one_task_per_node_and_gpus_per_node(tmp_path):
 def test_configfile_picks_another_experiment(tmp_path):
     text = plan(clone(tmp_path), "all", "--configfile=.test/config/config.yaml")
     planned = jobs(text)
-    assert sum(j["rule"] == "uptrain" for j in planned) == 6
+    assert sum(j["rule"] == "uptrain" for j in planned) == 7
     for job in planned:
         sbatch = submit_string(job)
         assert "gpu" not in sbatch and "--cpus-per-task=1" in sbatch

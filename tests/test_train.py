@@ -346,6 +346,28 @@ def test_resume_continues_the_same_run(models, tmp_path):
     assert any(not torch.allclose(start[k], a[k]) for k in a)
 
 
+def test_early_exit_training_resumes_the_same_run(models, tmp_path):
+    """Early-exit training (the aggressive schedule, KD from the final exit) cut after its
+    step-2 checkpoint continues to the uninterrupted run's losses at every exit; another
+    schedule is another run, refused."""
+    _, rec = models
+    data = save_blocks(tmp_path / "data", 10, period=5)
+    settings = dict(max_tokens=4 * 4 * BLOCK, batch_tokens=4 * BLOCK, save_steps=2, warmup_steps=1, seed=3,
+                    exit_weights="aggressive", exit_kd_weight=0.5, **FAST)
+    train(rec, data, tmp_path / "whole", **settings)
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupted):
+        train(rec, data, cut, callbacks=[CrashAfterSave(2)], **settings)
+    with pytest.raises(ValueError, match="exit_weights"):
+        train(rec, data, cut, **{**settings, "exit_weights": "uniform"})
+    assert train(rec, data, cut, **settings)["resumed_from_step"] == 2
+    rows_a, rows_b = read_csv(tmp_path / "whole" / "loss.csv"), read_csv(cut / "loss.csv")
+    assert len(rows_a) == len(rows_b) == 4
+    for ra, rb in zip(rows_a, rows_b):
+        for key in ("loss", "ce_exit1", "ce_exit2", "kd"):
+            assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-6, abs=1e-7), (ra["step"], key)
+
+
 def test_resume_refuses_other_settings(models, tmp_path):
     _, rec = models
     data = save_blocks(tmp_path / "data", 8)

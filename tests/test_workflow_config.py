@@ -130,6 +130,8 @@ def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
     assert at_exits == sorted(["gemma-rec-stepwise", "gemma-rec-stepwise-ee", "gemma-rec-stepwise-ee-ce",
                                "gemma-rec-stepwise-ee-w0.3", "gemma-rec-stepwise-ee-w0.05",
                                "gemma-rec-stepwise-ee-w0.01", "gemma-rec-stepwise-ee-cotrain"])
+    assert "--exit-task-thresholds none" in evals["gemma-rec-stepwise"]  # a parent: held-out thresholds only
+    assert "--exit-task-thresholds max_prob=0.3,0.6,0.9" in evals["gemma-rec-stepwise-ee"]
 
 
 def test_test_config_is_self_contained(tmp_path, test_config):

@@ -95,10 +95,17 @@ def exit_args(row):
     return f"--exit-weights {weights} --exit-kd-weight {recipe.get('kd_weight', 1.0)}"
 
 
-def evaluated_at_exits(name):
-    """Early-exit variants and the variants they post-train: evaluated at every exit."""
+def exit_eval_args(name):
+    """`rrt eval` flags for early exit: early-exit variants at every exit and threshold; the
+    variants they post-train at every exit and held-out threshold (the tasks are rerun per
+    threshold for the early-exit variants alone); nothing for the others."""
     row = VARIANTS.loc[name]
-    return row.early_exit != "-" or bool(((VARIANTS.parent == name) & (VARIANTS.early_exit != "-")).any())
+    parent = bool(((VARIANTS.parent == name) & (VARIANTS.early_exit != "-")).any())
+    if row.early_exit == "-" and not parent:
+        return ""
+    task_thresholds = config["eval"]["exit_task_thresholds"] if row.early_exit != "-" else {}
+    return " ".join(["--exits", thresholds_args("--exit-thresholds", config["eval"]["exit_thresholds"]),
+                     thresholds_args("--exit-task-thresholds", task_thresholds)])
 
 
 def thresholds_args(flag, thresholds):

@@ -12,10 +12,7 @@ rule evaluate:
         eval_cfg=config["eval"],
         tasks=",".join(config["eval"]["tasks"]) or "none",
         limit=optional_args(limit=config["eval"]["limit"]),
-        exits=lambda wc: " ".join([
-            "--exits", thresholds_args("--exit-thresholds", config["eval"]["exit_thresholds"]),
-            thresholds_args("--exit-task-thresholds", config["eval"]["exit_task_thresholds"])])
-        if evaluated_at_exits(wc.variant) else "",
+        exits=lambda wc: exit_eval_args(wc.variant),
     log:
         "results/logs/evaluate/{variant}.log",
     benchmark:

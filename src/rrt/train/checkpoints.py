@@ -154,7 +154,7 @@ def verify(checkpoint: Path) -> tuple[dict | None, str | None]:
 
 
 def _differs(before: dict, run: dict) -> str | None:
-    changed = [k for k in RUN_KEYS if before.get(k) != run.get(k)]
+    changed = [k for k in RUN_KEYS + EXIT_KEYS if before.get(k) != run.get(k)]  # absent exit keys: None
     return changed[0] if changed else None
 
 
