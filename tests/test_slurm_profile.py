@@ -86,7 +86,7 @@ def test_the_literal_command_plans_the_paper_experiment(tmp_path):
         else:
             assert "gpu" not in sbatch
     train = [line.removeprefix("Shell command: ") for line in text.splitlines() if "rrt train" in line]
-    assert len(train) == 33 and all(
+    assert len(train) == 39 and all(
         line.startswith("OMP_NUM_THREADS=1 rrt launch --nodes 1 --procs-per-node 8 --gpus-per-node 8 "
                         "--cpus-per-node 64 -- rrt train ")  # threads are capped at --cores (1) in a dry run only
         and "--stop-margin 900 --requeue" in line for line in train)
