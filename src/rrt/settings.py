@@ -104,6 +104,13 @@ EVAL = {
     "exit_task_thresholds": {"max_prob": [0.3, 0.6, 0.9]},
 }
 
+# --- serving (`rrt generate`) -----------------------------------------------------------------
+ENGINES = ("hf", "depthwise")
+# The KV of the depths an early-exited token skips: computed from its exit state, or by the
+# token running on (already emitted) through them.
+EXIT_KV_MODES = ("propagate", "continue")
+SERVE = {"engine": "depthwise", "max_new_tokens": 128, "max_batch": 8, "exit_kv": "propagate"}
+
 # --- cost planning (`rrt plan`; the workflow's `plan` section) ------------------------------
 # `gpu` and `mfu` are the defaults; `gpu_specs` the GPUs it knows: dense bf16 peak
 # (TFLOP/s, without sparsity) and memory of the 80 GB SXM parts.

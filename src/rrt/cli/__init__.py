@@ -21,15 +21,18 @@ from ..settings import (
     BASE_SOURCES,
     DATA,
     DATA_SOURCES,
+    ENGINES,
     EVAL,
     EVAL_SOURCES,
     EXIT_CRITERIA,
+    EXIT_KV_MODES,
     EXIT_SCHEDULES,
     INITS,
     KD_KINDS,
     LORA_INITS,
     PLAN,
     REDUCED_INITS,
+    SERVE,
     SHARINGS,
     TASKS,
     TRAIN,
@@ -235,6 +238,27 @@ def _eval_commands(sub) -> None:
                         "faster when other jobs share the cores")
 
 
+def _serve_commands(sub) -> None:
+    g = _command(sub, "generate", "serve:generate",
+                 help="greedy continuations of prompts: transformers' generate, or the depth-wise batching engine")
+    g.add_argument("--model", required=True, help="HF model directory (base or recursive) with its tokenizer")
+    g.add_argument("--prompts", required=True, help='JSON lines, each {"prompt": "..."}')
+    g.add_argument("--out", required=True,
+                   help='JSON lines in input order: {"prompt", "token_ids", "text", "exit_loops"} (written atomically)')
+    g.add_argument("--max-new-tokens", type=int, default=SERVE["max_new_tokens"])
+    g.add_argument("--engine", choices=ENGINES, default=SERVE["engine"],
+                   help="hf: transformers' generate in static batches (the reference); depthwise: continuous "
+                        "depth-wise batching (rows at different loops share each step)")
+    g.add_argument("--exit", default="none", metavar="none|max_prob:T|entropy:T",
+                   help="depthwise: a token leaves the loop at the first exit this confident")
+    g.add_argument("--exit-kv", choices=EXIT_KV_MODES, default=SERVE["exit_kv"],
+                   help="depthwise early exit, the KV of the depths a token skips: propagate (from its exit state, as "
+                        "CALM) or continue (it runs on, already emitted, and fills them exactly)")
+    g.add_argument("--max-batch", type=int, default=SERVE["max_batch"],
+                   help="requests in flight (depthwise) or per static batch (hf)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
 def _report_commands(sub) -> None:
     p = _command(sub, "aggregate", "report:aggregate",
                  help="summary tables, paper comparison and figures from per-variant results")
@@ -267,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rrt", description="Relaxed Recursive Transformers")
     p.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_model_commands, _data_commands, _train_commands, _eval_commands, _report_commands):
+    for add in (_model_commands, _data_commands, _train_commands, _eval_commands, _serve_commands, _report_commands):
         add(sub)
     return p
 

@@ -125,6 +125,11 @@ def exit_confidence(logits: torch.Tensor, criterion: str) -> torch.Tensor:
     raise ValueError(f"unknown exit criterion {criterion!r}; known: {', '.join(EXIT_CRITERIA)}")
 
 
+def is_confident(confidence: torch.Tensor, criterion: str, threshold: float) -> torch.Tensor:
+    """Whether an exit's `exit_confidence` lets a token leave: max_prob >= t, entropy <= t."""
+    return confidence >= threshold if criterion == "max_prob" else confidence <= threshold
+
+
 def exits_taken(confidences: list[torch.Tensor], criterion: str, threshold: float) -> torch.Tensor:
     """Per position, the (0-based) exit a confidence rule leaves at, from every exit's
     `exit_confidence`: the first intermediate exit whose confidence reaches `threshold`
@@ -132,8 +137,7 @@ def exits_taken(confidences: list[torch.Tensor], criterion: str, threshold: floa
     last = len(confidences) - 1
     taken = torch.full(confidences[-1].shape, last, dtype=torch.long, device=confidences[-1].device)
     for b in reversed(range(last)):
-        confidence = confidences[b]
-        sure = confidence >= threshold if criterion == "max_prob" else confidence <= threshold
+        sure = is_confident(confidences[b], criterion, threshold)
         taken = torch.where(sure, torch.full_like(taken, b), taken)
     return taken
 

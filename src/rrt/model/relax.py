@@ -148,8 +148,23 @@ class DepthLinear(nn.Module):
         us, vh, _ = truncated_svd(residual, self.rank)
         self.set_factors(us, vh)
 
+    def delta(self, x: torch.Tensor) -> torch.Tensor:
+        """What this depth adds to the shared linear's output: its LoRA and its own bias
+        (a depth with its own bias runs a shared linear that has none)."""
+        y = F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale if self.rank > 0 else 0
+        return y + self.bias if self.bias is not None else y
+
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scale={self.scale}, bias={self.bias is not None}"
+
+
+class RowGroups:
+    """The rows of one batch that sit at different depths (depth-wise batching), bound to a
+    placeholder of the shared block for one call: `groups` pairs the index tensor of each
+    depth's rows (dim 0) with that depth's own module (its DepthLinear, or its norm)."""
+
+    def __init__(self, groups: list[tuple[torch.Tensor, nn.Module]]):
+        self.groups = groups
 
 
 class RelaxedLinear(nn.Linear):
@@ -162,9 +177,14 @@ class RelaxedLinear(nn.Linear):
         self.__dict__["active"] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        depth: DepthLinear | None = self.__dict__["active"]
+        depth: DepthLinear | RowGroups | None = self.__dict__["active"]
         if depth is None:
             return F.linear(x, self.weight, self.bias)
+        if isinstance(depth, RowGroups):  # rows at different depths: the shared product, then each group's own
+            y = F.linear(x, self.weight, self.bias)
+            for rows, own in depth.groups:
+                y = y.index_add(0, rows, own.delta(x[rows]))
+            return y
         bias = depth.bias if depth.bias is not None else self.bias
         y = F.linear(x, self.weight, bias)
         if depth.rank > 0:
@@ -183,6 +203,12 @@ class DepthNorm(nn.Module):
         norm = self.__dict__["active"]
         if norm is None:
             raise RuntimeError("DepthNorm called outside a depth: run the shared block through its DepthLayer")
+        if isinstance(norm, RowGroups):
+            out = None
+            for rows, own in norm.groups:
+                y = own(x[rows])
+                out = (x.new_empty(x.shape, dtype=y.dtype) if out is None else out).index_copy(0, rows, y)
+            return out
         return norm(x)
 
 

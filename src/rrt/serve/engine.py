@@ -1,0 +1,247 @@
+"""Continuous depth-wise batching (paper Sec. 5), for real: one engine step runs the K
+shared layers once over a batch whose rows sit at *different loops* of the recursion.
+
+The unit of work is (request, loop). A request holds one token in flight; each step
+takes it one loop deeper (K depths: depth = loop·K + k at shared layer k, with that
+depth's KV cache slot and LoRA), and after its last loop the token is read out (final
+norm, LM head) and the next token enters at loop 0 in the next step. Requests join as
+soon as a sequence slot frees and leave when done, so the batch stays full across loops.
+A plain model is the B = 1 case: every step is a whole forward, i.e. continuous
+sequence-wise batching.
+
+Per step the work is a few tensor calls per shared layer: rows carry their depth, slot
+and position as tensors (`rrt.serve.cache`), relaxed models add each depth's LoRA to its
+own rows (`rrt.model.relax.RowGroups`), and the decoder layers are transformers' own.
+Prompts are prefilled one request at a time through every depth before it joins.
+Greedy decoding.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from ..model.exits import exit_confidence, exit_logits, is_confident
+from ..model.families import family_of
+from ..model.relax import RowGroups
+from ..settings import EXIT_KV_MODES
+from .cache import DepthKVCache, RowCache, attention_mask
+
+# Families whose decoder layer, rotary embedding and embedding the engine drives as is.
+ENGINE_FAMILIES = ("llama",)
+
+
+@dataclass
+class Request:
+    index: int
+    prompt: list[int]
+    max_new_tokens: int
+    tokens: list[int] = field(default_factory=list)
+    exit_loops: list[int] = field(default_factory=list)
+    slot: int = -1
+    rows: int = 0          # rows in flight: the next token's, and exited tokens' still filling KV
+    done: bool = False
+
+
+@dataclass
+class Row:
+    """One token of a request at one loop: the unit of work of an engine step."""
+    request: Request
+    position: int
+    loop: int
+    hidden: torch.Tensor   # (1, d): the input of its next loop
+    shadow: bool = False   # already emitted (early exit): runs on only to fill deeper KV
+
+
+class DepthwiseEngine:
+    """`generate(prompts, max_new_tokens)` with at most `max_batch` requests in flight,
+    each up to `max_len` tokens (prompt + generated)."""
+
+    def __init__(self, model, *, max_batch: int = 8, max_len: int = 1024, eos_token_id: int | None = None,
+                 exit_rule: tuple[str, float] | None = None, exit_kv: str = "propagate"):
+        self.model = model.eval()
+        if exit_kv not in EXIT_KV_MODES:
+            raise ValueError(f"exit_kv must be one of {', '.join(EXIT_KV_MODES)}, got {exit_kv!r}")
+        self.exit_rule, self.exit_kv = exit_rule, exit_kv
+        config = model.config
+        self.recursive = getattr(config, "model_type", None) == "recursive"
+        text = config.get_text_config(decoder=True)
+        family = family_of(text)
+        if family.name not in ENGINE_FAMILIES:
+            raise ValueError(f"the depth-wise engine runs {', '.join(ENGINE_FAMILIES)} models, not {family.name!r}")
+        backbone = model.base if self.recursive else model
+        self.embed = model.get_input_embeddings()
+        self.rotary = backbone.get_submodule(family.layers_path.rsplit(".", 1)[0]).rotary_emb
+        self.depths = text.num_hidden_layers
+        if self.recursive:
+            if config.sharing != "cycle":
+                raise ValueError("depth-wise batching needs cycle sharing (each loop runs the K shared layers in "
+                                 f"order), not {config.sharing!r}")
+            self.loops = config.num_loops
+            self.layers = list(model.recursive_block)
+            self._owners = [self._owners_of(slot) for slot in range(len(self.layers))]
+        else:
+            self.loops, self.layers = 1, list(backbone.get_submodule(family.layers_path))
+            self._owners = [{} for _ in self.layers]
+        self.per_loop = self.depths // self.loops
+        param = next(model.parameters())
+        self.dtype, self.device = param.dtype, param.device
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        self.cache = DepthKVCache(self.depths, max_batch, text.num_key_value_heads, head_dim, max_len,
+                                  dtype=self.dtype, device=self.device)
+        self.eos_token_id = eos_token_id
+
+    def _owners_of(self, slot: int) -> dict:
+        """{placeholder of shared layer `slot`: {depth: that depth's own module}}."""
+        owners: dict = {}
+        for d, layer in enumerate(self.model.depth_layers):
+            if layer.slot == slot:
+                for placeholder, own in layer._bindings:
+                    owners.setdefault(placeholder, {})[d] = own
+        return owners
+
+    # --- one shared layer over rows at their own depths ------------------------------------
+    def _run_layer(self, k: int, hidden, depth, slot, positions, length: int, attention_only: bool = False):
+        """Shared layer k (a plain model: layer k) over `hidden` (rows, q, d): row r at
+        depth[r] of sequence slot[r], its q tokens at positions[r]. `attention_only`: just
+        write the rows' keys and values (the layer's norm and attention; output dropped)."""
+        owners = self._owners[k]
+        if owners:
+            groups = [(torch.nonzero(depth == d).flatten(), d) for d in torch.unique(depth).tolist()]
+            for placeholder, own in owners.items():
+                placeholder.__dict__["active"] = RowGroups([(rows, own[d]) for rows, d in groups])
+        try:
+            layer = self.layers[k]
+            kwargs = dict(attention_mask=attention_mask(positions, length, hidden.dtype), position_ids=positions,
+                          past_key_values=RowCache(self.cache, depth, slot, positions, length),
+                          position_embeddings=self.rotary(hidden, positions))
+            if attention_only:
+                layer.self_attn(hidden_states=layer.input_layernorm(hidden), **kwargs)
+                return hidden
+            out = layer(hidden, **kwargs)
+        finally:
+            for placeholder in owners:
+                placeholder.__dict__["active"] = None
+        return out[0] if isinstance(out, tuple) else out
+
+    def _run_loop(self, hidden, loop, slot, positions, length: int):
+        """One loop (K shared layers) for rows at loop `loop` (a tensor: one per row)."""
+        for k in range(self.per_loop):
+            hidden = self._run_layer(k, hidden, loop * self.per_loop + k, slot, positions, length)
+        return hidden
+
+    def _next_tokens(self, hidden):
+        """Greedy tokens from the last position's (rows, d) hidden state at the final depth."""
+        return exit_logits(self.model, hidden).argmax(-1)
+
+    # --- requests ---------------------------------------------------------------------
+    def _prefill(self, r: Request) -> Row | None:
+        """The prompt through every depth (its KV at each), then its first token."""
+        r.slot = self.cache.allocate()
+        ids = torch.tensor([r.prompt], device=self.device)
+        positions = torch.arange(len(r.prompt), device=self.device)[None]
+        slot = torch.tensor([r.slot], device=self.device)
+        hidden = self.embed(ids)
+        for b in range(self.loops):
+            hidden = self._run_loop(hidden, torch.tensor([b], device=self.device), slot, positions, len(r.prompt))
+        return self._emit(r, int(self._next_tokens(hidden[:, -1])[0]), self.loops, len(r.prompt))
+
+    def _emit(self, r: Request, token: int, loops: int, position: int) -> Row | None:
+        """Record a token; the row of the next one (None once the request is done)."""
+        r.tokens.append(token)
+        r.exit_loops.append(loops)
+        r.done = len(r.tokens) >= r.max_new_tokens or (self.eos_token_id is not None and token == self.eos_token_id)
+        if r.done:
+            return None
+        r.rows += 1
+        return Row(r, position, 0, self.embed(torch.tensor([[token]], device=self.device))[0])
+
+    def _retire(self, row: Row) -> None:
+        """A row leaves; its request's slot is free once the request is done and has none left."""
+        r = row.request
+        r.rows -= 1
+        if r.done and r.rows == 0:
+            self.cache.release(r.slot)
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[Request]:
+        """Greedy continuations of token-id prompts, in input order (each Request's
+        `tokens` and per-token `exit_loops`)."""
+        requests = [Request(i, list(p), max_new_tokens) for i, p in enumerate(prompts)]
+        for r in requests:
+            if not r.prompt:
+                raise ValueError(f"prompt {r.index} is empty")
+            if len(r.prompt) + max_new_tokens > self.cache.max_len:
+                raise ValueError(f"prompt {r.index}: {len(r.prompt)} + {max_new_tokens} tokens exceed max_len "
+                                 f"{self.cache.max_len}")
+        waiting, rows = deque(requests), []
+        while waiting or rows:
+            while waiting and self.cache.free:
+                r = waiting.popleft()
+                r.rows = 1
+                row = self._prefill(r)
+                if row is None:
+                    self.cache.release(r.slot)
+                else:
+                    r.rows -= 1  # the prefill's own row became the next token's
+                    rows.append(row)
+            if rows:
+                rows = self._step(rows)
+        return requests
+
+    def _exiting(self, hidden, loop) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row indices, tokens) of rows that leave after this loop: the last loop's, and
+        with an exit rule the intermediate ones confident enough (`exits_taken`)."""
+        final = (loop == self.loops - 1).nonzero().flatten()
+        tokens = self._next_tokens(hidden[final, -1])
+        if self.exit_rule is None or self.loops == 1:
+            return final, tokens
+        criterion, threshold = self.exit_rule
+        inter = (loop < self.loops - 1).nonzero().flatten()
+        logits = exit_logits(self.model, hidden[inter, -1])
+        confident = is_confident(exit_confidence(logits, criterion), criterion, threshold)
+        return torch.cat([final, inter[confident]]), torch.cat([tokens, logits[confident].argmax(-1)])
+
+    def _step(self, rows: list[Row]) -> list[Row]:
+        """Every row one loop deeper; rows that leave are read out and their requests' next
+        tokens enter. Returns the rows of the next step."""
+        hidden = torch.stack([row.hidden for row in rows])
+        loop = torch.tensor([row.loop for row in rows], device=self.device)
+        slot = torch.tensor([row.request.slot for row in rows], device=self.device)
+        positions = torch.tensor([[row.position] for row in rows], device=self.device)
+        hidden = self._run_loop(hidden, loop, slot, positions, int(positions.max()) + 1)
+        leaving, tokens = self._exiting(hidden, loop)
+        shadows = [i for i, row in enumerate(rows) if row.shadow]
+        emitted = {i: t for i, t in zip(leaving.tolist(), tokens.tolist()) if not rows[i].shadow}
+        early = [i for i in emitted if rows[i].loop < self.loops - 1]
+        if early and self.exit_kv == "propagate":
+            self._propagate(hidden[early], loop[early], slot[early], positions[early], int(positions.max()) + 1)
+        following = []
+        for i, row in enumerate(rows):
+            last = row.loop == self.loops - 1
+            if i in emitted:
+                nxt = self._emit(row.request, emitted[i], row.loop + 1, row.position + 1)
+                following += [nxt] if nxt is not None else []
+                if not last and self.exit_kv == "continue":  # runs on, emitted, to fill its deeper KV
+                    following.append(Row(row.request, row.position, row.loop + 1, hidden[i], shadow=True))
+                    continue
+                self._retire(row)
+            elif last and i in shadows:
+                self._retire(row)
+            else:
+                row.hidden, row.loop = hidden[i], row.loop + 1
+                following.append(row)
+        return following
+
+    def _propagate(self, hidden, loop, slot, positions, length: int) -> None:
+        """KV of the depths an exited token skips, from its exit hidden state (CALM's state
+        propagation): each deeper depth's attention reads that state as its input, writes
+        its keys and values, and the rest of the layer is not run."""
+        for deeper in range(1, self.loops):
+            rows = (loop + deeper < self.loops).nonzero().flatten()
+            if not len(rows):
+                break
+            for k in range(self.per_loop):
+                depth = (loop[rows] + deeper) * self.per_loop + k
+                self._run_layer(k, hidden[rows], depth, slot[rows], positions[rows], length, attention_only=True)
