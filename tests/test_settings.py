@@ -78,6 +78,10 @@ def test_cli_defaults_are_the_settings():
     ev = _defaults("eval")
     for key in ("source", "limit", "batch_size"):
         assert ev[key] == settings.EVAL[key], key
+    gen = _defaults("generate")
+    assert (gen["engine"], gen["max_new_tokens"], gen["max_batch"], gen["exit_kv"]) == (
+        settings.SERVE["engine"], settings.SERVE["max_new_tokens"], settings.SERVE["max_batch"],
+        settings.SERVE["exit_kv"])
     assert {k: v for k, v in settings.EVAL.items() if k.startswith("exit_")} == {
         "exit_thresholds": settings.EVAL["exit_thresholds"], "exit_task_thresholds": settings.EVAL["exit_task_thresholds"]}
 
