@@ -9,7 +9,8 @@ rule evaluate:
         "results/eval/{variant}.json",
     params:
         ppl=lambda wc, input: " ".join(f"--ppl {s}={input.data}/heldout_{s}" for s in heldout_sets()),
-        eval_cfg=config["eval"],
+        # the keys this job uses (a whole-section param would rerun every job when one key changes)
+        eval_cfg={k: config["eval"][k] for k in ("source", "batch_size", "prompt_format")},
         tasks=",".join(config["eval"]["tasks"]) or "none",
         limit=optional_args(limit=config["eval"]["limit"]),
         exits=lambda wc: exit_eval_args(wc.variant),
