@@ -9,6 +9,7 @@ the same number of requests in flight (`--batch`), greedy, `--new` tokens each:
   engine_full        the full-size model, our engine (B = 1: continuous sequence-wise batching)
   hf_recursive       the B=2 recursive model (stepwise), transformers' generate
   engine_recursive   the same, depth-wise batching, no exit
+  engine_exit_model  the early-exit model (--exit-model, else the recursive one) depth-wise, no exit
   engine_exit_<t>    the early-exit model (--exit-model, else the recursive one) depth-wise,
                      exiting at max-prob >= t (KV of skipped depths propagated), per threshold
   engine_relaxed     relaxed (average + SVD, r=64) depth-wise
@@ -129,7 +130,7 @@ def main() -> None:
                run("engine_full", full, prompts, args, engine=True),
                run("hf_recursive", recursive, prompts, args, engine=False),
                run("engine_recursive", recursive, prompts, args, engine=True)]
-    no_exit = run("engine_exit_model_no_exit", exit_model, prompts, args, engine=True)
+    no_exit = run("engine_exit_model", exit_model, prompts, args, engine=True)
     results.append(no_exit)
     for t in (float(x) for x in args.thresholds.split(",")):
         results.append(run(f"engine_exit_{t:g}", exit_model, prompts, args, engine=True,
@@ -140,7 +141,7 @@ def main() -> None:
         r.pop("_tokens")
         r["speedup_vs_hf_full"] = round(r["tokens_per_s"] / base_rate, 3)
     simulated = {r["setting"]: round(no_exit["tokens_per_s"] * 2 / r["mean_loops"], 2)
-                 for r in results if r["setting"].startswith("engine_exit_") and r["mean_loops"]}
+                 for r in results if r["setting"].startswith("engine_exit_") and r is not no_exit}
     print(json.dumps({"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                   "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                                   "device": "cpu", "dtype": "float32"},

@@ -118,7 +118,7 @@ PLAN = {
     "gpu": "h100",
     "mfu": 0.40,                  # model FLOPs utilisation assumed for the run
     # A whole shard job (read .zst, parse, decontaminate, tokenize, write) per core: measured
-    # by bench/tokenize.py with Gemma's tokenizer on a 2-core cloud VM (README, "Measured").
+    # by bench/tokenization.py with Gemma's tokenizer on a 2-core cloud VM (README, "Measured").
     "tokenize_tokens_per_s_per_core": 580_000,
     "gpu_specs": {
         "h100": {"peak_tflops": 989, "memory_gb": 80},

@@ -1,6 +1,6 @@
 """What the data stage of an experiment costs before it runs (for `rrt plan`): the train
 files its shard jobs read, the tokens they hold, their disk, and the core-hours and hours
-per shard job to tokenize them at a measured rate (`bench/tokenize.py`)."""
+per shard job to tokenize them at a measured rate (`bench/tokenization.py`)."""
 from __future__ import annotations
 
 from ..settings import DATA, PLAN

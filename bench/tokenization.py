@@ -1,7 +1,7 @@
 """Tokenization throughput per core, and what the paper's 60B tokens cost.
 
-    .venv/bin/python bench/tokenize.py                      # SmolLM2's tokenizer
-    .venv/bin/python bench/tokenize.py --tokenizer gemma3=DIR --tokenizer smollm2=embedded
+    .venv/bin/python bench/tokenization.py                      # SmolLM2's tokenizer
+    .venv/bin/python bench/tokenization.py --tokenizer gemma3=DIR --tokenizer smollm2=embedded
 
 Input: the embedded corpus's train set (~14 MB of real English text: Wikipedia, science,
 fiction, news, NLP papers, biomedical abstracts), shuffled with a fixed seed so that every
@@ -19,17 +19,12 @@ per job), tokens/s per core, the 2-process speed-up, and the core-hours
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
+import random
 import sys
-
-# This file's name is a standard-library module's: drop bench/ from the path before anything
-# imports `tokenize` (inspect, linecache) and finds this file instead.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import random  # noqa: E402
 import tempfile
 import time
 from pathlib import Path
