@@ -43,6 +43,16 @@ def test_engine_tokens_are_generates_tokens(models, kind):
     assert engine.cache.free == [0, 1]  # every slot given back
 
 
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
+def test_gemma_families_match_generate(family):
+    """Gemma's scaled embedding; Gemma 2/3's sliding (window 4) and global depths sharing a
+    slot (B=2), Gemma 3's rotary per attention type: rows pick theirs."""
+    model = convert(make_tiny(family, layers=4), loops=2, init="stepwise", rank=4).eval()
+    prompts = _prompts(lengths=(5, 9, 3, 7))
+    done = DepthwiseEngine(model, max_batch=2, max_len=32).generate(prompts, NEW)
+    assert [r.tokens for r in done] == [hf_generate(model, [p], NEW)[0] for p in prompts]
+
+
 def test_static_hf_batches_equal_one_prompt_at_a_time(models):
     """The reference itself: left-padded static batches give each prompt's own tokens."""
     model, prompts = models["recursive"], _prompts()
@@ -77,7 +87,7 @@ def test_eos_ends_a_request_early(models):
 
 
 def test_bad_input_is_refused():
-    with pytest.raises(ValueError, match="runs llama models, not 'gpt_neox'"):
+    with pytest.raises(ValueError, match="runs llama, gemma, gemma2, gemma3_text models, not 'gpt_neox'"):
         DepthwiseEngine(make_tiny("gpt_neox", layers=2))
     sequence = convert(make_tiny("llama", layers=4), loops=2, init="stepwise", sharing="sequence")
     with pytest.raises(ValueError, match="needs cycle sharing"):

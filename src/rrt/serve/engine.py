@@ -28,8 +28,10 @@ from ..model.relax import RowGroups
 from ..settings import EXIT_KV_MODES
 from .cache import DepthKVCache, RowCache, attention_mask
 
-# Families whose decoder layer, rotary embedding and embedding the engine drives as is.
-ENGINE_FAMILIES = ("llama",)
+# Families whose decoder layers, rotary embeddings and embedding the engine drives as is (the
+# embedding scales itself in Gemma; Gemma 2/3 alternate sliding and global attention per
+# depth, and Gemma 3 has a rotary embedding per attention type: both chosen row by row).
+ENGINE_FAMILIES = ("llama", "gemma", "gemma2", "gemma3_text")
 
 
 @dataclass
@@ -73,6 +75,11 @@ class DepthwiseEngine:
         backbone = model.base if self.recursive else model
         self.embed = model.get_input_embeddings()
         self.rotary = backbone.get_submodule(family.layers_path.rsplit(".", 1)[0]).rotary_emb
+        types = getattr(text, "layer_types", None) or ["full_attention"] * text.num_hidden_layers
+        self.layer_types = sorted(set(types))
+        self._type_of_depth = torch.tensor([self.layer_types.index(t) for t in types])
+        self._window_of_depth = torch.tensor([text.sliding_window if t == "sliding_attention" else 0 for t in types])
+        self._rotary_per_type = family.name == "gemma3_text"
         self.depths = text.num_hidden_layers
         if self.recursive:
             if config.sharing != "cycle":
@@ -113,9 +120,10 @@ class DepthwiseEngine:
                 placeholder.__dict__["active"] = RowGroups([(rows, own[d]) for rows, d in groups])
         try:
             layer = self.layers[k]
-            kwargs = dict(attention_mask=attention_mask(positions, length, hidden.dtype), position_ids=positions,
-                          past_key_values=RowCache(self.cache, depth, slot, positions, length),
-                          position_embeddings=self.rotary(hidden, positions))
+            window = self._window_of_depth.to(depth.device)[depth]
+            kwargs = dict(attention_mask=attention_mask(positions, length, hidden.dtype, window if window.any() else None),
+                          position_ids=positions, past_key_values=RowCache(self.cache, depth, slot, positions, length),
+                          position_embeddings=self._position_embeddings(hidden, positions, depth))
             if attention_only:
                 layer.self_attn(hidden_states=layer.input_layernorm(hidden), **kwargs)
                 return hidden
@@ -124,6 +132,16 @@ class DepthwiseEngine:
             for placeholder in owners:
                 placeholder.__dict__["active"] = None
         return out[0] if isinstance(out, tuple) else out
+
+    def _position_embeddings(self, hidden, positions, depth):
+        """(cos, sin) of every row: the rotary embedding of its depth's attention type."""
+        if not self._rotary_per_type:
+            return self.rotary(hidden, positions)
+        kind = self._type_of_depth.to(depth.device)[depth][:, None, None]
+        per_type = [self.rotary(hidden, positions, t) for t in self.layer_types]
+        cos = torch.stack([c for c, _ in per_type]).gather(0, kind.expand(-1, *per_type[0][0].shape[1:])[None])[0]
+        sin = torch.stack([s for _, s in per_type]).gather(0, kind.expand(-1, *per_type[0][1].shape[1:])[None])[0]
+        return cos, sin
 
     def _run_loop(self, hidden, loop, slot, positions, length: int):
         """One loop (K shared layers) for rows at loop `loop` (a tensor: one per row)."""
