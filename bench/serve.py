@@ -90,7 +90,7 @@ def run(name, model, prompts, args, engine: bool, reference=None, **engine_kwarg
     generate(1, prompts[:1], args.latency_new)
     latency = (time.perf_counter() - start) / args.latency_new
     n = sum(map(len, tokens))
-    loop_counts = [x for row in loops for x in row[1:]] if loops else []  # the prefill's token: every loop
+    loop_counts = [x for row in loops for x in row] if loops else []
     cache = (DepthwiseEngine(model, max_batch=args.batch, max_len=length, **engine_kwargs).cache.nbytes() if engine
              else hf_cache_bytes(model, args.batch, length))
     out = {"setting": name, "tokens": n, "seconds": round(seconds, 2), "tokens_per_s": round(n / seconds, 2),

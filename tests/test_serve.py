@@ -43,10 +43,11 @@ def test_engine_tokens_are_generates_tokens(models, kind):
     assert engine.cache.free == [0, 1]  # every slot given back
 
 
-@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
-def test_gemma_families_match_generate(family):
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3", "gpt_neox"])
+def test_other_families_match_generate(family):
     """Gemma's scaled embedding; Gemma 2/3's sliding (window 4) and global depths sharing a
-    slot (B=2), Gemma 3's rotary per attention type: rows pick theirs."""
+    slot (B=2), Gemma 3's rotary per attention type: rows pick theirs; GPT-NeoX's parallel
+    residual, fused QKV and biases."""
     model = convert(make_tiny(family, layers=4), loops=2, init="stepwise", rank=4).eval()
     prompts = _prompts(lengths=(5, 9, 3, 7))
     done = DepthwiseEngine(model, max_batch=2, max_len=32).generate(prompts, NEW)
@@ -87,8 +88,6 @@ def test_eos_ends_a_request_early(models):
 
 
 def test_bad_input_is_refused():
-    with pytest.raises(ValueError, match="runs llama, gemma, gemma2, gemma3_text models, not 'gpt_neox'"):
-        DepthwiseEngine(make_tiny("gpt_neox", layers=2))
     sequence = convert(make_tiny("llama", layers=4), loops=2, init="stepwise", sharing="sequence")
     with pytest.raises(ValueError, match="needs cycle sharing"):
         DepthwiseEngine(sequence)
@@ -101,9 +100,12 @@ def test_bad_input_is_refused():
 def _first_loop_only(model):
     """The recursive model cut after its first loop (its exit 1 as the output)."""
     import copy
+    from rrt.model.families import family_of
+
     cut = copy.deepcopy(model)
     k = cut.config.text_config.num_hidden_layers // cut.config.num_loops
-    cut.base.model.layers = torch.nn.ModuleList(list(cut.base.model.layers)[:k])
+    path = family_of(cut.config.text_config).layers_path
+    cut.base.set_submodule(path, torch.nn.ModuleList(list(cut.base.get_submodule(path))[:k]))
     cut.base.config.num_hidden_layers = cut.config.text_config.num_hidden_layers = k
     return cut
 
@@ -115,7 +117,15 @@ def test_always_exiting_at_loop_one_is_the_first_loop_alone(models, exit_kv):
     done = DepthwiseEngine(model, max_batch=2, max_len=32, exit_rule=("max_prob", 0.0),
                            exit_kv=exit_kv).generate(prompts, NEW)
     assert [r.tokens for r in done] == [hf_generate(_first_loop_only(model), [p], NEW)[0] for p in prompts]
-    assert all(r.exit_loops == [3] + [1] * (NEW - 1) for r in done)  # the prompt's token: the last loop
+    assert all(r.exit_loops == [1] * NEW for r in done)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gpt_neox"])
+def test_always_exiting_at_loop_one_in_other_families(family):
+    model = convert(make_tiny(family, layers=4), loops=2, init="stepwise", rank=4).eval()
+    prompts = _prompts(lengths=(5, 9, 3))
+    done = DepthwiseEngine(model, max_batch=2, max_len=32, exit_rule=("max_prob", 0.0)).generate(prompts, NEW)
+    assert [r.tokens for r in done] == [hf_generate(_first_loop_only(model), [p], NEW)[0] for p in prompts]
 
 
 def test_an_unreachable_threshold_changes_nothing(models):
@@ -142,7 +152,7 @@ def test_continued_exits_are_the_simulated_early_exit(models):
     threshold = _threshold(model, prompts)
     done = DepthwiseEngine(model, max_batch=2, max_len=32, exit_rule=("max_prob", threshold),
                            exit_kv="continue").generate(prompts, NEW)
-    exits = [loops for r in done for loops in r.exit_loops[1:]]
+    exits = [loops for r in done for loops in r.exit_loops]
     assert 0 < exits.count(1) < len(exits)  # some tokens leave early, some do not
     for p, r in zip(prompts, done):
         ids = torch.tensor([p + r.tokens[:-1]])

@@ -30,8 +30,9 @@ from .cache import DepthKVCache, RowCache, attention_mask
 
 # Families whose decoder layers, rotary embeddings and embedding the engine drives as is (the
 # embedding scales itself in Gemma; Gemma 2/3 alternate sliding and global attention per
-# depth, and Gemma 3 has a rotary embedding per attention type: both chosen row by row).
-ENGINE_FAMILIES = ("llama", "gemma", "gemma2", "gemma3_text")
+# depth, and Gemma 3 has a rotary embedding per attention type: both chosen row by row;
+# GPT-NeoX names its layer's cache argument `layer_past`).
+ENGINE_FAMILIES = ("llama", "gemma", "gemma2", "gemma3_text", "gpt_neox")
 
 
 @dataclass
@@ -80,6 +81,8 @@ class DepthwiseEngine:
         self._type_of_depth = torch.tensor([self.layer_types.index(t) for t in types])
         self._window_of_depth = torch.tensor([text.sliding_window if t == "sliding_attention" else 0 for t in types])
         self._rotary_per_type = family.name == "gemma3_text"
+        self._cache_arg = "layer_past" if family.name == "gpt_neox" else "past_key_values"
+        self._attention = family.attn
         self.depths = text.num_hidden_layers
         if self.recursive:
             if config.sharing != "cycle":
@@ -95,7 +98,8 @@ class DepthwiseEngine:
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        self.cache = DepthKVCache(self.depths, max_batch, text.num_key_value_heads, head_dim, max_len,
+        kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+        self.cache = DepthKVCache(self.depths, max_batch, kv_heads, head_dim, max_len,
                                   dtype=self.dtype, device=self.device)
         self.eos_token_id = eos_token_id
 
@@ -122,10 +126,10 @@ class DepthwiseEngine:
             layer = self.layers[k]
             window = self._window_of_depth.to(depth.device)[depth]
             kwargs = dict(attention_mask=attention_mask(positions, length, hidden.dtype, window if window.any() else None),
-                          position_ids=positions, past_key_values=RowCache(self.cache, depth, slot, positions, length),
-                          position_embeddings=self._position_embeddings(hidden, positions, depth))
+                          position_ids=positions, position_embeddings=self._position_embeddings(hidden, positions, depth))
+            kwargs[self._cache_arg] = RowCache(self.cache, depth, slot, positions, length)
             if attention_only:
-                layer.self_attn(hidden_states=layer.input_layernorm(hidden), **kwargs)
+                getattr(layer, self._attention)(hidden_states=layer.input_layernorm(hidden), **kwargs)
                 return hidden
             out = layer(hidden, **kwargs)
         finally:
@@ -155,15 +159,22 @@ class DepthwiseEngine:
 
     # --- requests ---------------------------------------------------------------------
     def _prefill(self, r: Request) -> Row | None:
-        """The prompt through every depth (its KV at each), then its first token."""
+        """The prompt through every depth (its KV at each: later tokens may go deeper), and
+        its first token from the last position's first confident exit (the last loop's
+        without an exit rule)."""
         r.slot = self.cache.allocate()
         ids = torch.tensor([r.prompt], device=self.device)
         positions = torch.arange(len(r.prompt), device=self.device)[None]
         slot = torch.tensor([r.slot], device=self.device)
         hidden = self.embed(ids)
+        first = None
         for b in range(self.loops):
-            hidden = self._run_loop(hidden, torch.tensor([b], device=self.device), slot, positions, len(r.prompt))
-        return self._emit(r, int(self._next_tokens(hidden[:, -1])[0]), self.loops, len(r.prompt))
+            loop = torch.tensor([b], device=self.device)
+            hidden = self._run_loop(hidden, loop, slot, positions, len(r.prompt))
+            if first is None:
+                leaving, tokens = self._exiting(hidden[:, -1:], loop)
+                first = (int(tokens[0]), b + 1) if len(leaving) else None
+        return self._emit(r, first[0], first[1], len(r.prompt))
 
     def _emit(self, r: Request, token: int, loops: int, position: int) -> Row | None:
         """Record a token; the row of the next one (None once the request is done)."""
