@@ -100,6 +100,7 @@ def test_bad_input_is_refused():
 def _first_loop_only(model):
     """The recursive model cut after its first loop (its exit 1 as the output)."""
     import copy
+
     from rrt.model.families import family_of
 
     cut = copy.deepcopy(model)
