@@ -18,16 +18,12 @@ from rrt.model.exits import (
     read_when_confident,
 )
 
-from .conftest import make_tiny
-
-
-def _recursive(family, loops=2, rank=4):
-    return convert(make_tiny(family, layers=6), loops=loops, init="stepwise", rank=rank).eval()
+from .test_exits import _recursive
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gpt_neox"])
 def test_reading_out_at_an_exit_gives_that_exits_logits(family, ids):
-    model = _recursive(family, 3)
+    model = _recursive(family, 3, rank=4)
     with torch.no_grad():
         hidden = exit_hidden_states(model, ids)
         plain = model(input_ids=ids).logits
@@ -60,7 +56,7 @@ def test_a_token_leaves_at_its_first_confident_exit():
 
 
 def test_confident_readout_mixes_exits_position_by_position(ids):
-    model = _recursive("gemma2", 2)
+    model = _recursive("gemma2", 2, rank=4)
     with torch.no_grad():
         hidden = exit_hidden_states(model, ids)
         logits = [exit_logits(model, h) for h in hidden]

@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from .figures import save_figure  # noqa: E402
+
 EXIT_FIGURES = ["exit_rates.png", "exit_tradeoff.png"]
 CRITERIA = ("max_prob", "entropy")
 EXIT_HEAD = ["variant", "base", "parent", "early_exit", "exit", "loops", "depth"]
@@ -136,17 +138,11 @@ def threshold_table(exits: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=THRESHOLD_COLUMNS)
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def _no_data(path: Path, text: str = NO_DATA) -> None:
     fig, ax = plt.subplots(figsize=(6, 2.5))
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12)
     ax.set_axis_off()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _first_set(thresholds: pd.DataFrame) -> str | None:
@@ -175,7 +171,7 @@ def _exit_rates_figure(thresholds: pd.DataFrame, where: str, colours: dict, path
             ax.axhline(oracle.exit_rate, color=colours[oracle.variant], linestyle="--", linewidth=1)
         ax.set(xlabel=_threshold_label(criterion), ylabel="tokens leaving early (%)", ylim=(-2, 102),
                title=f"exit rate on {where} with {criterion} (dashed: oracle)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _next_token_panel(ax, thresholds: pd.DataFrame, table: pd.DataFrame, where: str, colours: dict) -> None:
@@ -213,7 +209,7 @@ def _tradeoff_figure(thresholds: pd.DataFrame, table: pd.DataFrame, where: str, 
     _next_token_panel(axes[0, 0], thresholds, table, where, colours)
     for ax, criterion in zip(axes[0, 1:], panels):
         _task_panel(ax, criterion, thresholds, table, colours)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def exit_figures(table: pd.DataFrame, thresholds: pd.DataFrame, out: Path) -> None:

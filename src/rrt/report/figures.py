@@ -20,6 +20,13 @@ def first_ppl_column(summary: pd.DataFrame) -> str | None:
     return next((c for c in summary.columns if c.startswith("ppl_")), None)
 
 
+def save_figure(fig, path: Path) -> None:
+    """Every report figure: laid out tight, 120 dpi, then closed."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def make_figures(summary: pd.DataFrame, variants: pd.DataFrame, curves: pd.DataFrame, out: Path) -> None:
     """Every figure separates base models (and loop counts where they vary) rather than
     averaging across them."""
@@ -33,9 +40,7 @@ def make_figures(summary: pd.DataFrame, variants: pd.DataFrame, curves: pd.DataF
     plain = data["early_exit"].eq("-") & data["parent"].eq("-") if "early_exit" in data else True
 
     def save(fig, name):
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
+        save_figure(fig, out / name)
 
     # 1. Accuracy vs non-embedding size (paper Fig. 1), with each mean's standard error
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -208,26 +208,26 @@ class DepthwiseEngine:
         while waiting or rows:
             while waiting and self.cache.free:
                 r = waiting.popleft()
-                r.rows = 1
                 row = self._prefill(r)
-                if row is None:
+                if row is None:  # done with its first token
                     self.cache.release(r.slot)
                 else:
-                    r.rows -= 1  # the prefill's own row became the next token's
                     rows.append(row)
             if rows:
                 rows = self._step(rows)
         return requests
 
-    def _exiting(self, hidden, loop) -> tuple[torch.Tensor, torch.Tensor]:
+    def _exiting(self, hidden, loop, emitted=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(row indices, tokens) of rows that leave after this loop: the last loop's, and
-        with an exit rule the intermediate ones confident enough (`exits_taken`)."""
-        final = (loop == self.loops - 1).nonzero().flatten()
+        with an exit rule the intermediate ones confident enough (`is_confident`). Rows
+        whose token was already `emitted` (a bool per row) are not read out."""
+        pending = torch.ones_like(loop, dtype=torch.bool) if emitted is None else ~emitted
+        final = ((loop == self.loops - 1) & pending).nonzero().flatten()
         tokens = self._next_tokens(hidden[final, -1])
         if self.exit_rule is None or self.loops == 1:
             return final, tokens
         criterion, threshold = self.exit_rule
-        inter = (loop < self.loops - 1).nonzero().flatten()
+        inter = ((loop < self.loops - 1) & pending).nonzero().flatten()
         logits = exit_logits(self.model, hidden[inter, -1])
         confident = is_confident(exit_confidence(logits, criterion), criterion, threshold)
         return torch.cat([final, inter[confident]]), torch.cat([tokens, logits[confident].argmax(-1)])
@@ -239,13 +239,14 @@ class DepthwiseEngine:
         loop = torch.tensor([row.loop for row in rows], device=self.device)
         slot = torch.tensor([row.request.slot for row in rows], device=self.device)
         positions = torch.tensor([[row.position] for row in rows], device=self.device)
-        hidden = self._run_loop(hidden, loop, slot, positions, int(positions.max()) + 1)
-        leaving, tokens = self._exiting(hidden, loop)
-        shadows = [i for i, row in enumerate(rows) if row.shadow]
-        emitted = {i: t for i, t in zip(leaving.tolist(), tokens.tolist()) if not rows[i].shadow}
+        length = int(positions.max()) + 1
+        hidden = self._run_loop(hidden, loop, slot, positions, length)
+        shadow = torch.tensor([row.shadow for row in rows], device=self.device)
+        leaving, tokens = self._exiting(hidden, loop, emitted=shadow)
+        emitted = dict(zip(leaving.tolist(), tokens.tolist()))
         early = [i for i in emitted if rows[i].loop < self.loops - 1]
         if early and self.exit_kv == "propagate":
-            self._propagate(hidden[early], loop[early], slot[early], positions[early], int(positions.max()) + 1)
+            self._propagate(hidden[early], loop[early], slot[early], positions[early], length)
         following = []
         for i, row in enumerate(rows):
             last = row.loop == self.loops - 1
@@ -256,7 +257,7 @@ class DepthwiseEngine:
                     following.append(Row(row.request, row.position, row.loop + 1, hidden[i], shadow=True))
                     continue
                 self._retire(row)
-            elif last and i in shadows:
+            elif last and row.shadow:
                 self._retire(row)
             else:
                 row.hidden, row.loop = hidden[i], row.loop + 1
