@@ -125,3 +125,22 @@ def test_eval_json_has_every_exit_and_threshold(tiny_real_vocab_dir, tmp_path):
     assert {k: everyone[k] for k in first if k != "exit"} == {k: v for k, v in first.items() if k != "exit"}
     assert {k: no_one[k] for k in last if k != "exit"} == {k: v for k, v in last.items() if k != "exit"}
     assert json.loads((tmp_path / "rec.json").read_text()) == result
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--exit-thresholds", "margin=0.5"], "--exit-thresholds: unknown criterion 'margin'"),
+    (["--exit-thresholds", "max_prob=0.5,1.5"], "--exit-thresholds max_prob=: thresholds must be in (0, 1], got 1.5"),
+    (["--exit-task-thresholds", "entropy=a"], "--exit-task-thresholds entropy=: thresholds must be numbers"),
+])
+def test_bad_thresholds_are_one_line_errors(tmp_path, capsys, argv, match):
+    from rrt.cli import main
+
+    from .test_exits import _blocks
+
+    _recursive("llama", 2).save_pretrained(tmp_path / "model")
+    held = _blocks(tmp_path)
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(tmp_path / "model"), "--out", str(out), "--ppl", f"x={held}",
+                 "--tasks", "none", "--exits", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert match in err[-1] and not out.exists()
