@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
 VARIANTS_SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/variants.schema.yaml").read_text())
 SECTIONS = {"data": settings.DATA, "train": settings.TRAIN, "eval": settings.EVAL, "plan": settings.PLAN,
-            "early_exit": settings.EARLY_EXIT}
+            "early_exit": settings.EARLY_EXIT, "throughput": settings.THROUGHPUT}
 
 
 def schema_defaults(section: str) -> dict:

@@ -63,7 +63,7 @@ def test_summary_has_every_variant_with_sizes_and_scores(run):
     assert {"base_model", "corpus", "tokenize", "convert", "reduce"} <= set(stages.index)
     assert sorted(p.name for p in (work / "results/figures").iterdir()) == [
         "accuracy_vs_params.png", "exit_rates.png", "exit_tradeoff.png", "init_comparison.png", "loss_curves.png",
-        "relaxed_rank.png"]
+        "relaxed_rank.png", "throughput_accuracy.png"]
 
 
 def test_eval_json_matches_an_independent_perplexity(run):
@@ -119,6 +119,35 @@ def test_early_exit_post_training_and_every_exit_evaluated(run):
                                                     ("rec-stepwise-ee", 1), ("rec-stepwise-ee", 2)]
     ee = table[table.variant == "rec-stepwise-ee"].set_index("exit")
     assert list(ee.paper_acc_avg) == [48.0, 52.6]
+
+
+def test_throughput_stage_for_the_variants_asking(run):
+    """rec-stepwise and rec-stepwise-ee ask for throughput: each job measures the original's
+    generate beside the variant; the early-exit variant also exits at the task thresholds,
+    and the table pairs each setting with the accuracy of what it generates."""
+    work, config = run
+    variants = pd.read_csv(config["variants"], sep="\t")
+    asking = list(variants.variant[variants.throughput])
+    assert sorted(p.stem for p in (work / "results/throughput").iterdir()) == sorted(asking)
+    thresholds = config["eval"]["exit_task_thresholds"]["max_prob"]
+    ee = json.loads((work / "results/throughput/rec-stepwise-ee.json").read_text())
+    assert [s["setting"] for s in ee["settings"]] == ["hf_original", "hf", "depthwise"] + [
+        f"exit_max_prob_{t:g}" for t in thresholds]
+    assert ee["prompts"] == config["throughput"]["prompts"]
+    assert ee["new_tokens"] == config["throughput"]["max_new_tokens"] and ee["heldout"].endswith("tokens/tiny/heldout_wiki")
+    assert ee["original"].endswith("results/models/base/tiny")
+    table = pd.read_csv(work / "results/tables/throughput.csv")
+    assert list(dict.fromkeys(table.variant)) == asking
+    summary = pd.read_csv(work / "results/tables/summary.csv").set_index("variant")
+    for row in table.itertuples():
+        if row.setting in ("hf", "depthwise"):
+            assert row.acc_avg == pytest.approx(summary.loc[row.variant, "acc_avg"])
+        if row.setting == "hf_original":
+            assert row.acc_avg == pytest.approx(summary.loc["full-original", "acc_avg"]) and row.speedup == 1.0
+    result = json.loads((work / "results/eval/rec-stepwise-ee.json").read_text())
+    at = result["exits"]["task_thresholds"]["max_prob"][0]
+    exit_row = table[table.setting == f"exit_max_prob_{thresholds[0]:g}"].iloc[0]
+    assert exit_row.acc_avg == pytest.approx(100 * at["acc_avg"]) and 0 <= exit_row.agreement_with_no_exit <= 100
 
 
 def test_second_run_does_nothing_and_one_variant_reruns_alone(run):

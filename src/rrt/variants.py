@@ -12,7 +12,7 @@ from .errors import UsageError
 
 REQUIRED = ("variant", "kind", "base", "init", "loops", "sharing", "rank", "kd", "tokens")
 # Optional columns and the value a table without them gets.
-OPTIONAL = {"paper_ref": "-", "note": "", "warmup": "default", "parent": "-", "early_exit": "-"}
+OPTIONAL = {"paper_ref": "-", "note": "", "warmup": "default", "parent": "-", "early_exit": "-", "throughput": "false"}
 # A row with a `parent` trains on from the parent's trained model instead of a fresh
 # conversion (early-exit post-training): it must be the same model, so these must match.
 SAME_AS_PARENT = ("base", "kind", "init", "loops", "sharing", "rank")
@@ -35,14 +35,16 @@ def read_variants(path: str | Path) -> pd.DataFrame:
     duplicated = table.variant[table.variant.duplicated()].tolist()
     if duplicated:
         raise UsageError(f"{path}: duplicate variant name {duplicated[0]!r}")
-    bad_kd = table.kd[~table.kd.str.lower().isin(("true", "false"))].tolist()
-    if bad_kd:
-        raise UsageError(f"{path}: kd must be true or false, got {bad_kd[0]!r}")
+    for column in ("kd", "throughput"):
+        bad = table[column][~table[column].str.lower().isin(("true", "false"))].tolist()
+        if bad:
+            raise UsageError(f"{path}: {column} must be true or false, got {bad[0]!r}")
     bad_loops = table.loops[~table.loops.str.fullmatch(r"[0-9]+")].tolist()
     if bad_loops:
         raise UsageError(f"{path}: loops must be a positive integer, got {bad_loops[0]!r}")
     table["loops"] = table["loops"].astype(int)
     table["kd"] = table["kd"].str.lower().eq("true")
+    table["throughput"] = table["throughput"].str.lower().eq("true")
     table = table.set_index("variant", drop=False)
     check_early_exit(table, path)
     return table

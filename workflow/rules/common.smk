@@ -108,6 +108,24 @@ def exit_eval_args(name):
                      thresholds_args("--exit-task-thresholds", task_thresholds)])
 
 
+def throughput_variants():
+    return [name for name, row in VARIANTS.iterrows() if row.throughput]
+
+
+def throughput_heldout():
+    """The held-out set the throughput prompts come from."""
+    return config["throughput"]["heldout"] or heldout_sets()[0]
+
+
+def throughput_exit_args(name):
+    """`rrt throughput` exit flags: an early-exit variant exits at each task threshold (the
+    report pairs each with its task accuracy there); no flag for the others."""
+    if VARIANTS.loc[name].early_exit == "-":
+        return ""
+    pairs = [f"{c}={','.join(str(t) for t in ts)}" for c, ts in config["eval"]["exit_task_thresholds"].items() if ts]
+    return " ".join(f"--exit-thresholds {p}" for p in pairs)
+
+
 def thresholds_args(flag, thresholds):
     """`rrt eval` threshold flags of {criterion: [t, ...]} ('none' for none)."""
     pairs = [f"{c}={','.join(str(t) for t in ts)}" for c, ts in thresholds.items() if ts]
@@ -220,6 +238,7 @@ def benchmark_files():
         if needs_training(name):
             files.append(f"results/benchmarks/uptrain/{name}.tsv")
         files.append(f"results/benchmarks/evaluate/{name}.tsv")
+    files += [f"results/benchmarks/throughput/{name}.tsv" for name in throughput_variants()]
     return files
 
 

@@ -28,3 +28,36 @@ rule evaluate:
         "--tasks {params.tasks} --source {params.eval_cfg[source]} {params.limit} "
         "--batch-size {params.eval_cfg[batch_size]} --prompt-format {params.eval_cfg[prompt_format]} "
         "--workdir results/eval/tasks {params.exits} > {log} 2>&1"
+
+
+rule throughput:
+    """Serving throughput of the variants whose `throughput` column is true: the depth-wise
+    batching engine (early-exit variants also exiting at each task threshold) against the
+    full-size original's `generate`, side by side in one job (`rrt throughput`)."""
+    input:
+        model=final_dir,
+        original=lambda wc: base_dir(variant(wc).base),
+        data=lambda wc: f"results/data/tokens/{variant(wc).base}",
+    output:
+        "results/throughput/{variant}.json",
+    params:
+        # the keys this job uses, so editing the others reruns nothing
+        cfg={k: config["throughput"][k] for k in ("prompts", "max_new_tokens", "max_batch", "exit_kv", "seed")},
+        prompt_tokens=",".join(str(n) for n in config["throughput"]["prompt_tokens"]),
+        exits=lambda wc: throughput_exit_args(wc.variant),
+        heldout=throughput_heldout(),
+    log:
+        "results/logs/throughput/{variant}.log",
+    benchmark:
+        "results/benchmarks/throughput/{variant}.tsv"
+    threads: threads_of("evaluate")
+    resources:
+        **resources_of("evaluate"),
+    conda:
+        "../../envs/eval.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} rrt throughput --model {input.model} --original {input.original} "
+        "--heldout {input.data}/heldout_{params.heldout} --out {output} --prompts {params.cfg[prompts]} "
+        "--prompt-tokens {params.prompt_tokens} --max-new-tokens {params.cfg[max_new_tokens]} "
+        "--max-batch {params.cfg[max_batch]} --exit-kv {params.cfg[exit_kv]} --seed {params.cfg[seed]} "
+        "{params.exits} > {log} 2>&1"

@@ -3,6 +3,7 @@ rule aggregate:
     input:
         evals=expand("results/eval/{variant}.json", variant=VARIANTS.index),
         train=[f"results/train/{v}/train_summary.json" for v in VARIANTS.index if needs_training(v)],
+        throughput=expand("results/throughput/{variant}.json", variant=throughput_variants()),
         variants=config["variants"],
         paper=config.get("paper_reference", []),
         benchmarks=benchmark_files(),
@@ -34,6 +35,11 @@ rule aggregate:
                               category="2. Figures", labels={"figure": "exit rate vs threshold"}),
         fig_exit_tradeoff=report("results/figures/exit_tradeoff.png", caption="../report/exit_tradeoff.rst",
                                  category="2. Figures", labels={"figure": "accuracy vs exit rate"}),
+        throughput_table=report("results/tables/throughput.csv", caption="../report/throughput.rst",
+                                category="1. Results", labels={"table": "throughput"}),
+        throughput_md="results/tables/throughput.md",
+        fig_throughput=report("results/figures/throughput_accuracy.png", caption="../report/throughput_accuracy.rst",
+                              category="2. Figures", labels={"figure": "throughput vs accuracy"}),
     params:
         paper=optional_args(paper=config.get("paper_reference")),
         train_settings=lambda wc: train_settings_json(),
@@ -46,7 +52,7 @@ rule aggregate:
         "../../envs/report.yaml"
     shell:
         "rrt aggregate --variants {input.variants} {params.paper} --eval-dir results/eval "
-        "--train-dir results/train --tables results/tables "
+        "--train-dir results/train --throughput-dir results/throughput --tables results/tables "
         "--figures results/figures --benchmarks results/benchmarks --train-settings '{params.train_settings}' "
         "> {log} 2>&1"
 

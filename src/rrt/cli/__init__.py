@@ -35,6 +35,7 @@ from ..settings import (
     SERVE,
     SHARINGS,
     TASKS,
+    THROUGHPUT,
     TRAIN,
 )
 
@@ -257,6 +258,26 @@ def _serve_commands(sub) -> None:
     g.add_argument("--max-batch", type=int, default=SERVE["max_batch"],
                    help="requests in flight (depthwise) or per static batch (hf)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    t = _command(sub, "throughput", "serve:throughput",
+                 help="tokens/s of a model in the depth-wise engine (and with early exit) against its full-size "
+                      "original's generate, measured side by side, as JSON")
+    t.add_argument("--model", required=True, help="HF model directory (base or recursive)")
+    t.add_argument("--original", default=None,
+                   help="the full-size original (speed-ups are over its generate in this run); default: --model")
+    t.add_argument("--heldout", required=True, help="held-out token store written by `rrt tokenize` (the prompts)")
+    t.add_argument("--out", required=True, help="JSON result (written atomically)")
+    t.add_argument("--prompts", type=int, default=THROUGHPUT["prompts"])
+    t.add_argument("--prompt-tokens", default=",".join(str(n) for n in THROUGHPUT["prompt_tokens"]), metavar="MIN,MAX",
+                   help="each prompt is a held-out document cut to a seeded length in [MIN, MAX]")
+    t.add_argument("--max-new-tokens", type=int, default=THROUGHPUT["max_new_tokens"])
+    t.add_argument("--max-batch", type=int, default=THROUGHPUT["max_batch"],
+                   help="requests in flight (depthwise) or per static batch (hf)")
+    t.add_argument("--exit-thresholds", action="append", metavar="CRITERION=T1,T2,...",
+                   help="also run the engine exiting at each of these thresholds; repeatable")
+    t.add_argument("--exit-kv", choices=EXIT_KV_MODES, default=THROUGHPUT["exit_kv"])
+    t.add_argument("--seed", type=int, default=THROUGHPUT["seed"], help="seed of the prompt lengths")
+    t.add_argument("--device", default="auto", help="auto (cuda if there is one, in bf16; else cpu, fp32), cpu, cuda")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
 def _report_commands(sub) -> None:
@@ -270,6 +291,9 @@ def _report_commands(sub) -> None:
     p.add_argument("--figures", required=True, help="output directory for figures")
     p.add_argument("--benchmarks", default=None,
                    help="Snakemake benchmark directory: adds stage_times.csv/.md to --tables")
+    p.add_argument("--throughput-dir", default=None,
+                   help="`rrt throughput` results (<variant>.json of the variants with throughput true): adds "
+                        "throughput.csv/.md and throughput_accuracy.png")
     p.add_argument("--train-settings", default=None,
                    help="JSON of the workflow's train settings: the report states the choices the paper leaves open")
     pl = _command(sub, "plan", "plan:plan",

@@ -17,7 +17,7 @@ def aggregate(args) -> None:
         if path is not None and Path(path).is_dir():
             raise UsageError(f"{flag} {path} is a directory, not a TSV file")
     for flag, path in (("--eval-dir", args.eval_dir), ("--train-dir", args.train_dir),
-                       ("--benchmarks", args.benchmarks)):
+                       ("--benchmarks", args.benchmarks), ("--throughput-dir", args.throughput_dir)):
         if path is not None and Path(path).is_file():
             raise UsageError(f"{flag} {path} is a file, not a directory")
     for flag, path in (("--tables", args.tables), ("--figures", args.figures)):
@@ -31,7 +31,8 @@ def aggregate(args) -> None:
     try:
         with checks.removed_on_error(args.tables, args.figures):
             summary = aggregate_results(args.variants, args.paper, args.eval_dir, args.train_dir, args.tables,
-                                        args.figures, args.benchmarks, train_settings)
+                                        args.figures, args.benchmarks, train_settings,
+                                        args.throughput_dir)
     except FileNotFoundError as e:
         raise UsageError(f"missing result: {e.filename}") from None
     print(summary.to_markdown(index=False, floatfmt=".2f"))

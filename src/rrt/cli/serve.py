@@ -13,8 +13,10 @@ from ..io import atomic_write_text
 from ..model.load import load_config_dir, load_model_dir
 from ..serve.engine import DepthwiseEngine
 from ..serve.hf import hf_generate
+from ..serve.throughput import heldout_prompts, measure_throughput
 from ..settings import EXIT_CRITERIA
 from . import checks
+from .eval import parse_thresholds
 
 
 def parse_exit(spec: str) -> tuple[str, float] | None:
@@ -90,3 +92,51 @@ def generate(args) -> None:
     generated = sum(map(len, tokens))
     print(f"{len(prompts)} prompts, {generated} tokens in {seconds:.1f} s ({generated / seconds:.1f} tokens/s, "
           f"{args.engine}); written to {args.out}")
+
+
+def _prompt_lengths(spec: str) -> tuple[int, int]:
+    low, sep, high = spec.partition(",")
+    try:
+        lengths = (int(low), int(high if sep else low))
+    except ValueError:
+        raise UsageError(f"--prompt-tokens must be MIN,MAX (token counts), got {spec!r}") from None
+    if not 1 <= lengths[0] <= lengths[1]:
+        raise UsageError(f"--prompt-tokens must be 1 <= MIN <= MAX, got {spec!r}")
+    return lengths
+
+
+def throughput(args) -> None:
+    for flag, path in (("--original", args.original), ("--model", args.model)):
+        if path is not None:
+            config = load_config_dir(path, flag)
+            checks.check_weights(path, flag)
+    if not (Path(args.heldout) / "manifest.json").is_file():
+        raise UsageError(f"--heldout {args.heldout} is not a token store written by `rrt tokenize` (no manifest.json)")
+    checks.output_file(args.out, "--out")
+    for flag, value in (("--prompts", args.prompts), ("--max-new-tokens", args.max_new_tokens),
+                        ("--max-batch", args.max_batch)):
+        checks.at_least(flag, value, 1)
+    lengths = _prompt_lengths(args.prompt_tokens)
+    thresholds = parse_thresholds(args.exit_thresholds, "--exit-thresholds", {})
+    if thresholds and getattr(config, "model_type", None) != "recursive":
+        raise UsageError(f"--exit-thresholds: {args.model} is not a recursive model (no exits)")
+    if args.threads is not None:
+        checks.at_least("--threads", args.threads, 1)
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    try:
+        prompts = heldout_prompts(args.heldout, args.prompts, lengths, args.seed)
+    except ValueError as e:
+        raise UsageError(f"--heldout {e}") from None
+    model = load_model_dir(args.model, "--model", dtype=dtype).to(device).eval()
+    same = args.original is None or Path(args.original).resolve() == Path(args.model).resolve()
+    original = None if same else load_model_dir(args.original, "--original", dtype=dtype).to(device).eval()
+    try:
+        result = measure_throughput(model, original, prompts, new_tokens=args.max_new_tokens, batch=args.max_batch,
+                                    exit_thresholds=thresholds, exit_kv=args.exit_kv, same_model=same)
+    except ValueError as e:  # the engine refuses the model (family, sharing)
+        raise UsageError(f"--model {args.model}: {e}") from None
+    result |= {"model": str(args.model), "original": str(args.original or args.model), "heldout": str(args.heldout)}
+    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+    print(f"written to {args.out}")

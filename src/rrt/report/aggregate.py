@@ -14,6 +14,8 @@ from ..settings import TASKS
 from ..variants import read_variants
 from .early_exit import exit_figures, exit_table, read_exits, threshold_table
 from .figures import make_figures
+from .throughput import FIGURE as THROUGHPUT_FIGURE
+from .throughput import throughput_figure, throughput_table
 
 ACC_COLUMNS = [f"acc_{t}" for t in TASKS] + ["acc_avg"]
 # Our choices where the paper is silent; stated beside every trained row of the comparison.
@@ -155,8 +157,17 @@ def write_early_exit(variants: pd.DataFrame, eval_dir: Path, paper: pd.DataFrame
     exit_figures(per_exit, thresholds, figures_dir)
 
 
+def write_throughput(variants: pd.DataFrame, throughput_dir: Path, eval_dir: Path, tables_dir: Path,
+                     figures_dir: Path) -> None:
+    """The throughput table and its figure against accuracy (header-only / "none" without
+    variants asking for throughput)."""
+    table = throughput_table(variants, throughput_dir, eval_dir)
+    _write(table, tables_dir / "throughput")
+    throughput_figure(table, figures_dir / THROUGHPUT_FIGURE)
+
+
 def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_dir, bench_dir=None,
-              train_settings: dict | None = None) -> pd.DataFrame:
+              train_settings: dict | None = None, throughput_dir=None) -> pd.DataFrame:
     variants = read_variants(variants_tsv).reset_index(drop=True)
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
@@ -167,6 +178,8 @@ def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_
     _write(compare_with_paper(summary, variants, paper, train_settings), tables_dir / "paper_comparison")
     make_figures(summary, variants, loss_curves(variants, Path(train_dir)), figures_dir)
     write_early_exit(variants, Path(eval_dir), paper, tables_dir, figures_dir)
+    if throughput_dir is not None:
+        write_throughput(variants, Path(throughput_dir), Path(eval_dir), tables_dir, figures_dir)
     if bench_dir is not None:
         _write(stage_times(Path(bench_dir)), tables_dir / "stage_times")
     return summary
