@@ -43,6 +43,16 @@ def test_engine_tokens_are_generates_tokens(models, kind):
     assert engine.cache.free == [0, 1]  # every slot given back
 
 
+@pytest.mark.parametrize("kind", ["plain", "relaxed"])
+def test_prompts_prefilled_together_match_generate(models, kind):
+    """Every request joins at once: prompts of 3 to 12 tokens prefilled as one right-padded
+    batch (pad positions' KV is overwritten before any query reaches it)."""
+    model = models[kind]
+    prompts = _prompts()
+    done = DepthwiseEngine(model, max_batch=len(prompts), max_len=32).generate(prompts, NEW)
+    assert [r.tokens for r in done] == [hf_generate(model, [p], NEW)[0] for p in prompts]
+
+
 @pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3", "gpt_neox"])
 def test_other_families_match_generate(family):
     """Gemma's scaled embedding; Gemma 2/3's sliding (window 4) and global depths sharing a
@@ -160,6 +170,39 @@ def test_continued_exits_are_the_simulated_early_exit(models):
         with torch.no_grad(), exit_readout(model, read_when_confident(model, "max_prob", threshold)):
             simulated = model(input_ids=ids).logits[0, len(p) - 1:].argmax(-1).tolist()
         assert r.tokens == simulated
+
+
+def test_teacher_forced_scores_are_the_simulated_early_exits(models):
+    """`score` feeds given continuations through the same steps: with `continue` each token's
+    -log p is the simulated exit's (the full model over the sequence, read at each position's
+    first confident exit); without an exit, the model's own; `propagate` approximates the
+    deeper KV, so its scores differ once a token has exited."""
+    from rrt.model.exits import exit_readout, read_when_confident
+
+    model, prompts = models["relaxed"], _prompts()
+    continuations = _prompts(lengths=(8, 6, 9, 7, 8), seed=5)
+    threshold = _threshold(model, prompts)
+
+    def reference(p, c, rule=None):
+        ids = torch.tensor([p + c])
+        with torch.no_grad(), (exit_readout(model, rule) if rule else torch.no_grad()):
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, len(p) - 1:-1].float(), -1)
+        return (-logp[torch.arange(len(c)), torch.tensor(c)]).tolist()
+
+    plain = DepthwiseEngine(model, max_batch=2, max_len=32).score(prompts, continuations)
+    for p, c, r in zip(prompts, continuations, plain):
+        assert r.tokens == c and r.exit_loops == [3] * len(c)
+        assert r.nll == pytest.approx(reference(p, c), abs=1e-4)
+    rule = ("max_prob", threshold)
+    cont = DepthwiseEngine(model, max_batch=2, max_len=32, exit_rule=rule, exit_kv="continue").score(
+        prompts, continuations)
+    for p, c, r in zip(prompts, continuations, cont):
+        assert r.nll == pytest.approx(reference(p, c, read_when_confident(model, "max_prob", threshold)), abs=1e-4)
+    assert 0 < sum(x < 3 for r in cont for x in r.exit_loops) < sum(map(len, continuations))
+    prop = DepthwiseEngine(model, max_batch=2, max_len=32, exit_rule=rule, exit_kv="propagate").score(
+        prompts, continuations)
+    gaps = [abs(a - b) for rp, rc in zip(prop, cont) for a, b in zip(rp.nll, rc.nll)]
+    assert max(gaps) > 1e-3
 
 
 @pytest.mark.parametrize("exit_kv", ["propagate", "continue"])

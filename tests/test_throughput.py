@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from rrt.model.convert import convert
 from rrt.report.throughput import COLUMNS, throughput_figure, throughput_table
@@ -83,6 +84,17 @@ def test_every_setting_measured_against_the_originals_generate(models, tmp_path)
     assert settings["exit_max_prob_1"]["criterion"] == "max_prob" and settings["exit_max_prob_1"]["exit_kv"] == "propagate"
     # the recursive model holds half the layers' weights of the original
     assert settings["hf"]["memory_mb"] < settings["hf_original"]["memory_mb"]
+    # held-out quality: each prompt's second half given its first, as the model itself scores it
+    nll = []
+    for p in prompts:
+        with torch.no_grad():
+            logp = torch.log_softmax(recursive(input_ids=torch.tensor([p])).logits[0], -1)
+        half = len(p) // 2
+        nll += [-logp[i - 1, p[i]].item() for i in range(half, len(p))]
+    assert settings["depthwise"]["heldout_ppl"] == pytest.approx(math.exp(sum(nll) / len(nll)), rel=1e-4)
+    assert settings["exit_max_prob_1"]["heldout_ppl"] == settings["depthwise"]["heldout_ppl"]
+    assert settings["exit_max_prob_1e-09"]["heldout_ppl"] != settings["depthwise"]["heldout_ppl"]
+    assert "heldout_ppl" not in settings["hf"]
     assert result["prompt_tokens"] == [min(map(len, prompts)), max(map(len, prompts))]
     assert result["machine"]["device"] == "cpu"
 

@@ -12,7 +12,8 @@ sequence-wise batching.
 Per step the work is a few tensor calls per shared layer: rows carry their depth, slot
 and position as tensors (`rrt.serve.cache`), relaxed models add each depth's LoRA to its
 own rows (`rrt.model.relax.RowGroups`), and the decoder layers are transformers' own.
-Prompts are prefilled one request at a time through every depth before it joins.
+The prompts of requests joining at once are prefilled together (right-padded) through
+every depth before they join.
 Greedy decoding.
 """
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Request:
     tokens: list[int] = field(default_factory=list)
     exit_loops: list[int] = field(default_factory=list)
     slot: int = -1
+    forced: list[int] | None = None   # teacher forcing (`score`): these tokens are fed instead of the greedy ones
+    nll: list[float] = field(default_factory=list)  # with `forced`: each forced token's -log p at its exit
     rows: int = 0          # rows in flight: the next token's, and exited tokens' still filling KV
     done: bool = False
 
@@ -102,6 +105,7 @@ class DepthwiseEngine:
         self.cache = DepthKVCache(self.depths, max_batch, kv_heads, head_dim, max_len,
                                   dtype=self.dtype, device=self.device)
         self.eos_token_id = eos_token_id
+        self._scoring = False
 
     def _owners_of(self, slot: int) -> dict:
         """{placeholder of shared layer `slot`: {depth: that depth's own module}}."""
@@ -153,34 +157,44 @@ class DepthwiseEngine:
             hidden = self._run_layer(k, hidden, loop * self.per_loop + k, slot, positions, length)
         return hidden
 
-    def _next_tokens(self, hidden):
-        """Greedy tokens from the last position's (rows, d) hidden state at the final depth."""
-        return exit_logits(self.model, hidden).argmax(-1)
-
     # --- requests ---------------------------------------------------------------------
-    def _prefill(self, r: Request) -> Row | None:
-        """The prompt through every depth (its KV at each: later tokens may go deeper), and
-        its first token from the last position's first confident exit (the last loop's
-        without an exit rule)."""
-        r.slot = self.cache.allocate()
-        ids = torch.tensor([r.prompt], device=self.device)
-        positions = torch.arange(len(r.prompt), device=self.device)[None]
-        slot = torch.tensor([r.slot], device=self.device)
+    def _prefill(self, joining: list[Request]) -> list[Row | None]:
+        """The prompts of requests joining together, right-padded to one length, through every
+        depth (their KV at each: later tokens may go deeper); each one's first token from its
+        last prompt position's first confident exit (the last loop's without an exit rule).
+        A pad position's KV is overwritten by the request's own token there before any query
+        can reach it (keys at or after a query's position are masked)."""
+        n, width = len(joining), max(len(r.prompt) for r in joining)
+        ids = torch.zeros(n, width, dtype=torch.long, device=self.device)
+        for i, r in enumerate(joining):
+            r.slot = self.cache.allocate()
+            ids[i, :len(r.prompt)] = torch.tensor(r.prompt, device=self.device)
+        positions = torch.arange(width, device=self.device)[None].expand(n, -1)
+        slot = torch.tensor([r.slot for r in joining], device=self.device)
+        last = torch.tensor([len(r.prompt) - 1 for r in joining], device=self.device)
         hidden = self.embed(ids)
-        first = None
+        first: list[tuple | None] = [None] * n  # (token, loops, logits)
         for b in range(self.loops):
-            loop = torch.tensor([b], device=self.device)
-            hidden = self._run_loop(hidden, loop, slot, positions, len(r.prompt))
-            if first is None:
-                leaving, tokens = self._exiting(hidden[:, -1:], loop)
-                first = (int(tokens[0]), b + 1) if len(leaving) else None
-        return self._emit(r, first[0], first[1], len(r.prompt))
+            loop = torch.full((n,), b, device=self.device)
+            hidden = self._run_loop(hidden, loop, slot, positions, width)
+            pending = torch.tensor([i for i in range(n) if first[i] is None], dtype=torch.long, device=self.device)
+            if len(pending):
+                leaving, tokens, logits = self._exiting(hidden[pending, last[pending]][:, None], loop[pending])
+                for j, (i, token) in enumerate(zip(pending[leaving].tolist(), tokens.tolist())):
+                    first[i] = (token, b + 1, None if logits is None else logits[j])
+        return [self._emit(r, *first[i], len(r.prompt)) for i, r in enumerate(joining)]
 
-    def _emit(self, r: Request, token: int, loops: int, position: int) -> Row | None:
-        """Record a token; the row of the next one (None once the request is done)."""
+    def _emit(self, r: Request, token: int, loops: int, logits, position: int) -> Row | None:
+        """Record a token (a teacher-forced request: its forced token, scored with `logits`);
+        the row of the next one (None once the request is done)."""
+        if r.forced is not None:
+            target = r.forced[len(r.tokens)]
+            r.nll.append(float(-torch.log_softmax(logits.float(), -1)[target]))
+            token = target
         r.tokens.append(token)
         r.exit_loops.append(loops)
-        r.done = len(r.tokens) >= r.max_new_tokens or (self.eos_token_id is not None and token == self.eos_token_id)
+        eos = r.forced is None and self.eos_token_id is not None and token == self.eos_token_id
+        r.done = len(r.tokens) >= r.max_new_tokens or eos
         if r.done:
             return None
         r.rows += 1
@@ -193,11 +207,21 @@ class DepthwiseEngine:
         if r.done and r.rows == 0:
             self.cache.release(r.slot)
 
+    def score(self, prompts: list[list[int]], continuations: list[list[int]]) -> list[Request]:
+        """Teacher-forced: each continuation fed token by token after its prompt, through the
+        same steps, exits and KV handling as generation; each Request's `nll` holds every
+        continuation token's -log p at the exit that read it out (its `exit_loops`)."""
+        if len(prompts) != len(continuations) or any(not c for c in continuations):
+            raise ValueError("score needs one non-empty continuation per prompt")
+        return self.generate(prompts, max(map(len, continuations)), forced=continuations)
+
     @torch.inference_mode()
-    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[Request]:
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, forced=None) -> list[Request]:
         """Greedy continuations of token-id prompts, in input order (each Request's
         `tokens` and per-token `exit_loops`)."""
-        requests = [Request(i, list(p), max_new_tokens) for i, p in enumerate(prompts)]
+        requests = [Request(i, list(p), max_new_tokens if forced is None else len(forced[i]),
+                            forced=None if forced is None else list(forced[i])) for i, p in enumerate(prompts)]
+        self._scoring = forced is not None
         for r in requests:
             if not r.prompt:
                 raise ValueError(f"prompt {r.index} is empty")
@@ -206,31 +230,34 @@ class DepthwiseEngine:
                                  f"{self.cache.max_len}")
         waiting, rows = deque(requests), []
         while waiting or rows:
-            while waiting and self.cache.free:
-                r = waiting.popleft()
-                row = self._prefill(r)
-                if row is None:  # done with its first token
-                    self.cache.release(r.slot)
-                else:
-                    rows.append(row)
+            joining = [waiting.popleft() for _ in range(min(len(waiting), len(self.cache.free)))]
+            if joining:
+                for r, row in zip(joining, self._prefill(joining)):
+                    if row is None:  # done with its first token
+                        self.cache.release(r.slot)
+                    else:
+                        rows.append(row)
             if rows:
                 rows = self._step(rows)
         return requests
 
-    def _exiting(self, hidden, loop, emitted=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(row indices, tokens) of rows that leave after this loop: the last loop's, and
-        with an exit rule the intermediate ones confident enough (`is_confident`). Rows
-        whose token was already `emitted` (a bool per row) are not read out."""
+    def _exiting(self, hidden, loop, emitted=None):
+        """(row indices, greedy tokens, their logits when scoring else None) of rows that
+        leave after this loop: the last loop's, and with an exit rule the intermediate ones
+        confident enough (`is_confident`). Rows whose token was already `emitted` (a bool
+        per row) are not read out."""
         pending = torch.ones_like(loop, dtype=torch.bool) if emitted is None else ~emitted
         final = ((loop == self.loops - 1) & pending).nonzero().flatten()
-        tokens = self._next_tokens(hidden[final, -1])
+        final_logits = exit_logits(self.model, hidden[final, -1])
         if self.exit_rule is None or self.loops == 1:
-            return final, tokens
+            return final, final_logits.argmax(-1), final_logits if self._scoring else None
         criterion, threshold = self.exit_rule
         inter = ((loop < self.loops - 1) & pending).nonzero().flatten()
         logits = exit_logits(self.model, hidden[inter, -1])
         confident = is_confident(exit_confidence(logits, criterion), criterion, threshold)
-        return torch.cat([final, inter[confident]]), torch.cat([tokens, logits[confident].argmax(-1)])
+        leaving_logits = torch.cat([final_logits, logits[confident]])
+        return (torch.cat([final, inter[confident]]), leaving_logits.argmax(-1),
+                leaving_logits if self._scoring else None)
 
     def _step(self, rows: list[Row]) -> list[Row]:
         """Every row one loop deeper; rows that leave are read out and their requests' next
@@ -242,8 +269,9 @@ class DepthwiseEngine:
         length = int(positions.max()) + 1
         hidden = self._run_loop(hidden, loop, slot, positions, length)
         shadow = torch.tensor([row.shadow for row in rows], device=self.device)
-        leaving, tokens = self._exiting(hidden, loop, emitted=shadow)
+        leaving, tokens, logits = self._exiting(hidden, loop, emitted=shadow)
         emitted = dict(zip(leaving.tolist(), tokens.tolist()))
+        read = {i: None if logits is None else logits[j] for j, i in enumerate(leaving.tolist())}
         early = [i for i in emitted if rows[i].loop < self.loops - 1]
         if early and self.exit_kv == "propagate":
             self._propagate(hidden[early], loop[early], slot[early], positions[early], length)
@@ -251,7 +279,7 @@ class DepthwiseEngine:
         for i, row in enumerate(rows):
             last = row.loop == self.loops - 1
             if i in emitted:
-                nxt = self._emit(row.request, emitted[i], row.loop + 1, row.position + 1)
+                nxt = self._emit(row.request, emitted[i], row.loop + 1, read[i], row.position + 1)
                 following += [nxt] if nxt is not None else []
                 if not last and self.exit_kv == "continue":  # runs on, emitted, to fill its deeper KV
                     following.append(Row(row.request, row.position, row.loop + 1, hidden[i], shadow=True))

@@ -8,12 +8,15 @@ Settings, each timed over the same prompts after a warm-up:
   depthwise     the model in the depth-wise batching engine, no exit
   exit          (early-exit models) the engine exiting at each confidence threshold, with
                 the agreement of its tokens with the no-exit ones
+Every engine setting also gets `heldout_ppl`: each prompt's second half scored given its
+first, teacher-forced through the engine with that setting's exits and KV handling.
 
 Prompts are pieces of held-out documents (a token store, `rrt.data.shards`) of seeded
 lengths, so prompts are never text the model was trained on.
 """
 from __future__ import annotations
 
+import math
 import platform
 import time
 
@@ -109,7 +112,22 @@ def measure(name: str, model, prompts, new_tokens: int, batch: int, engine: str,
         out["ms_per_token_batch1"] = round(1000 * (time.perf_counter() - start) / latency_tokens, 2)
     if reference is not None:
         out["agreement_with_no_exit"] = round(agreement(tokens, reference), 4)
+    if engine == "depthwise":
+        out["heldout_ppl"] = round(forced_perplexity(model, prompts, **engine_kwargs), 4)
     return out | {"_tokens": tokens}
+
+
+def forced_perplexity(model, prompts: list[list[int]], **engine_kwargs) -> float:
+    """Perplexity of each prompt's second half given its first, teacher-forced through the
+    engine with its exit rule and KV mode (`DepthwiseEngine.score`): the quality of what an
+    exit setting serves, on held-out text."""
+    halves = [(p[:max(1, len(p) // 2)], p[max(1, len(p) // 2):]) for p in prompts if len(p) > 1]
+    heads, tails = zip(*halves)
+    length = max(map(len, prompts))
+    done = DepthwiseEngine(model, max_batch=len(halves), max_len=length, **engine_kwargs).score(list(heads),
+                                                                                              list(tails))
+    nll = [x for r in done for x in r.nll]
+    return math.exp(sum(nll) / len(nll))
 
 
 def measure_throughput(model, original, prompts: list[list[int]], *, new_tokens: int = THROUGHPUT["max_new_tokens"],
