@@ -81,7 +81,7 @@ def test_every_setting_measured_against_the_originals_generate(models, tmp_path)
     assert settings["exit_max_prob_1e-09"]["mean_loops"] == 1.0
     assert settings["exit_max_prob_1"]["mean_loops"] == 2.0
     assert settings["exit_max_prob_1"]["agreement_with_no_exit"] == 1.0
-    assert settings["exit_max_prob_1"]["criterion"] == "max_prob" and settings["exit_max_prob_1"]["exit_kv"] == "propagate"
+    assert settings["exit_max_prob_1"]["criterion"] == "max_prob" and settings["exit_max_prob_1"]["exit_kv"] == "continue"
     # the recursive model holds half the layers' weights of the original
     assert settings["hf"]["memory_mb"] < settings["hf_original"]["memory_mb"]
     # held-out quality: each prompt's second half given its first, as the model itself scores it

@@ -26,7 +26,7 @@ import torch
 from ..model.exits import exit_confidence, exit_logits, is_confident
 from ..model.families import family_of
 from ..model.relax import RowGroups
-from ..settings import EXIT_KV_MODES
+from ..settings import EXIT_KV_MODES, SERVE
 from .cache import DepthKVCache, RowCache, attention_mask
 
 # Families whose decoder layers, rotary embeddings and embedding the engine drives as is (the
@@ -65,7 +65,7 @@ class DepthwiseEngine:
     each up to `max_len` tokens (prompt + generated)."""
 
     def __init__(self, model, *, max_batch: int = 8, max_len: int = 1024, eos_token_id: int | None = None,
-                 exit_rule: tuple[str, float] | None = None, exit_kv: str = "propagate"):
+                 exit_rule: tuple[str, float] | None = None, exit_kv: str = SERVE["exit_kv"]):
         self.model = model.eval()
         if exit_kv not in EXIT_KV_MODES:
             raise ValueError(f"exit_kv must be one of {', '.join(EXIT_KV_MODES)}, got {exit_kv!r}")
