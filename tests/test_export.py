@@ -2,6 +2,7 @@
 trust_remote_code=True in a process that cannot import rrt, an unrolled plain checkpoint of
 the base family with the recursive model's logits, no pickles in any model directory we
 write, and the real `lm_eval` command line on both exports scoring as `rrt eval` does."""
+import ast
 import json
 import os
 import subprocess
@@ -66,9 +67,14 @@ def _tokenizer():
 def test_remote_code_is_generated_from_the_package():
     files = remote_code_files()
     assert sorted(files) == REMOTE_FILES
+    flat = {name.removesuffix(".py") for name in files}
     for name, text in files.items():
-        compile(text, name, "exec")
-        assert "from .." not in text and "import rrt" not in text and "from rrt" not in text, name
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and node.level:  # only flat imports of the files beside it
+                assert node.level == 1 and node.module in flat, (name, ast.unparse(node))
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                assert not any(m.split(".")[0] == "rrt" for m in mods), (name, ast.unparse(node))
     assert "from .rrt_relax import DepthLinear" in files["modeling_rrt.py"]
     assert "from .rrt_settings import INITS, SHARINGS" in files["rrt_sharing.py"]
     assert "SHARINGS = ('cycle', 'sequence')" in files["rrt_settings.py"]
