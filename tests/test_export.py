@@ -246,7 +246,7 @@ def _lm_eval_scores(out: Path) -> dict:
         scores[task] = {k.split(",")[0]: v for k, v in metrics.items() if k.split(",")[0] in ("acc", "acc_norm")}
         (samples,) = out.rglob(f"samples_{name}_*.jsonl")
         rows = sorted((json.loads(line) for line in samples.read_text().splitlines()), key=lambda r: r["doc_id"])
-        for key in scores[task]:
+        for key in list(scores[task]):
             scores[task][f"{key}_items"] = [float(r[key]) for r in rows]
         scores[task]["loglikelihoods"] = [[float(resp[0][0]) for resp in r["resps"]] for r in rows]
     return scores
