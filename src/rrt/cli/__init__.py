@@ -87,6 +87,19 @@ def _model_commands(sub) -> None:
     m.add_argument("--layers", type=int, default=4, help="tiny: layers")
     m.add_argument("--hidden-size", type=int, default=32, help="tiny: hidden size")
 
+    x = _command(sub, "export", "model:export",
+                 help="write a model that plain transformers loads: self-contained (remote code) or unrolled",
+                 description="Default: weights, config (auto_map), tokenizer and the generated modeling code; "
+                             "plain transformers loads it with trust_remote_code=True. --unrolled: a plain "
+                             "checkpoint of the base family (each depth's shared layer with its LoRA merged), "
+                             "loadable by any tool that knows the family, at the full model's size.")
+    x.add_argument("model", help="HF model directory (recursive; a plain model is written as is)")
+    x.add_argument("--out", required=True, help="output directory (must not exist)")
+    x.add_argument("--unrolled", action="store_true",
+                   help="a plain base-family checkpoint of L layers (no custom code; the memory saving is gone)")
+    x.add_argument("--push-to-hub", metavar="REPO", default=None,
+                   help="also upload the exported directory to this HF Hub model repo (needs the hub)")
+
     r = _command(sub, "reduce", "model:reduce",
                  help="reduced-size non-recursive baseline: the first K layers, or random")
     r.add_argument("--base", required=True)

@@ -1,17 +1,22 @@
-"""Handlers of `rrt convert`, `rrt info`, `rrt base-model` and `rrt reduce`."""
+"""Handlers of `rrt convert`, `rrt info`, `rrt export`, `rrt base-model` and `rrt reduce`."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UsageError
+from huggingface_hub import HfApi
+from huggingface_hub import constants as hub_constants
+
+from ..errors import UsageError, first_line
 from ..io import atomic_output_dir, atomic_write_json
 from ..model import base_models
 from ..model.baselines import reduce_depth
 from ..model.convert import convert as convert_model
 from ..model.convert import parse_rank, rank_caps, recorded_rank
 from ..model.describe import describe
+from ..model.export_remote import save_self_contained
+from ..model.export_unrolled import is_recursive, unroll
 from ..model.families import family_of
-from ..model.load import copy_tokenizer, load_config_dir, load_model_dir
+from ..model.load import copy_tokenizer, load_config_dir, load_model_dir, pickles_in
 from ..model.params import count_params
 from ..model.sharing import depth_to_slot
 from . import checks
@@ -84,6 +89,45 @@ def info(args) -> None:
     print(describe(model))
     if args.json:
         atomic_write_json(args.json, count_params(model))
+
+
+def export(args) -> None:
+    out = checks.new_output_dir(args.out)
+    if args.push_to_hub and hub_constants.HF_HUB_OFFLINE:
+        raise UsageError("--push-to-hub: HF_HUB_OFFLINE is set, the hub is not reachable "
+                         "(unset it, or export without --push-to-hub)")
+    config = load_config_dir(args.model)
+    try:
+        family = family_of(config.text_config if config.model_type == "recursive" else config)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    checks.check_weights(args.model, "model")
+    model = load_model_dir(args.model, dtype="auto")
+    with checks.removed_on_error(out), atomic_output_dir(out) as tmp:
+        if not is_recursive(model):
+            model.save_pretrained(tmp)
+            note = f"note: {args.model} is a plain {family.name} model: written as is (no custom code needed)"
+        elif args.unrolled:
+            plain = unroll(model)
+            plain.save_pretrained(tmp)
+            note = (f"unrolled: a plain {family.name} model of {plain.config.num_hidden_layers} layers "
+                    f"(the {len(model.recursive_block)} shared layers' saving is gone)")
+        else:
+            save_self_contained(model, tmp)
+            note = "self-contained: load with AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)"
+        copy_tokenizer(args.model, tmp)
+        if pickles_in(tmp):  # the input may hold pickles; the export never does
+            raise RuntimeError(f"the export would hold pickles: {', '.join(pickles_in(tmp))}")
+    print(note)
+    print(f"saved to {out}")
+    if args.push_to_hub:
+        try:
+            api = HfApi()
+            api.create_repo(args.push_to_hub, repo_type="model", exist_ok=True)
+            api.upload_folder(repo_id=args.push_to_hub, folder_path=str(out), repo_type="model")
+        except Exception as e:
+            raise UsageError(f"--push-to-hub {args.push_to_hub}: {first_line(e)} ({out} is written)") from None
+        print(f"pushed to https://huggingface.co/{args.push_to_hub}")
 
 
 def base_model(args) -> None:

@@ -12,6 +12,8 @@ from ..errors import UsageError, first_line
 from . import modeling  # noqa: F401  registers the `recursive` model type
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# Files a model directory we write never holds: pickles (loading one runs arbitrary code).
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle")
 
 
 def load_config_dir(path: str | Path, what: str = "model"):
@@ -47,3 +49,8 @@ def copy_tokenizer(src: str | Path, dst: str | Path) -> None:
     keep their base's tokenizer, so lm-eval and generate() can use them as they are)."""
     if has_tokenizer(src):
         AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+
+
+def pickles_in(model_dir: str | Path) -> list[str]:
+    """The pickle files (by suffix) in a model directory, sorted."""
+    return sorted(p.name for p in Path(model_dir).iterdir() if p.suffix in PICKLE_SUFFIXES)

@@ -242,5 +242,9 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
         return self.base.generate(*args, **kwargs)
 
 
-AutoConfig.register(RecursiveConfig.model_type, RecursiveConfig)
-AutoModelForCausalLM.register(RecursiveConfig, RecursiveForCausalLM)
+if __name__ == "rrt.model.modeling":
+    # `import rrt` makes the `recursive` type known to the Auto classes. Not as an export's
+    # remote code (rrt.model.export_remote): there transformers registers the classes itself,
+    # and a process that also imported rrt would otherwise register the type twice.
+    AutoConfig.register(RecursiveConfig.model_type, RecursiveConfig)
+    AutoModelForCausalLM.register(RecursiveConfig, RecursiveForCausalLM)

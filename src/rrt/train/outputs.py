@@ -10,9 +10,10 @@ import shutil
 from pathlib import Path
 
 import torch
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from ..io import atomic_write_json, atomic_write_text
-from ..model.load import copy_tokenizer
+from ..model.load import copy_tokenizer, pickles_in
 from .checkpoints import CHECKPOINTS, step_of
 
 FINAL_TMP = ".final.tmp"
@@ -36,7 +37,12 @@ def write_loss_csv(path: Path, history: list[dict], with_kd: bool, exits: int = 
 def save_final(trainer, model_dir, tmp: Path) -> None:
     trainer.save_model(str(tmp))  # every rank: collective under DeepSpeed, rank 0 writes
     if trainer.is_world_process_zero():
+        # save_model also pickles the TrainingArguments: the final model holds safetensors,
+        # configs and the tokenizer only (train_summary.json records the settings).
+        (tmp / TRAINING_ARGS_NAME).unlink(missing_ok=True)
         copy_tokenizer(model_dir, tmp)
+        if pickles_in(tmp):
+            raise RuntimeError(f"the final model would hold pickles: {', '.join(pickles_in(tmp))}")
 
 
 def summary_of(trainer, config: dict, *, steps, micro, accum, block, seconds, session_tokens, resume) -> dict:
