@@ -86,7 +86,7 @@ def test_remote_code_is_generated_from_the_package():
 def test_self_contained_exports_load_without_rrt(tmp_path, ids):
     """Every family, pure sharing and relaxed (cycle, sequence + own norms): plain
     transformers in a process where `import rrt` fails gives the original's logits."""
-    cases = {}
+    cases, generated = {}, {}
     for family in FAMILIES:
         for sharing, rank, norms in VARIANTS:
             name = f"{family}-{sharing}-{rank}-{int(norms)}"
@@ -94,6 +94,9 @@ def test_self_contained_exports_load_without_rrt(tmp_path, ids):
             save_self_contained(model, tmp_path / name)
             with torch.no_grad():
                 cases[name] = model(ids).logits
+            if rank == "4" and sharing == "cycle":  # greedy generate() through the remote code, with its cache
+                generated[name] = model.generate(ids, max_new_tokens=6, do_sample=False, min_new_tokens=6,
+                                                 pad_token_id=0)[:, ids.shape[1]:]
     save_file({"ids": ids}, tmp_path / "ids.safetensors")
     script = textwrap.dedent(f"""
         import sys, torch
@@ -113,15 +116,21 @@ def test_self_contained_exports_load_without_rrt(tmp_path, ids):
             assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
             with torch.no_grad():
                 out[name] = model(ids).logits.contiguous()
+            if name in {sorted(generated)!r}:
+                out[name + ":generated"] = model.generate(ids, max_new_tokens=6, do_sample=False, min_new_tokens=6,
+                                                          pad_token_id=0)[:, ids.shape[1]:].contiguous()
         assert not [m for m in sys.modules if m.startswith("rrt.")]
         save_file(out, {str(tmp_path / 'logits.safetensors')!r})
     """)
     run = subprocess.run([sys.executable, "-c", script], env=_no_rrt_env(tmp_path), capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     got = load_file(tmp_path / "logits.safetensors")
-    assert sorted(got) == sorted(cases)
+    assert sorted(got) == sorted([*cases, *(f"{name}:generated" for name in generated)])
     for name, logits in cases.items():
         assert (got[name] - logits).abs().max().item() <= 1e-6, name
+    assert len(generated) == len(FAMILIES)
+    for name, tokens in generated.items():
+        assert torch.equal(got[f"{name}:generated"], tokens), name
 
 
 def test_self_contained_export_also_loads_beside_rrt(tmp_path, ids):
