@@ -6,7 +6,9 @@
 
 One run, the same prompts for every setting (held-out documents cut to mixed lengths; with
 --shapes, random ids of the same lengths), the same number of requests in flight
-(`--batch`), greedy, `--new` tokens each:
+(`--batch`; with --same-memory, each setting's largest batch within the memory hf_full
+holds at --batch: the paper's max batch, where a recursive model's smaller weights buy
+it more sequences), greedy, `--new` tokens each:
   hf_full            the full-size model, transformers' generate in static batches
   engine_full        the full-size model, our engine (B = 1: continuous sequence-wise batching)
   hf_recursive       the B=2 recursive model (stepwise), transformers' generate
@@ -36,7 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from rrt.model.convert import convert  # noqa: E402
 from rrt.model.shapes import HUB_SHAPES, shape_config  # noqa: E402
-from rrt.serve.throughput import measure  # noqa: E402
+from rrt.serve.throughput import batch_within, hf_cache_bytes, measure, weight_bytes  # noqa: E402
 
 
 def prompts_from(path: str, tokenizer, count: int, lengths: tuple[int, int], seed: int) -> list[list[int]]:
@@ -62,8 +64,9 @@ def random_prompts(vocab: int, count: int, lengths: tuple[int, int], seed: int) 
 
 def run(name, model, prompts, args, engine: bool, reference=None, **engine_kwargs) -> dict:
     """Throughput of one setting over all prompts, and its batch-1 latency on the first."""
-    out = measure(name, model, prompts, args.new, args.batch, "depthwise" if engine else "hf", reference=reference,
-                  latency_tokens=args.latency_new, **engine_kwargs)
+    batch = min(batch_within(model, args.budget, args.length), len(prompts)) if args.same_memory else args.batch
+    out = measure(name, model, prompts, args.new, batch, "depthwise" if engine else "hf", reference=reference,
+                  latency_tokens=args.latency_new, **engine_kwargs) | {"batch": batch}
     print(json.dumps({k: v for k, v in out.items() if k != "_tokens"}), flush=True)
     return out
 
@@ -99,6 +102,8 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=128)
     parser.add_argument("--latency-new", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--same-memory", action="store_true",
+                        help="each setting runs at its largest batch within hf_full's memory at --batch")
     parser.add_argument("--thresholds", default="0.9,0.7,0.5,0.3")
     parser.add_argument("--exit-kv", default="propagate", help="comma-separated: propagate, continue")
     parser.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu, cuda")
@@ -115,6 +120,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype if args.dtype != "auto" else "bfloat16" if device == "cuda" else "float32")
     tokenizer, full, recursive, relaxed, exit_model = models(args, device, dtype)
     lengths = (args.min_prompt, args.max_prompt)
+    args.length = args.max_prompt + args.new
+    args.budget = weight_bytes(full) + hf_cache_bytes(full, args.batch, args.length)
     prompts = (prompts_from(args.heldout, tokenizer, args.prompts, lengths, args.seed) if tokenizer
                else random_prompts(full.config.vocab_size, args.prompts, lengths, args.seed))
     results = [run("hf_full", full, prompts, args, engine=False),

@@ -10,7 +10,15 @@ import torch
 
 from rrt.model.convert import convert
 from rrt.report.throughput import COLUMNS, throughput_figure, throughput_table
-from rrt.serve.throughput import agreement, heldout_prompts, measure_throughput
+from rrt.serve.engine import DepthwiseEngine
+from rrt.serve.throughput import (
+    agreement,
+    batch_within,
+    heldout_prompts,
+    hf_cache_bytes,
+    measure_throughput,
+    weight_bytes,
+)
 
 from .conftest import VOCAB, cli_error, make_tiny
 
@@ -63,6 +71,21 @@ def models():
     return base, convert(base, loops=2, init="stepwise").eval()
 
 
+def test_a_memory_budget_buys_the_recursive_model_a_larger_batch(models):
+    """The paper's max batch: the budget the full-size model fills at batch 3 holds more
+    sequences of the recursive model (half the layers' weights, the same KV per token), and
+    what the engine allocates at that batch fits it while one more sequence would not."""
+    full, recursive = models
+    length = 40
+    budget = weight_bytes(full) + DepthwiseEngine(full, max_batch=3, max_len=length).cache.nbytes()
+    assert batch_within(full, budget, length) == 3
+    batch = batch_within(recursive, budget, length)
+    held = lambda n: weight_bytes(recursive) + DepthwiseEngine(recursive, max_batch=n, max_len=length).cache.nbytes()  # noqa: E731
+    assert batch > 3 and held(batch) <= budget < held(batch + 1)
+    with pytest.raises(ValueError, match="does not hold the model's weights and one sequence of 40 tokens"):
+        batch_within(full, weight_bytes(full), length)
+
+
 def test_every_setting_measured_against_the_originals_generate(models, tmp_path):
     """hf_original is the denominator (speed-up 1); the engine without exit runs both loops
     of every token; a threshold every token reaches exits all at loop 1, an unreachable
@@ -97,6 +120,30 @@ def test_every_setting_measured_against_the_originals_generate(models, tmp_path)
     assert "heldout_ppl" not in settings["hf"]
     assert result["prompt_tokens"] == [min(map(len, prompts)), max(map(len, prompts))]
     assert result["machine"]["device"] == "cpu"
+    assert {s["batch"] for s in settings.values()} == {2} and not result["same_memory"]
+
+
+def test_same_memory_runs_each_setting_at_its_largest_batch(models, tmp_path):
+    """The original at --max-batch sets the budget; the recursive model's settings fill it
+    with more requests (and score the same held-out perplexity as at the smaller batch),
+    never more than there are prompts."""
+    base, recursive = models
+    prompts = heldout_prompts(_store(tmp_path / "h", _docs([20] * 8)), 8, (5, 12))
+    runs = {same: measure_throughput(recursive, base, prompts, new_tokens=40, batch=2, same_memory=same,
+                                     progress=lambda _: None) for same in (False, True)}
+    settings = {s["setting"]: s for s in runs[True]["settings"]}
+    length = max(map(len, prompts)) + 40
+    assert settings["hf_original"]["batch"] == 2
+    assert settings["hf"]["batch"] == settings["depthwise"]["batch"] == batch_within(
+        recursive, weight_bytes(base) + hf_cache_bytes(base, 2, length), length)
+    assert 2 < settings["depthwise"]["batch"] < len(prompts)
+    assert max(s["memory_mb"] for s in settings.values()) <= runs[True]["memory_budget_mb"]
+    assert runs[True]["memory_budget_mb"] == runs[False]["memory_budget_mb"] == settings["hf_original"]["memory_mb"]
+    assert settings["depthwise"]["heldout_ppl"] == next(
+        s for s in runs[False]["settings"] if s["setting"] == "depthwise")["heldout_ppl"]
+    short = measure_throughput(recursive, base, prompts, new_tokens=1, batch=2, same_memory=True,
+                               progress=lambda _: None)
+    assert [s["batch"] for s in short["settings"]] == [2, len(prompts), len(prompts)]
 
 
 def _eval_json(acc, thresholds=None):
@@ -172,12 +219,19 @@ def test_rrt_throughput_writes_every_setting(dirs, capsys):
     assert [s["setting"] for s in result["settings"]] == ["hf_original", "hf", "depthwise", "exit_max_prob_0.5",
                                                           "exit_max_prob_1"]
     assert result["prompts"] == 3 and result["new_tokens"] == 4 and result["batch"] == 2
+    assert not result["same_memory"] and {s["batch"] for s in result["settings"]} == {2}
     assert 8 <= result["prompt_tokens"][0] <= result["prompt_tokens"][1] <= 16
     assert result["original"] == str(dirs / "base")
     # without --original the model is its own reference: no separate hf setting
     assert main(["throughput", "--model", str(dirs / "base"), "--heldout", str(dirs / "heldout"), "--out", str(out),
                  "--prompts", "2", "--max-new-tokens", "2", "--prompt-tokens", "8,8"]) == 0
     assert [s["setting"] for s in json.loads(out.read_text())["settings"]] == ["hf_original", "depthwise"]
+    # --same-memory: the recursive model's settings serve more requests at once in the original's memory
+    assert main(["throughput", "--model", str(dirs / "rec"), "--original", str(dirs / "base"), "--heldout",
+                 str(dirs / "heldout"), "--out", str(out), "--prompts", "3", "--prompt-tokens", "8,16",
+                 "--max-new-tokens", "4", "--max-batch", "1", "--same-memory"]) == 0
+    result = json.loads(out.read_text())
+    assert result["same_memory"] and [s["batch"] for s in result["settings"]] == [1, 3, 3]
 
 
 @pytest.mark.parametrize("argv, match", [

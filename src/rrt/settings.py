@@ -117,7 +117,7 @@ SERVE = {"engine": "depthwise", "max_new_tokens": 128, "max_batch": 8, "exit_kv"
 # job. Early-exit variants exit at eval.exit_task_thresholds, where the task accuracies are.
 THROUGHPUT = {"heldout": None,           # held-out set for prompts; None: the first of data.heldout
               "prompts": 8, "prompt_tokens": [16, 64], "max_new_tokens": 32, "max_batch": 8,
-              "exit_kv": "continue", "seed": 0}
+              "exit_kv": "continue", "same_memory": False, "seed": 0}
 
 # --- cost planning (`rrt plan`; the workflow's `plan` section) ------------------------------
 # `gpu` and `mfu` are the defaults; `gpu_specs` the GPUs it knows: dense bf16 peak

@@ -42,10 +42,11 @@ rule throughput:
         "results/throughput/{variant}.json",
     params:
         # the keys this job uses, so editing the others reruns nothing
-        cfg={k: config["throughput"][k] for k in ("prompts", "max_new_tokens", "max_batch", "exit_kv", "seed")},
+        cfg={k: config["throughput"][k] for k in ("prompts", "max_new_tokens", "max_batch", "exit_kv", "same_memory", "seed")},
         prompt_tokens=",".join(str(n) for n in config["throughput"]["prompt_tokens"]),
         exits=lambda wc: throughput_exit_args(wc.variant),
         heldout=throughput_heldout(),
+        memory="" if config["throughput"]["same_memory"] else "no-",
     log:
         "results/logs/throughput/{variant}.log",
     benchmark:
@@ -60,4 +61,5 @@ rule throughput:
         "--heldout {input.data}/heldout_{params.heldout} --out {output} --prompts {params.cfg[prompts]} "
         "--prompt-tokens {params.prompt_tokens} --max-new-tokens {params.cfg[max_new_tokens]} "
         "--max-batch {params.cfg[max_batch]} --exit-kv {params.cfg[exit_kv]} --seed {params.cfg[seed]} "
+        "--{params.memory}same-memory "
         "{params.exits} > {log} 2>&1"

@@ -288,6 +288,9 @@ def _serve_commands(sub) -> None:
     t.add_argument("--exit-thresholds", action="append", metavar="CRITERION=T1,T2,...",
                    help="also run the engine exiting at each of these thresholds; repeatable")
     t.add_argument("--exit-kv", choices=EXIT_KV_MODES, default=THROUGHPUT["exit_kv"])
+    t.add_argument("--same-memory", action=argparse.BooleanOptionalAction, default=THROUGHPUT["same_memory"],
+                   help="each setting runs as many requests as fit in the memory (weights + KV) the original "
+                        "holds at --max-batch: the paper's max batch")
     t.add_argument("--seed", type=int, default=THROUGHPUT["seed"], help="seed of the prompt lengths")
     t.add_argument("--device", default="auto", help="auto (cuda if there is one, in bf16; else cpu, fp32), cpu, cuda")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")

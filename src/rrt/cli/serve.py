@@ -134,7 +134,8 @@ def throughput(args) -> None:
     original = None if same else load_model_dir(args.original, "--original", dtype=dtype).to(device).eval()
     try:
         result = measure_throughput(model, original, prompts, new_tokens=args.max_new_tokens, batch=args.max_batch,
-                                    exit_thresholds=thresholds, exit_kv=args.exit_kv, same_model=same)
+                                    exit_thresholds=thresholds, exit_kv=args.exit_kv,
+                                    same_memory=args.same_memory, same_model=same)
     except ValueError as e:  # the engine refuses the model (family, sharing)
         raise UsageError(f"--model {args.model}: {e}") from None
     result |= {"model": str(args.model), "original": str(args.original or args.model), "heldout": str(args.heldout)}

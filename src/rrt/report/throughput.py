@@ -21,7 +21,7 @@ from .figures import save_figure  # noqa: E402
 
 FIGURE = "throughput_accuracy.png"
 COLUMNS = ["variant", "base", "setting", "engine", "criterion", "threshold", "exit_kv", "tokens_per_s", "speedup",
-           "mean_loops", "agreement_with_no_exit", "heldout_ppl", "memory_mb", "acc_avg", "acc_avg_se", "device",
+           "mean_loops", "agreement_with_no_exit", "heldout_ppl", "memory_mb", "batch", "acc_avg", "acc_avg_se", "device",
            "dtype"]
 NO_DATA = "no variant asks for throughput in this run"
 
@@ -62,7 +62,7 @@ def throughput_table(variants: pd.DataFrame, throughput_dir: Path, eval_dir: Pat
         original = _read(Path(eval_dir) / f"{originals[v.base]}.json") if v.base in originals else None
         for s in result["settings"]:
             acc, se = _accuracy(s, own, original)
-            rows.append({"variant": v.variant, "base": v.base, **{k: s.get(k) for k in COLUMNS[2:13]},
+            rows.append({"variant": v.variant, "base": v.base, **{k: s.get(k) for k in COLUMNS[2:14]},
                          "agreement_with_no_exit": _percent(s.get("agreement_with_no_exit")),
                          "acc_avg": acc, "acc_avg_se": se, "device": result["machine"]["device"],
                          "dtype": result["machine"]["dtype"].replace("torch.", "")})

@@ -11,6 +11,10 @@ Settings, each timed over the same prompts after a warm-up:
 Every engine setting also gets `heldout_ppl`: each prompt's second half scored given its
 first, teacher-forced through the engine with that setting's exits and KV handling.
 
+Every setting runs `batch` requests at a time, or, with `same_memory`, as many as fit in
+the memory the original holds at `batch` (weights + KV): the paper's comparison at a
+memory budget, where a recursive model's smaller weights buy it a larger batch.
+
 Prompts are pieces of held-out documents (a token store, `rrt.data.shards`) of seeded
 lengths, so prompts are never text the model was trained on.
 """
@@ -68,6 +72,18 @@ def hf_cache_bytes(model, batch: int, length: int) -> int:
     kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
     dtype_bytes = next(model.parameters()).element_size()
     return 2 * text.num_hidden_layers * batch * kv_heads * length * head_dim * dtype_bytes
+
+
+def batch_within(model, budget_bytes: int, length: int) -> int:
+    """The most sequences of `length` tokens `model` can serve at once in `budget_bytes`
+    (its weights plus one KV cache entry per depth per token, as `generate` and the engine
+    both hold it): the paper's "max batch" at a memory budget. A smaller model — a
+    recursive one stores L/B layers — gets a larger batch from the same budget."""
+    batch = (budget_bytes - weight_bytes(model)) // hf_cache_bytes(model, 1, length)
+    if batch < 1:
+        raise ValueError(f"{budget_bytes / 2**20:.1f} MB does not hold the model's weights and one sequence of "
+                         f"{length} tokens")
+    return int(batch)
 
 
 def generate_with(model, prompts, new_tokens: int, batch: int, engine: str, **engine_kwargs):
@@ -132,19 +148,26 @@ def forced_perplexity(model, prompts: list[list[int]], **engine_kwargs) -> float
 
 def measure_throughput(model, original, prompts: list[list[int]], *, new_tokens: int = THROUGHPUT["max_new_tokens"],
                        batch: int = THROUGHPUT["max_batch"], exit_thresholds: dict[str, list[float]] | None = None,
-                       exit_kv: str = THROUGHPUT["exit_kv"], same_model: bool = False, progress=print) -> dict:
+                       exit_kv: str = THROUGHPUT["exit_kv"], same_memory: bool = THROUGHPUT["same_memory"],
+                       same_model: bool = False, progress=print) -> dict:
     """Every setting of the module docstring for `model` against `original` (None or
     `same_model`: the model is the original). Each speed-up is over hf_original's tokens/s
-    in this run. With `exit_thresholds` ({criterion: [T, ...]}), the engine exits at each."""
+    in this run. With `exit_thresholds` ({criterion: [T, ...]}), the engine exits at each.
+    With `same_memory`, each setting's batch is the largest within the original's memory at
+    `batch`."""
     results = []
+    reference = model if same_model or original is None else original
+    length = max(map(len, prompts)) + new_tokens
+    budget = weight_bytes(reference) + hf_cache_bytes(reference, batch, length)
 
     def run(name, m, engine, **kwargs):
-        r = measure(name, m, prompts, new_tokens, batch, engine, **kwargs)
+        rows = min(batch_within(m, budget, length), len(prompts)) if same_memory else batch  # never more than asked
+        r = measure(name, m, prompts, new_tokens, rows, engine, **kwargs) | {"batch": rows}
         progress(f"{name}: {r['tokens_per_s']} tokens/s")
         results.append(r)
         return r
 
-    run("hf_original", model if same_model or original is None else original, "hf")
+    run("hf_original", reference, "hf")
     if not same_model and original is not None:
         run("hf", model, "hf")
     no_exit = run("depthwise", model, "depthwise")
@@ -159,7 +182,8 @@ def measure_throughput(model, original, prompts: list[list[int]], *, new_tokens:
         r["speedup"] = round(r["tokens_per_s"] / base, 4)
     param = next(model.parameters())
     return {"prompts": len(prompts), "prompt_tokens": [min(map(len, prompts)), max(map(len, prompts))],
-            "new_tokens": new_tokens, "batch": batch,
+            "new_tokens": new_tokens, "batch": batch, "same_memory": same_memory,
+            "memory_budget_mb": round(budget / 2**20, 1),
             "machine": {"platform": platform.platform(), "device": str(param.device), "dtype": str(param.dtype),
                         "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
             "settings": results}
