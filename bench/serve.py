@@ -38,7 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from rrt.model.convert import convert  # noqa: E402
 from rrt.model.shapes import HUB_SHAPES, shape_config  # noqa: E402
-from rrt.serve.throughput import batch_within, hf_cache_bytes, measure, weight_bytes  # noqa: E402
+from rrt.serve.throughput import batch_within, measure, memory_budget  # noqa: E402
 
 
 def prompts_from(path: str, tokenizer, count: int, lengths: tuple[int, int], seed: int) -> list[list[int]]:
@@ -64,7 +64,7 @@ def random_prompts(vocab: int, count: int, lengths: tuple[int, int], seed: int) 
 
 def run(name, model, prompts, args, engine: bool, reference=None, **engine_kwargs) -> dict:
     """Throughput of one setting over all prompts, and its batch-1 latency on the first."""
-    batch = min(batch_within(model, args.budget, args.length), len(prompts)) if args.same_memory else args.batch
+    batch = batch_within(model, args.budget, args.length, len(prompts)) if args.same_memory else args.batch
     out = measure(name, model, prompts, args.new, batch, "depthwise" if engine else "hf", reference=reference,
                   latency_tokens=args.latency_new, **engine_kwargs) | {"batch": batch}
     print(json.dumps({k: v for k, v in out.items() if k != "_tokens"}), flush=True)
@@ -120,10 +120,10 @@ def main() -> None:
     dtype = getattr(torch, args.dtype if args.dtype != "auto" else "bfloat16" if device == "cuda" else "float32")
     tokenizer, full, recursive, relaxed, exit_model = models(args, device, dtype)
     lengths = (args.min_prompt, args.max_prompt)
-    args.length = args.max_prompt + args.new
-    args.budget = weight_bytes(full) + hf_cache_bytes(full, args.batch, args.length)
     prompts = (prompts_from(args.heldout, tokenizer, args.prompts, lengths, args.seed) if tokenizer
                else random_prompts(full.config.vocab_size, args.prompts, lengths, args.seed))
+    args.length = max(map(len, prompts)) + args.new  # as `measure` sizes each setting's cache
+    args.budget = memory_budget(full, args.batch, args.length)
     results = [run("hf_full", full, prompts, args, engine=False),
                run("engine_full", full, prompts, args, engine=True),
                run("hf_recursive", recursive, prompts, args, engine=False),

@@ -82,6 +82,7 @@ def test_a_memory_budget_buys_the_recursive_model_a_larger_batch(models):
     batch = batch_within(recursive, budget, length)
     held = lambda n: weight_bytes(recursive) + DepthwiseEngine(recursive, max_batch=n, max_len=length).cache.nbytes()  # noqa: E731
     assert batch > 3 and held(batch) <= budget < held(batch + 1)
+    assert batch_within(recursive, budget, length, requests=4) == 4
     with pytest.raises(ValueError, match="does not hold the model's weights and one sequence of 40 tokens"):
         batch_within(full, weight_bytes(full), length)
 
@@ -135,7 +136,7 @@ def test_same_memory_runs_each_setting_at_its_largest_batch(models, tmp_path):
     length = max(map(len, prompts)) + 40
     assert settings["hf_original"]["batch"] == 2
     assert settings["hf"]["batch"] == settings["depthwise"]["batch"] == batch_within(
-        recursive, weight_bytes(base) + hf_cache_bytes(base, 2, length), length)
+        recursive, weight_bytes(base) + hf_cache_bytes(base, 2, length), length, len(prompts))
     assert 2 < settings["depthwise"]["batch"] < len(prompts)
     assert max(s["memory_mb"] for s in settings.values()) <= runs[True]["memory_budget_mb"]
     assert runs[True]["memory_budget_mb"] == runs[False]["memory_budget_mb"] == settings["hf_original"]["memory_mb"]

@@ -74,16 +74,22 @@ def hf_cache_bytes(model, batch: int, length: int) -> int:
     return 2 * text.num_hidden_layers * batch * kv_heads * length * head_dim * dtype_bytes
 
 
-def batch_within(model, budget_bytes: int, length: int) -> int:
+def memory_budget(model, batch: int, length: int) -> int:
+    """Bytes `model` holds serving `batch` sequences of `length` tokens: its weights plus
+    one KV cache entry per depth per token, as `generate` and the engine both hold it."""
+    return weight_bytes(model) + hf_cache_bytes(model, batch, length)
+
+
+def batch_within(model, budget_bytes: int, length: int, requests: int | None = None) -> int:
     """The most sequences of `length` tokens `model` can serve at once in `budget_bytes`
-    (its weights plus one KV cache entry per depth per token, as `generate` and the engine
-    both hold it): the paper's "max batch" at a memory budget. A smaller model — a
-    recursive one stores L/B layers — gets a larger batch from the same budget."""
+    (`memory_budget`), and never more than `requests` when given: the paper's "max batch"
+    at a memory budget. A smaller model — a recursive one stores L/B layers — gets a larger
+    batch from the same budget."""
     batch = (budget_bytes - weight_bytes(model)) // hf_cache_bytes(model, 1, length)
     if batch < 1:
         raise ValueError(f"{budget_bytes / 2**20:.1f} MB does not hold the model's weights and one sequence of "
                          f"{length} tokens")
-    return int(batch)
+    return int(batch if requests is None else min(batch, requests))
 
 
 def generate_with(model, prompts, new_tokens: int, batch: int, engine: str, **engine_kwargs):
@@ -158,10 +164,10 @@ def measure_throughput(model, original, prompts: list[list[int]], *, new_tokens:
     results = []
     reference = model if same_model or original is None else original
     length = max(map(len, prompts)) + new_tokens
-    budget = weight_bytes(reference) + hf_cache_bytes(reference, batch, length)
+    budget = memory_budget(reference, batch, length)
 
     def run(name, m, engine, **kwargs):
-        rows = min(batch_within(m, budget, length), len(prompts)) if same_memory else batch  # never more than asked
+        rows = batch_within(m, budget, length, len(prompts)) if same_memory else batch
         r = measure(name, m, prompts, new_tokens, rows, engine, **kwargs) | {"batch": rows}
         progress(f"{name}: {r['tokens_per_s']} tokens/s")
         results.append(r)
