@@ -10,7 +10,6 @@ import torch
 import rrt.train.checkpoints as ckpt
 from rrt.io import file_sha256
 from rrt.train.checkpoints import MANIFEST, find_resume, verify
-from rrt.train.trainer import train
 
 from .test_train import (  # noqa: F401  models, one_thread: fixtures
     BLOCK,
@@ -22,6 +21,7 @@ from .test_train import (  # noqa: F401  models, one_thread: fixtures
     save_blocks,
     weights,
 )
+from .train_run import train
 
 STEPS = 6
 
@@ -226,10 +226,11 @@ def test_find_resume_alone(run, tmp_path, capsys):
 _CHILD = """
 import sys, torch
 torch.set_num_threads(1)
+from rrt.settings import TrainSettings
 from rrt.train.trainer import train
 model, data, out, steps = sys.argv[1:5]
-train(model, data, out, max_tokens=int(steps) * 4 * {block}, batch_tokens=4 * {block}, save_steps=1,
-      warmup_steps=1, seed=3, micro_batch_size=2, lr=1e-2, progress=False)
+train(model, data, out, TrainSettings(tokens=int(steps) * 4 * {block}, batch_tokens=4 * {block}, save_steps=1,
+      warmup_steps=1, seed=3, micro_batch_size=2, lr=1e-2), progress=False)
 """
 
 

@@ -146,7 +146,7 @@ def _train_data(tmp_path, blocks=16, block=16):
 def test_early_exit_training_trains_every_exit(tmp_path):
     import csv
 
-    from rrt.train.trainer import train
+    from .train_run import train
 
     _recursive("llama", 2, rank=4).save_pretrained(tmp_path / "model")
     data = _train_data(tmp_path)
@@ -170,7 +170,7 @@ def test_early_exit_training_trains_every_exit(tmp_path):
 
 
 def test_early_exit_training_refuses_a_teacher(tmp_path):
-    from rrt.train.trainer import train
+    from .train_run import train
 
     _recursive("llama", 2).save_pretrained(tmp_path / "model")
     with pytest.raises(ValueError, match="early-exit training takes no teacher"):

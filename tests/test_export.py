@@ -23,10 +23,10 @@ from rrt.model.convert import convert
 from rrt.model.export_remote import AUTO_MAP, remote_code_files, save_self_contained
 from rrt.model.export_unrolled import unroll
 from rrt.model.families import family_of
-from rrt.train.trainer import train
 
 from .conftest import FAMILIES, VOCAB, cli_error, make_tiny
 from .test_train import BLOCK, save_blocks
+from .train_run import train
 
 # (sharing, rank, per-depth norms): pure sharing, relaxed cycle, relaxed sequence with own norms.
 VARIANTS = [("cycle", "0", False), ("cycle", "4", False), ("sequence", "4", True)]

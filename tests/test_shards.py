@@ -36,10 +36,10 @@ from rrt.data.shards import (
 )
 from rrt.data.tokenizer import DocumentTokenizer
 from rrt.data.tokens import tokenize_corpus
-from rrt.train.trainer import train
 
 from .conftest import cli_error, make_tiny
 from .test_data import EOS, word_tokenizer, words
+from .train_run import train
 
 SOURCES = ["boolq", "sciq", "squad", "coqa"]
 

@@ -21,9 +21,9 @@ from transformers import (
 from rrt.errors import Paused
 from rrt.train.checkpoints import MANIFEST
 from rrt.train.time_limit import StopBeforeLimit, requeue_slurm_job
-from rrt.train.trainer import train
 
 from .test_train import BLOCK, FAST, models, one_thread, save_blocks, weights  # noqa: F401  fixtures
+from .train_run import train
 
 STEPS = 6
 RRT = str(Path(sys.executable).with_name("rrt"))

@@ -18,9 +18,9 @@ from rrt.train.checkpoints import last_checkpoint
 from rrt.train.kd import kd_loss
 from rrt.train.losses import final_hidden_states, lm_losses
 from rrt.train.plan import num_steps, parse_adam_betas, plan_batches, warmup_steps_for
-from rrt.train.trainer import train
 
 from .conftest import FAMILIES, VOCAB, cli_error, make_tiny
+from .train_run import train
 
 BLOCK = 16
 

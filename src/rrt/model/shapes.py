@@ -21,6 +21,7 @@ import copy
 from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig
 
 from ..errors import UsageError, first_line
+from ..settings import TinyModel
 from .base_models import embedded_config, tiny_config
 
 HUB_SHAPES: dict[str, dict] = {
@@ -76,8 +77,7 @@ def base_config(spec: dict) -> PreTrainedConfig:
     if source == "embedded":
         return embedded_config()
     if source == "tiny":
-        tiny = spec.get("tiny") or {}
+        tiny = TinyModel.from_dict(spec.get("tiny") or {}, "tiny")
         vocab = embedded_config()  # the tiny model uses the embedded tokenizer (49152 tokens)
-        return tiny_config(vocab.vocab_size, tiny.get("layers", 4), tiny.get("hidden_size", 32),
-                           vocab.bos_token_id, vocab.eos_token_id)
+        return tiny_config(vocab.vocab_size, tiny.layers, tiny.hidden_size, vocab.bos_token_id, vocab.eos_token_id)
     raise UsageError(f"unknown base model source {source!r} (expected hub, embedded or tiny)")

@@ -3,10 +3,7 @@ optimizer steps for a token budget, the warmup of each run, AdamW's betas, and t
 of a run's settings (`validate_run`)."""
 from __future__ import annotations
 
-import math
-
-from ..settings import EXIT_SCHEDULES, TRAIN
-from ..settings import KD_KINDS as KINDS
+from ..settings import TRAIN, TrainSettings
 
 
 def plan_batches(batch_tokens: int, block_size: int, micro_batch_size: int, world_size: int = 1):
@@ -63,39 +60,28 @@ def parse_adam_betas(betas) -> list[float]:
     return values
 
 
+def run_config(settings: TrainSettings, model_dir, data_dir, teacher_dir, bf16, progress) -> dict:
+    """The run as the trainer records it (train_config.json, the checkpoints' manifests,
+    the summary): the settings in the names those files have always used."""
+    recipe = settings.early_exit
+    return dict(model_dir=model_dir, data_dir=data_dir, max_tokens=settings.tokens, batch_tokens=settings.batch_tokens,
+                micro_batch_size=settings.micro_batch_size, lr=settings.lr, warmup_steps=settings.warmup_steps,
+                warmup_ratio=settings.warmup_ratio, min_lr_ratio=settings.min_lr_ratio,
+                weight_decay=settings.weight_decay, adam_betas=list(settings.adam_betas), seed=settings.seed,
+                gradient_checkpointing=settings.gradient_checkpointing, loss_chunk_tokens=settings.loss_chunk_tokens,
+                teacher_dir=teacher_dir, kd_kind=settings.kd.loss, kd_weight=settings.kd.weight,
+                kd_temperature=settings.kd.temperature, save_steps=settings.save_steps, log_steps=settings.log_steps,
+                deepspeed=settings.deepspeed, bf16=bf16, progress=progress,
+                exit_weights=None if recipe is None else recipe.weights,
+                exit_kd_weight=None if recipe is None else recipe.kd_weight)
+
+
 def validate_run(config: dict) -> dict:
-    """The arguments of `train` that describe the run, checked."""
-    if config["kd_kind"] not in KINDS:
-        raise ValueError(f"kd loss must be one of {', '.join(KINDS)}, got {config['kd_kind']!r}")
-    if not 0 <= config["kd_weight"] <= 1:
-        raise ValueError(f"kd_weight must be in [0, 1], got {config['kd_weight']}")
-    if not (math.isfinite(config["kd_temperature"]) and config["kd_temperature"] > 0):
-        raise ValueError(f"kd_temperature must be a finite number > 0, got {config['kd_temperature']}")
-    if not 0 <= config["min_lr_ratio"] <= 1:
-        raise ValueError(f"min_lr_ratio must be in [0, 1], got {config['min_lr_ratio']}")
-    for key in ("save_steps", "log_steps"):
-        if config[key] < 1:
-            raise ValueError(f"{key} must be >= 1, got {config[key]}")
-    # NaN compares false with everything: test for what is wanted, not against what is not.
-    if not (math.isfinite(config["lr"]) and config["lr"] > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {config['lr']}")
-    if not (math.isfinite(config["weight_decay"]) and config["weight_decay"] >= 0):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {config['weight_decay']}")
-    if config["warmup_steps"] is not None and config["warmup_steps"] < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {config['warmup_steps']}")
-    if not 0 <= config["warmup_ratio"] <= 1:
-        raise ValueError(f"warmup_ratio must be in [0, 1], got {config['warmup_ratio']}")
-    config["adam_betas"] = parse_adam_betas(config["adam_betas"])  # a list: as stored in JSON
-    if config["loss_chunk_tokens"] is not None and config["loss_chunk_tokens"] < 1:
-        raise ValueError(f"loss_chunk_tokens must be >= 1, got {config['loss_chunk_tokens']}")
-    config["gradient_checkpointing"] = bool(config["gradient_checkpointing"])
+    """The run's settings that depend on each other (each setting alone is checked by
+    TrainSettings): KD means nothing without a teacher, early exit takes none."""
     if config["exit_weights"] is not None:
         if config["teacher_dir"] is not None:
             raise ValueError("early-exit training takes no teacher (its exits distil from its own final exit)")
-        if isinstance(config["exit_weights"], str) and config["exit_weights"] not in EXIT_SCHEDULES:
-            config["exit_weights"] = [float(w) for w in config["exit_weights"].split(",")]
-        if not (math.isfinite(config["exit_kd_weight"]) and config["exit_kd_weight"] >= 0):
-            raise ValueError(f"exit_kd_weight must be a finite number >= 0, got {config['exit_kd_weight']}")
     else:
         config["exit_kd_weight"] = None
     if config["teacher_dir"] is None:  # KD settings mean nothing without a teacher

@@ -52,7 +52,7 @@ from transformers.utils import logging as hf_logging
 from ..data.blocks import TokenBlocks, is_block_dir
 from ..model import modeling  # noqa: F401  registers the recursive model type
 from ..model.exits import exit_depths
-from ..settings import TRAIN
+from ..settings import TrainSettings
 from .checkpoints import (
     CHECKPOINTS,
     ManifestCallback,
@@ -68,7 +68,7 @@ from .early_exit import early_exit_losses
 from .early_exit import exit_weights as exit_weights_for
 from .losses import lm_losses
 from .outputs import FINAL_TMP, finish, summary_of
-from .plan import num_steps, plan_batches, validate_run, warmup_steps_for
+from .plan import num_steps, plan_batches, run_config, validate_run, warmup_steps_for
 from .time_limit import Paused, StopBeforeLimit, deadline, pause, record_session
 
 
@@ -106,8 +106,8 @@ class UptrainTrainer(Trainer):
 
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, teacher=None, kd_kind="fkl", kd_weight=0.5, kd_temperature=1.0,
-                 loss_chunk_tokens=None, exit_weights=None, exit_kd_weight=1.0, **kwargs):
+    def __init__(self, *args, teacher=None, kd_kind=None, kd_weight=None, kd_temperature=None,
+                 loss_chunk_tokens=None, exit_weights=None, exit_kd_weight=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.teacher = None if teacher is None else teacher.to(self.args.device)
         self.kd_kind, self.kd_weight, self.kd_temperature = kd_kind, kd_weight, kd_temperature
@@ -244,39 +244,35 @@ def _training_args(out_dir: Path, config: dict, micro: int, accum: int, steps: i
     )
 
 
-def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
-          micro_batch_size: int = TRAIN["micro_batch_size"], lr: float = TRAIN["lr"],
-          warmup_steps: int | None = TRAIN["warmup_steps"], warmup_ratio: float = TRAIN["warmup_ratio"],
-          min_lr_ratio: float = TRAIN["min_lr_ratio"], weight_decay: float = TRAIN["weight_decay"],
-          adam_betas=tuple(TRAIN["adam_betas"]), seed: int = TRAIN["seed"],
-          gradient_checkpointing: bool = TRAIN["gradient_checkpointing"],
-          loss_chunk_tokens: int | None = TRAIN["loss_chunk_tokens"], teacher_dir=None,
-          kd_kind: str = TRAIN["kd"]["loss"],
-          kd_weight: float = TRAIN["kd"]["weight"], kd_temperature: float = TRAIN["kd"]["temperature"],
-          save_steps: int = TRAIN["save_steps"], log_steps: int = TRAIN["log_steps"], deepspeed=None,
-          bf16="auto", progress: bool = True, keep_checkpoints: bool = False, callbacks=(),
-          time_limit_minutes: float | None = None, stop_margin: float = TRAIN["stop_margin_s"],
-          requeue: bool = False, exit_weights=None, exit_kd_weight: float = 1.0) -> dict:
+def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *, teacher_dir=None,
+          keep_checkpoints: bool = False, time_limit_minutes: float | None = None, requeue: bool = False,
+          callbacks=(), bf16="auto", progress: bool = True) -> dict:
     """Uptrain the model in `model_dir` on the packed blocks in `data_dir`; write `out_dir`.
 
-    Returns the summary (also in out_dir/train_summary.json). If out_dir/final exists the
-    run is complete: nothing is done and the stored summary is returned. Checkpoints are
-    removed once the final model is in place unless keep_checkpoints (at 135M parameters
-    each is ~1.6 GB with the optimizer state). `callbacks` are extra TrainerCallbacks.
-    Warmup: `warmup_steps` if given, else round(warmup_ratio * planned steps). adam_betas:
-    (beta1, beta2) or "B1,B2". gradient_checkpointing and loss_chunk_tokens trade time for
-    memory and change no number. Bad settings raise ValueError.
+    `settings` is the workflow's `train` section (`rrt.settings.TrainSettings`, checked when
+    made; its defaults when None): the token budget, batch, AdamW and schedule, checkpoints,
+    KD (used with `teacher_dir`) and early-exit training. Returns the summary (also in
+    out_dir/train_summary.json). If out_dir/final exists the run is complete: nothing is done
+    and the stored summary is returned. Checkpoints are removed once the final model is in
+    place unless keep_checkpoints (at 135M parameters each is ~1.6 GB with the optimizer
+    state). `callbacks` are extra TrainerCallbacks. Warmup: `warmup_steps` if given, else
+    round(warmup_ratio * planned steps). gradient_checkpointing and loss_chunk_tokens trade
+    time for memory and change no number. Bad settings raise ValueError.
 
     Time limits (`time_limit`): within `time_limit_minutes` of this call (or before the
-    SLURM job's end) less `stop_margin` seconds, or at SIGTERM/SIGUSR1, the run checkpoints
+    SLURM job's end) less `stop_margin_s` seconds, or at SIGTERM/SIGUSR1, the run checkpoints
     at a step boundary and raises `Paused`; rerun to continue, or with `requeue` (in a
     SLURM job) rank 0 first requeues the job, which then continues by itself.
 
-    Early-exit training (`early_exit.py`): `exit_weights` (one per loop, one number for
-    every intermediate exit, or a schedule name) trains every loop's exit, with KD from the detached final exit
-    weighted by `exit_kd_weight`; loss.csv then has a ce_exit<b> column per exit."""
+    Early-exit training (`early_exit.py`, `settings.early_exit`): its `weights` (one per loop,
+    one number for every intermediate exit, or a schedule name) train every loop's exit, with
+    KD from the detached final exit weighted by its `kd_weight`; loss.csv then has a
+    ce_exit<b> column per exit."""
     started = time.time()
     hf_logging.disable_progress_bar()  # weight-loading bars; Trainer's own bar stays
+    settings = TrainSettings() if settings is None else settings
+    if not isinstance(settings, TrainSettings):
+        raise TypeError(f"settings must be a TrainSettings, got {type(settings).__name__}")
 
     out_dir = Path(out_dir)
     final = out_dir / "final"
@@ -287,23 +283,17 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
         print(f"{final} exists: training is complete, nothing to do")
         summary = out_dir / "train_summary.json"
         return json.loads(summary.read_text()) if summary.is_file() else {}
-    config = validate_run(dict(
-        model_dir=model_dir, data_dir=data_dir, max_tokens=max_tokens, batch_tokens=batch_tokens,
-        micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps, warmup_ratio=warmup_ratio,
-        min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, adam_betas=adam_betas, seed=seed,
-        gradient_checkpointing=gradient_checkpointing, loss_chunk_tokens=loss_chunk_tokens, teacher_dir=teacher_dir,
-        kd_kind=kd_kind, kd_weight=kd_weight, kd_temperature=kd_temperature, save_steps=save_steps,
-        log_steps=log_steps, deepspeed=deepspeed, bf16=bf16, progress=progress, exit_weights=exit_weights,
-        exit_kd_weight=exit_kd_weight))
+    config = validate_run(run_config(settings, model_dir, data_dir, teacher_dir, bf16, progress))
+    max_tokens, batch_tokens, deepspeed = settings.tokens, settings.batch_tokens, settings.deepspeed
     data, block = load_blocks(data_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    micro, accum, step_tokens = plan_batches(batch_tokens, block, micro_batch_size, world)
+    micro, accum, step_tokens = plan_batches(batch_tokens, block, settings.micro_batch_size, world)
     if len(data) < micro * world:
         raise ValueError(f"{data_dir} holds {len(data)} blocks, fewer than one micro-batch ({micro} x {world} ranks)")
     steps = num_steps(max_tokens, step_tokens)
     use_bf16 = _resolve_bf16(bf16)
-    config.update(warmup_steps=warmup_steps_for(steps, warmup_steps, warmup_ratio),
-                  warmup_ratio=None if warmup_steps is not None else warmup_ratio,
+    config.update(warmup_steps=warmup_steps_for(steps, settings.warmup_steps, settings.warmup_ratio),
+                  warmup_ratio=None if settings.warmup_steps is not None else settings.warmup_ratio,
                   bf16=use_bf16, world_size=world, model_dir=str(Path(model_dir).resolve()),
                   data_dir=str(Path(data_dir).resolve()),
                   teacher_dir=str(Path(teacher_dir).resolve()) if teacher_dir else None,
@@ -325,11 +315,12 @@ def train(model_dir, data_dir, out_dir, *, max_tokens: int, batch_tokens: int,
     if teacher_dir:
         teacher = _load_teacher(teacher_dir, torch.bfloat16 if use_bf16 else torch.float32, _vocab(model))
     args = _training_args(out_dir, config, micro, accum, steps, use_bf16)
-    stop = StopBeforeLimit(deadline(time_limit_minutes, started), stop_margin)
+    stop = StopBeforeLimit(deadline(time_limit_minutes, started), settings.stop_margin_s)
     trainer = UptrainTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
-                               teacher=teacher, kd_kind=kd_kind, kd_weight=kd_weight, kd_temperature=kd_temperature,
-                               loss_chunk_tokens=loss_chunk_tokens, exit_weights=weights,
-                               exit_kd_weight=exit_kd_weight, callbacks=[ManifestCallback(run)] + list(callbacks)
+                             teacher=teacher, kd_kind=config["kd_kind"], kd_weight=config["kd_weight"],
+                             kd_temperature=config["kd_temperature"], loss_chunk_tokens=settings.loss_chunk_tokens,
+                             exit_weights=weights, exit_kd_weight=config["exit_kd_weight"],
+                             callbacks=[ManifestCallback(run)] + list(callbacks)
                                + ([] if keep_checkpoints else [NoLastCheckpoint()]) + [stop])
     _swap_progress_bar(trainer)
 
