@@ -105,3 +105,12 @@ def tiny_real_vocab_dir(smollm2_tokenizer, tmp_path):
     LlamaForCausalLM(config).save_pretrained(path)
     smollm2_tokenizer.save_pretrained(path)
     return path
+
+
+def train_settings_in(line: str) -> dict:
+    """The `rrt train --settings JSON` of a planned uptrain command line (`snakemake -n -p`)."""
+    import json
+    import shlex
+
+    argv = shlex.split(line.removeprefix("Shell command: "))
+    return json.loads(argv[argv.index("--settings") + 1])

@@ -1,50 +1,51 @@
-"""One source of truth: the defaults and lists in rrt.settings agree with the workflow's
-schemas, the CLI's flags and config/README.md; the library leaves the environment alone."""
+"""One source of truth: every setting is defined once, in rrt.settings' dataclasses. The
+workflow schema's defaults, `rrt train`'s flags and config/README.md's key table agree with
+them; bad values are one line naming the key; the library leaves the environment alone."""
+import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from snakemake.utils import validate
 
 from rrt import settings
 from rrt.cli import build_parser
+from rrt.cli.train import settings_of
+from rrt.settings import (
+    ExitRecipe,
+    KDSettings,
+    SettingError,
+    TrainSettings,
+    resolve_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA = ROOT / "workflow/schemas/config.schema.yaml"
 VARIANTS_SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/variants.schema.yaml").read_text())
-SECTIONS = {"data": settings.DATA, "train": settings.TRAIN, "eval": settings.EVAL, "plan": settings.PLAN,
-            "early_exit": settings.EARLY_EXIT, "throughput": settings.THROUGHPUT}
+CONFIGS = ("config/config.yaml", "config/paper.yaml", ".test/config/config.yaml")
+MINIMAL = {"variants": "v.tsv", "base_models": {"m": {"source": "tiny"}}}
 
 
-def schema_defaults(section: str) -> dict:
-    props = SCHEMA["properties"][section]["properties"]
-    out = {}
-    for key, spec in props.items():
-        if spec.get("type") == "object" and "properties" in spec:
-            out[key] = {k: v["default"] for k, v in spec["properties"].items() if "default" in v}
-        elif "default" in spec:
-            out[key] = spec["default"]
-    return out
-
-
-@pytest.mark.parametrize("section", list(SECTIONS))
-def test_schema_defaults_are_the_settings(section):
-    defaults = schema_defaults(section)
-    for key, value in defaults.items():
-        assert key in SECTIONS[section], f"{section}.{key} is in the schema but not in rrt.settings"
-        assert SECTIONS[section][key] == value, f"{section}.{key}: schema {value!r}, settings {SECTIONS[section][key]!r}"
+@pytest.mark.parametrize("raw", [MINIMAL, *CONFIGS])
+def test_schema_defaults_are_the_settings(raw):
+    """Snakemake's schema validation (set_default) and resolve_config fill a config alike:
+    the schema's defaults are the dataclasses' defaults, key for key."""
+    config = yaml.safe_load((ROOT / raw).read_text()) if isinstance(raw, str) else json.loads(json.dumps(raw))
+    by_schema = json.loads(json.dumps(config))
+    validate(by_schema, str(SCHEMA), set_default=True)
+    assert resolve_config(config) == by_schema
 
 
 def test_schema_lists_are_the_settings():
-    props = SCHEMA["properties"]
+    props = yaml.safe_load(SCHEMA.read_text())["properties"]
     assert tuple(props["eval"]["properties"]["tasks"]["items"]["enum"]) == settings.TASKS
     assert tuple(props["train"]["properties"]["kd"]["properties"]["loss"]["enum"]) == settings.KD_KINDS
     assert tuple(props["eval"]["properties"]["source"]["enum"]) == settings.EVAL_SOURCES
     assert tuple(props["data"]["properties"]["source"]["enum"]) == settings.DATA_SOURCES
-    assert tuple(props["plan"]["properties"]["gpu"]["enum"]) == tuple(settings.PLAN["gpu_specs"])
+    assert tuple(props["plan"]["properties"]["gpu"]["enum"]) == tuple(settings.GPU_SPECS)
     base = props["base_models"]["additionalProperties"]["properties"]["source"]["enum"]
     assert tuple(base) == settings.BASE_SOURCES
     recipe = props["early_exit"]["properties"]["recipes"]["additionalProperties"]["properties"]
@@ -54,23 +55,135 @@ def test_schema_lists_are_the_settings():
     assert tuple(row["sharing"]["enum"]) == ("-", *settings.SHARINGS)
 
 
-def _subparser(name):
-    parser = build_parser()
-    action = next(a for a in parser._actions if a.dest == "command")
-    return action.choices[name]
+def test_config_readme_key_table_is_generated_from_the_settings():
+    """config/README.md holds exactly `python -m rrt.settings --markdown` between its markers."""
+    out = subprocess.run([sys.executable, "-m", "rrt.settings", "--markdown"], capture_output=True, text=True,
+                         check=True).stdout
+    text = (ROOT / "config/README.md").read_text()
+    start, end = text.index(settings.MARKDOWN_BEGIN), text.index(settings.MARKDOWN_END)
+    assert text[start:end + len(settings.MARKDOWN_END)] + "\n" == out
+    for key in ("train.tokens", "train.kd.weight", "eval.exit_task_thresholds.max_prob", "resources.train.procs",
+                "early_exit.recipes.<name>.weights", "base_models.<name>.tiny.layers", "plan.mfu"):
+        assert f"| `{key}` |" in out, key
+
+
+# --- validation --------------------------------------------------------------------------------
+@pytest.mark.parametrize("section, value, message", [
+    ({"train": {"tokens": "abc"}}, None, "train.tokens must be an integer >= 1, got 'abc'"),
+    ({"train": {"lr": 0}}, None, "train.lr must be a finite number > 0, got 0.0"),
+    ({"train": {"kd": {"weight": 1.5}}}, None, "train.kd.weight must be in [0, 1], got 1.5"),
+    ({"train": {"adam_betas": [0.9]}}, None, "train.adam_betas must be two numbers B1,B2 in [0, 1), got [0.9]"),
+    ({"eval": {"limt": 3}}, None, "eval.limt: unknown key (known: source, tasks, limit,"),
+    ({"eval": {"tasks": ["piqa", "mmlu"]}}, None, "eval.tasks must be a list of items, each one of lambada,"),
+    ({"data": {"seed": 1}}, None, "data.seed: unknown key"),  # a flag of `rrt corpus`, not a workflow key
+    ({"early_exit": {"recipes": {"x": {"kd_weight": 1}}}}, None, "early_exit.recipes.x.weights: required key missing"),
+    ({"early_exit": {"recipes": {"x": {"weights": "steep"}}}}, None,
+     "early_exit.recipes.x.weights must be aggressive, uniform, linear, a number >= 0 or a list of numbers >= 0"),
+    ({"base_models": {"m": {"source": "hub"}}}, None, "base_models.m.hub_id: required with source hub"),
+    ({"resources": {"train": {"gpus": -1}}}, None, "resources.train.gpus must be >= 0, got -1"),
+    ({"throughput": {"same_memory": "yes"}}, None, "throughput.same_memory must be true or false, got 'yes'"),
+])
+def test_bad_config_values_are_one_line_naming_the_key(section, value, message):
+    raw = json.loads(json.dumps(MINIMAL))
+    for key, part in section.items():
+        raw[key] = {**raw.get(key, {}), **part} if key != "base_models" else part
+    with pytest.raises(SettingError) as e:
+        resolve_config(raw)
+    assert str(e.value).startswith(message), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_required_key_is_named():
+    with pytest.raises(SettingError, match="^variants: required key missing$"):
+        resolve_config({"base_models": {"m": {"source": "tiny"}}})
+
+
+def test_overrides_are_text_typed_by_their_keys():
+    """Snakemake's --config hands nested YAML over as strings (its BaseLoader): each is read
+    as its key's type; the section's other keys stay."""
+    config = resolve_config({**MINIMAL, "train": {"lr": 1e-3}}, overrides={
+        "train": {"tokens": "8192", "adam_betas": ["0.8", "0.9"], "kd": {"weight": "0.7"}, "deepspeed": "null"},
+        "eval": {"limit": "null", "exit_task_thresholds": {"max_prob": ["0.5"]}},
+        "throughput": {"same_memory": "true"},
+        "early_exit": {"recipes": {"w": {"weights": "0.3", "kd_weight": "0"}, "s": {"weights": "linear"}}}})
+    assert config["train"]["tokens"] == 8192 and config["train"]["lr"] == 1e-3
+    assert config["train"]["adam_betas"] == [0.8, 0.9] and config["train"]["kd"] == {
+        "loss": "fkl", "weight": 0.7, "temperature": 1.0}
+    assert config["eval"]["limit"] is None and config["eval"]["exit_task_thresholds"]["max_prob"] == [0.5]
+    assert config["throughput"]["same_memory"] is True
+    assert config["early_exit"]["recipes"] == {"w": {"weights": 0.3, "kd_weight": 0.0},
+                                               "s": {"weights": "linear", "kd_weight": 1.0}}
+    with pytest.raises(SettingError, match=r"^train\.kd\.weight must be in \[0, 1\], got 2\.0$"):
+        resolve_config(MINIMAL, overrides={"train": {"kd": {"weight": "2"}}})
+
+
+def test_settings_objects_check_themselves():
+    """A settings object in hand is a valid one, however it was made."""
+    with pytest.raises(ValueError, match="^lr must be a finite number > 0, got nan$"):
+        TrainSettings(lr=float("nan"))
+    with pytest.raises(ValueError, match="^loss must be one of fkl, rkl, jsd, tvd, got 'kl'$"):
+        KDSettings(loss="kl")
+    assert TrainSettings(adam_betas=(0.8, 0.9)).adam_betas == [0.8, 0.9]
+    assert TrainSettings(stop_margin_s=60).stop_margin_s == 60.0
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+def _train_args(*flags):
+    return build_parser().parse_args(["train", "--model", "m", "--data", "d", "--out", "o", *flags])
+
+
+def test_train_flags_are_generated_from_the_settings():
+    assert settings_of(_train_args()) == TrainSettings()
+    parsed = settings_of(_train_args("--max-tokens", "64", "--adam-betas", "0.8,0.95", "--kd-loss", "jsd",
+                                     "--gradient-checkpointing", "--loss-chunk-tokens", "8", "--stop-margin", "60",
+                                     "--exit-weights", "0.1,0.2,1", "--exit-kd-weight", "0.5"))
+    assert parsed == TrainSettings(tokens=64, adam_betas=[0.8, 0.95], kd=KDSettings(loss="jsd"),
+                                   gradient_checkpointing=True, loss_chunk_tokens=8, stop_margin_s=60,
+                                   early_exit=ExitRecipe([0.1, 0.2, 1.0], 0.5))
+    assert settings_of(_train_args("--exit-weights", "aggressive")).early_exit == ExitRecipe("aggressive", 1.0)
+    assert settings_of(_train_args("--exit-weights", "0.3")).early_exit == ExitRecipe(0.3, 1.0)
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
+    flags = {s for a in sub._actions for s in a.option_strings}
+    for path, _, meta, _ in settings.leaves(TrainSettings):
+        assert settings._flag_name(path, meta) in flags, path
+
+
+def test_train_settings_json_with_flags_over_it(tmp_path):
+    """--settings takes a whole resolved train section (inline or a file); a flag given
+    explicitly wins over it, a flag left out does not reset it."""
+    section = resolve_config({**MINIMAL, "train": {"lr": 1e-3, "gradient_checkpointing": True}})["train"]
+    section.update(tokens=256, early_exit={"weights": "aggressive", "kd_weight": 0.0})
+    inline = settings_of(_train_args("--settings", json.dumps(section)))
+    assert inline == TrainSettings(tokens=256, lr=1e-3, gradient_checkpointing=True,
+                                   early_exit=ExitRecipe("aggressive", 0.0))
+    (tmp_path / "s.json").write_text(json.dumps(section))
+    assert settings_of(_train_args("--settings", str(tmp_path / "s.json"))) == inline
+    over = settings_of(_train_args("--settings", json.dumps(section), "--lr", "0.01", "--no-gradient-checkpointing"))
+    assert (over.lr, over.gradient_checkpointing, over.tokens) == (0.01, False, 256)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--settings", '{"tokens": "many"}'], "train.tokens must be an integer >= 1, got 'many'"),
+    (["--settings", '{"tokns": 5}'], "train.tokns: unknown key"),
+    (["--settings", "nope.json"], "--settings: neither a JSON object nor a JSON file: 'nope.json'"),
+    (["--settings", "{not json"], "--settings: not JSON"),
+    (["--max-tokens", "abc"], "--max-tokens must be an integer >= 1, got 'abc'"),
+    (["--exit-weights", "steep"], "--exit-weights must be aggressive, uniform, linear, a number >= 0"),
+    (["--exit-kd-weight", "0.5"], "--exit-weights: required key missing"),
+])
+def test_bad_train_settings_are_one_line(flags, message):
+    with pytest.raises(SettingError) as e:
+        settings_of(_train_args(*flags))
+    assert str(e.value).startswith(message), str(e.value)
 
 
 def _defaults(name) -> dict:
-    return {a.dest: a.default for a in _subparser(name)._actions}
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return {a.dest: a.default for a in action.choices[name]._actions}
 
 
-def test_cli_defaults_are_the_settings():
-    train = _defaults("train")
-    for key in ("batch_tokens", "micro_batch_size", "lr", "warmup_steps", "warmup_ratio", "min_lr_ratio",
-                "weight_decay", "save_steps", "log_steps", "seed", "gradient_checkpointing", "loss_chunk_tokens"):
-        assert train[key] == settings.TRAIN[key], key
-    assert train["max_tokens"] == settings.TRAIN["tokens"]
-    assert train["adam_betas"] == ",".join(str(b) for b in settings.TRAIN["adam_betas"])
+def test_other_cli_defaults_are_the_settings():
     data = {**_defaults("corpus"), **_defaults("tokenize")}
     for key in ("source", "seed", "heldout_docs", "ngram", "block_size", "max_train_tokens", "heldout_max_tokens",
                 "hub_heldout_chars", "slimpajama", "redpajama", "pg19"):
@@ -82,46 +195,8 @@ def test_cli_defaults_are_the_settings():
     assert (gen["engine"], gen["max_new_tokens"], gen["max_batch"], gen["exit_kv"]) == (
         settings.SERVE["engine"], settings.SERVE["max_new_tokens"], settings.SERVE["max_batch"],
         settings.SERVE["exit_kv"])
-    assert {k: v for k, v in settings.EVAL.items() if k.startswith("exit_")} == {
-        "exit_thresholds": settings.EVAL["exit_thresholds"], "exit_task_thresholds": settings.EVAL["exit_task_thresholds"]}
-
-
-def _readme_defaults() -> dict[str, str]:
-    """`key` -> default cell of the keys table in config/README.md."""
-    text = (ROOT / "config/README.md").read_text()
-    return {m[0]: m[1].strip() for m in re.findall(r"^\| `([a-z0-9_.]+)` \| ([^|]*) \|", text, re.M)}
-
-
-def _as_readme(value) -> str:
-    if isinstance(value, dict):
-        return "`" + yaml.safe_dump(value, default_flow_style=True, sort_keys=False).strip() + "`"
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    if isinstance(value, str):
-        return f"`{value}`" if value else '`""`'
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def test_config_readme_documents_every_key_with_its_default():
-    readme = _readme_defaults()
-    for section in SECTIONS:
-        for key, value in schema_defaults(section).items():
-            if isinstance(value, dict):
-                for sub, v in value.items():
-                    name = f"{section}.{key}.{sub}"
-                    assert name in readme, f"config/README.md does not document {name}"
-                    assert readme[name] == _as_readme(v), (name, readme[name], v)
-                continue
-            name = f"{section}.{key}"
-            assert name in readme, f"config/README.md does not document {name}"
-            if section == "eval" and key == "tasks":
-                assert readme[name] == "all 7"
-            else:
-                assert readme[name] == _as_readme(value), (name, readme[name], value)
+    base = _defaults("base-model")
+    assert (base["layers"], base["hidden_size"]) == (settings.TINY["layers"], settings.TINY["hidden_size"])
 
 
 def test_importing_the_cli_leaves_the_environment_alone():

@@ -13,6 +13,8 @@ from snakemake_executor_plugin_slurm.submit_string import get_submit_command
 from snakemake_executor_plugin_slurm.utils import set_gres_string
 from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
 
+from .conftest import train_settings_in
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 CLONE = ("Snakefile", "workflow", "config", "slurm", ".test")
@@ -90,7 +92,8 @@ def test_the_literal_command_plans_the_paper_experiment(tmp_path):
     assert len(train) == 39 and all(
         line.startswith("OMP_NUM_THREADS=1 rrt launch --nodes 1 --procs-per-node 8 --gpus-per-node 8 "
                         "--cpus-per-node 64 -- rrt train ")  # threads are capped at --cores (1) in a dry run only
-        and "--stop-margin 900 --requeue" in line for line in train)
+        and train_settings_in(line)["stop_margin_s"] == 900 and line.endswith("--requeue > " + line.split("> ")[-1])
+        for line in train)
 
 
 def test_two_nodes_ask_for_one_task_per_node_and_gpus_per_node(tmp_path):

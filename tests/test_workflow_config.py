@@ -7,17 +7,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .conftest import train_settings_in
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 
-def dry_run(tmp_path, config: dict, variants: str | None = None):
+def dry_run(tmp_path, config: dict, variants: str | None = None, *extra: str):
     if variants is not None:
         (tmp_path / "variants.tsv").write_text(variants)
         config["variants"] = str(tmp_path / "variants.tsv")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     out = subprocess.run([SNAKEMAKE, "all", "-n", "--cores", "1", "-s", str(ROOT / "Snakefile"),
-                          "-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml")],
+                          "-d", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), *extra],
                          cwd=ROOT, capture_output=True, text=True)
     return out.returncode, out.stdout + out.stderr
 
@@ -37,17 +39,42 @@ def test_test_config_builds_the_whole_dag(tmp_path, test_config):
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
 
 
-def test_schema_error_names_the_key(tmp_path, test_config):
+def test_bad_value_is_one_line_naming_the_key(tmp_path, test_config):
     test_config["train"]["lr"] = -1
     code, text = dry_run(tmp_path, test_config)
     assert code != 0
-    assert "-1 is less than or equal to the minimum of 0" in text and "'lr'" in text, text[-2000:]
+    assert "config: train.lr must be a finite number > 0, got -1.0" in text, text[-2000:]
 
 
 def test_unknown_key_is_rejected(tmp_path, test_config):
     test_config["eval"]["limt"] = 3
     code, text = dry_run(tmp_path, test_config)
-    assert code != 0 and "'limt' was unexpected" in text, text[-2000:]
+    assert code != 0 and "config: eval.limt: unknown key (known: source, tasks, limit," in text, text[-2000:]
+
+
+def test_command_line_overrides_reach_every_job_typed(tmp_path, test_config):
+    """config/README.md's form, `--config 'section={key: value}'` (after the target: --config
+    takes several values): Snakemake hands the nested values over as strings; each is parsed
+    by its key's type, nested sections too, the rest of the section kept."""
+    code, text = dry_run(tmp_path, test_config, None, "-p", "--config", "train={tokens: 8192, kd: {weight: 0.7}}",
+                         "eval={limit: 20}")
+    assert code == 0, text[-2000:]
+    train = [train_settings_in(line) for line in text.splitlines() if "rrt train" in line]
+    # The tiny variants' own `tokens` column overrides train.tokens where it is set.
+    assert train and {s["kd"]["weight"] for s in train} == {0.7} and 8192 in {s["tokens"] for s in train}
+    assert {s["lr"] for s in train} == {test_config["train"]["lr"]}  # the section's other keys stay
+    evals = [line for line in text.splitlines() if "rrt eval" in line]
+    assert evals and all("--limit 20" in line for line in evals)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train={tokens: abc}", "config: train.tokens must be an integer >= 1, got 'abc'"),
+    ("train={kd: {weight: 2}}", "config: train.kd.weight must be in [0, 1], got 2.0"),
+    ("eval={limt: 3}", "config: eval.limt: unknown key"),
+])
+def test_bad_command_line_override_is_one_line_naming_the_key(tmp_path, test_config, override, message):
+    code, text = dry_run(tmp_path, test_config, None, "--config", override)
+    assert code != 0 and message in text, text[-2000:]
 
 
 def test_variant_with_unknown_base_is_rejected(tmp_path, test_config):
@@ -100,28 +127,28 @@ def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
     for rule, count in (("base_model", 3), ("tokenize", 3), ("uptrain", 39), ("evaluate", 42)):
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
     train = [line for line in text.splitlines() if "rrt train" in line]
-    assert train and all("rrt launch --nodes 1 --procs-per-node 8 --gpus-per-node 8" in line
-                         and "--stop-margin 900 --requeue" in line
-                         and "--deepspeed workflow/deepspeed/zero2.json" in line
-                         and "--gradient-checkpointing" in line and "--loss-chunk-tokens 4096" in line
-                         and "--adam-betas 0.9,0.95" in line
-                         and "--batch-tokens 2097152" in line for line in train)
+    settings = {line: train_settings_in(line) for line in train}
+    assert train and all("rrt launch --nodes 1 --procs-per-node 8 --gpus-per-node 8" in line and " --requeue " in line
+                         for line in train)
+    assert all(s["stop_margin_s"] == 900 and s["deepspeed"] == "workflow/deepspeed/zero2.json"
+               and s["gradient_checkpointing"] is True and s["loss_chunk_tokens"] == 4096
+               and s["adam_betas"] == [0.9, 0.95] and s["batch_tokens"] == 2097152 for s in settings.values())
     # Warmup follows each run's length: the paper's 200 steps at 15B and 800 at 60B.
     from rrt.train.plan import num_steps, plan_batches
 
     step_tokens = plan_batches(2097152, 2048, 8, world_size=8)[2]
     for tokens, paper_warmup in ((15_000_000_000, 200), (60_000_000_000, 800)):
         assert round(0.02796 * num_steps(tokens, step_tokens)) == paper_warmup
-    assert all("--warmup-ratio 0.02796" in line for line in train)
+    assert all(s["warmup_steps"] is None and s["warmup_ratio"] == 0.02796 for s in settings.values())
     assert all("--source harness" in line for line in text.splitlines() if "rrt eval" in line)
     assert "rrt corpus --source hub" in text
     # Early exit: post-training starts from the parent's uptrained model, with its recipe;
     # the CE-only weight ablations switch the KD off; co-training starts from the conversion.
     post = next(line for line in train if "--out results/train/gemma-rec-stepwise-ee " in line)
-    assert "--model results/train/gemma-rec-stepwise/final" in post and "--max-tokens 15000000000" in post
-    assert "--exit-weights aggressive --exit-kd-weight 1.0" in post
+    assert "--model results/train/gemma-rec-stepwise/final" in post and settings[post]["tokens"] == 15000000000
+    assert settings[post]["early_exit"] == {"weights": "aggressive", "kd_weight": 1.0}
     ablation = next(line for line in train if "--out results/train/gemma-rec-stepwise-ee-w0.3 " in line)
-    assert "--exit-weights 0.3 --exit-kd-weight 0.0" in ablation
+    assert settings[ablation]["early_exit"] == {"weights": 0.3, "kd_weight": 0.0}
     cotrain = next(line for line in train if "--out results/train/gemma-rec-stepwise-ee-cotrain " in line)
     assert "--model results/models/init/gemma-rec-stepwise-ee-cotrain" in cotrain
     evals = {line.split("--out results/eval/")[1].split(".json")[0]: line for line in text.splitlines()
@@ -148,7 +175,8 @@ def test_test_config_is_self_contained(tmp_path, test_config):
                          cwd=ROOT, capture_output=True, text=True)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-2000:]
-    assert "--max-tokens 512" in text and "999999" not in text
+    train = [train_settings_in(line) for line in text.splitlines() if "rrt train" in line]
+    assert train and {s["tokens"] for s in train} == {512} and "999999" not in text
     assert "--limit 2" in text and "--limit 77" not in text
 
 

@@ -730,7 +730,8 @@ def settings_from_args(args, cls, base: dict | None = None, name: str = ""):
     try:
         return cls.from_dict(merged, name)
     except SettingError as e:
-        raise SettingError(_flag_error(str(e), hints_by_path)) from None
+        message = str(e).removeprefix(f"{name}.") if name else str(e)
+        raise SettingError(_flag_error(message, hints_by_path)) from None
 
 
 def _flag_error(message: str, hints_by_path) -> str:

@@ -6,8 +6,18 @@ from snakemake.utils import validate
 
 from rrt.data.shards import files_to_read
 from rrt.errors import UsageError
+from rrt.settings import SettingError, resolve_config
 from rrt.variants import read_variants
 
+# Every key typed and defaulted by rrt.settings (one line naming a bad or unknown key). The
+# --config values (`--config 'train={tokens: 8192}'`: Snakemake hands nested values over as
+# strings) are parsed by each key's type first. The schema then checks the same config.
+try:
+    _resolved = resolve_config(config, overrides=workflow.config_settings.config)
+except SettingError as e:
+    raise ValueError(f"config: {e}") from None
+config.clear()
+config.update(_resolved)
 validate(config, "../schemas/config.schema.yaml")
 
 # The experiment's config file (the last --configfile, else the default), for `rrt plan`.
@@ -44,13 +54,15 @@ def train_tokens(row):
     return config["train"]["tokens"] if row.tokens == "default" else int(row.tokens)
 
 
-def warmup_args(row):
-    """--warmup-steps from the variant's `warmup` column, else the config's steps or ratio."""
+def train_settings(row):
+    """`rrt train --settings`: the resolved train section with the variant's own token
+    budget, warmup (its `warmup` column, else the section's) and early-exit recipe."""
+    settings = dict(config["train"], tokens=train_tokens(row))
     if row.warmup != "default":
-        return f"--warmup-steps {int(row.warmup)}"
-    if config["train"]["warmup_steps"] is not None:
-        return f"--warmup-steps {config['train']['warmup_steps']}"
-    return f"--warmup-ratio {config['train']['warmup_ratio']}"
+        settings["warmup_steps"] = int(row.warmup)
+    if row.early_exit != "-":
+        settings["early_exit"] = config["early_exit"]["recipes"][row.early_exit]
+    return json.dumps(settings)
 
 
 def base_dir(base):
@@ -83,16 +95,6 @@ def converted(name):
     """Whether the variant's model is made by `convert` or `reduce` (not its parent's)."""
     row = VARIANTS.loc[name]
     return row.kind in ("recursive", "reduced") and row.parent == "-"
-
-
-def exit_args(row):
-    """`rrt train` flags of the variant's early-exit recipe (none without one)."""
-    if row.early_exit == "-":
-        return ""
-    recipe = config["early_exit"]["recipes"][row.early_exit]
-    weights = recipe["weights"]
-    weights = ",".join(str(w) for w in weights) if isinstance(weights, list) else weights
-    return f"--exit-weights {weights} --exit-kd-weight {recipe.get('kd_weight', 1.0)}"
 
 
 def exit_eval_args(name):
@@ -215,8 +217,7 @@ def base_model_args(spec):
     if spec["source"] == "hub":
         return f"--source hub --hub-id {spec['hub_id']}"
     if spec["source"] == "tiny":
-        tiny = spec.get("tiny", {})
-        return f"--source tiny --layers {tiny.get('layers', 4)} --hidden-size {tiny.get('hidden_size', 32)}"
+        return f"--source tiny --layers {spec['tiny']['layers']} --hidden-size {spec['tiny']['hidden_size']}"
     return "--source embedded"
 
 

@@ -5,7 +5,7 @@ rule aggregate:
         train=[f"results/train/{v}/train_summary.json" for v in VARIANTS.index if needs_training(v)],
         throughput=expand("results/throughput/{variant}.json", variant=throughput_variants()),
         variants=config["variants"],
-        paper=config.get("paper_reference", []),
+        paper=config["paper_reference"] or [],
         benchmarks=benchmark_files(),
     output:
         summary=report("results/tables/summary.csv", caption="../report/summary.rst", category="1. Results",
@@ -41,7 +41,7 @@ rule aggregate:
         fig_throughput=report("results/figures/throughput_accuracy.png", caption="../report/throughput_accuracy.rst",
                               category="2. Figures", labels={"figure": "throughput vs accuracy"}),
     params:
-        paper=optional_args(paper=config.get("paper_reference")),
+        paper=optional_args(paper=config["paper_reference"]),
         train_settings=lambda wc: train_settings_json(),
     log:
         "results/logs/aggregate.log",

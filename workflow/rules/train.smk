@@ -17,20 +17,9 @@ rule uptrain:
         summary="results/train/{variant}/train_summary.json",
     params:
         out="results/train/{variant}",
-        tokens=lambda wc: train_tokens(variant(wc)),
-        train=config["train"],
-        warmup=lambda wc: warmup_args(variant(wc)),
-        extra=optional_args(loss_chunk_tokens=config["train"]["loss_chunk_tokens"])
-        + (" --gradient-checkpointing" if config["train"]["gradient_checkpointing"] else ""),
-        exits=lambda wc: exit_args(variant(wc)),
-        kd=lambda wc: (
-            "--teacher {} --kd-loss {loss} --kd-weight {weight} --kd-temperature {temperature}".format(
-                base_dir(variant(wc).base), **config["train"]["kd"])
-            if variant(wc).kd else ""
-        ),
-        deepspeed=optional_args(deepspeed=config["train"]["deepspeed"]),
+        settings=lambda wc: train_settings(variant(wc)),
+        teacher=lambda wc: f"--teacher {base_dir(variant(wc).base)}" if variant(wc).kd else "",
         launch=launch_args(),
-        betas=",".join(str(b) for b in config["train"]["adam_betas"]),
     log:
         "results/logs/uptrain/{variant}.log",
     benchmark:
@@ -41,10 +30,6 @@ rule uptrain:
     conda:
         "../../envs/model.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} rrt launch {params.launch} --cpus-per-node {resources.cpus_per_task} -- rrt train --model {input.model} --data {input.data}/train "
-        "--out {params.out} --max-tokens {params.tokens} --batch-tokens {params.train[batch_tokens]} "
-        "--micro-batch-size {params.train[micro_batch_size]} --lr {params.train[lr]} {params.warmup} "
-        "--min-lr-ratio {params.train[min_lr_ratio]} --adam-betas {params.betas} "
-        "--weight-decay {params.train[weight_decay]} --save-steps {params.train[save_steps]} --seed {params.train[seed]} "
-        "{params.extra} {params.kd} {params.exits} {params.deepspeed} --stop-margin {params.train[stop_margin_s]} --requeue "
-        "> {log} 2>&1"
+        "OMP_NUM_THREADS={threads} rrt launch {params.launch} --cpus-per-node {resources.cpus_per_task} -- "
+        "rrt train --model {input.model} --data {input.data}/train --out {params.out} --settings {params.settings:q} "
+        "{params.teacher} --requeue > {log} 2>&1"

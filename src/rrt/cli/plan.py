@@ -1,42 +1,28 @@
 """Handler of `rrt plan`: what an experiment costs before it runs (`rrt.train.budget`).
 
-The config is read as Snakemake reads it: validated against
-`workflow/schemas/config.schema.yaml` with `snakemake.utils.validate(..., set_default=True)`,
-which fills in the schema's defaults. The variants table path is taken relative to the
+The config is read as the workflow reads it: checked and its defaults filled in by
+`rrt.settings.resolve_config`. The variants table path is taken relative to the
 working directory (as the workflow does, from the repository root), else relative to the
 config file's directory or its parent."""
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import pandas as pd
 import yaml
-from snakemake.utils import validate
 
 from ..errors import UsageError, first_line
 from ..io import atomic_write_text
-from ..settings import PLAN
+from ..settings import PLAN, SettingError, resolve_config
 from ..train.budget import format_plan, plan_budget
 from ..variants import read_variants
 from . import checks
 
-SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
-
-
-def _validation_message(text: str) -> str:
-    """One line from Snakemake's multi-line validation error: `key.path: message`."""
-    message = re.search(r"ValidationError: (.*)", text)
-    where = re.search(r"On instance((?:\[[^\]]*\])*)", text)
-    keys = ".".join(k.strip("'\"") for k in re.findall(r"\[([^\]]*)\]", where.group(1))) if where else ""
-    body = message.group(1) if message else first_line(Exception(text))
-    return f"{keys}: {body}" if keys else body
-
 
 def read_config(path: str | Path) -> dict:
-    """A workflow config with the schema's defaults filled in, as Snakemake sees it."""
+    """A workflow config with every default filled in, as the workflow sees it."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--config {path} " + ("is a directory, not a YAML file" if path.is_dir() else "does not exist"))
@@ -46,12 +32,10 @@ def read_config(path: str | Path) -> dict:
         raise UsageError(f"--config {path} is not YAML: {first_line(e)}") from None
     if not isinstance(config, dict):
         raise UsageError(f"--config {path} is not a mapping of keys")
-    if SCHEMA.is_file():
-        try:
-            validate(config, str(SCHEMA), set_default=True)
-        except Exception as e:
-            raise UsageError(f"{path}: {_validation_message(str(e))}") from None
-    return config
+    try:
+        return resolve_config(config)
+    except SettingError as e:
+        raise UsageError(f"{path}: {e}") from None
 
 
 def _variants_path(config: dict, config_path: Path) -> Path:

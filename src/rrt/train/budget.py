@@ -1,6 +1,6 @@
 """What an experiment costs before it runs (`rrt plan`): for each variant of a workflow
 config, its parameters, training FLOPs, GPU-hours and SLURM jobs, peak memory per GPU and
-disk. `plan_budget` is a pure function of the config (schema defaults filled in) and the
+disk. `plan_budget` is a pure function of the config (defaults filled in by rrt.settings) and the
 variants table; `format_plan` prints its result.
 
 Parameters. Every model is built on the meta device (no memory, milliseconds) from the
@@ -86,13 +86,11 @@ from ..model.modeling import RecursiveConfig, RecursiveForCausalLM
 from ..model.params import compute_params, count_params
 from ..model.relax import resolve_rank
 from ..model.shapes import base_config
-from ..settings import PLAN, TRAIN
+from ..settings import PLAN, DataSettings, TrainResources, TrainSettings
 from .checkpoints import KEEP
 from .plan import plan_batches
 
 GB = 1e9
-DEFAULT_STOP_MARGIN_S = 300     # train.stop_margin_s when a config predates it
-DEFAULT_RUNTIME_MIN = 60        # the uptrain rule's runtime without resources.train.runtime
 
 # Activation bytes per token per depth: coefficients of (d, d_q, d_kv, d_ffn); see above.
 ACTIVATION_COEFFS = {
@@ -236,24 +234,22 @@ def _setting(config: dict, gpu: str | None, mfu: float | None) -> tuple[str, flo
 def plan_budget(config: dict, variants: pd.DataFrame, *, gpu: str | None = None, mfu: float | None = None,
                 base_configs: dict | None = None) -> pd.DataFrame:
     """One row per variant (raw units: parameters, FLOPs, hours, GB), in the table's order.
-    `config` is a workflow config with the schema's defaults filled in (missing sections
-    fall back to rrt.settings); `gpu`/`mfu` override its `plan` section; `base_configs`
+    `config` is a workflow config (`rrt.settings.resolve_config`; the keys it lacks take
+    rrt.settings' defaults); `gpu`/`mfu` override its `plan` section; `base_configs`
     ({base: transformers config}) skips `shapes.base_config`. The assumptions are in
     `.attrs` (gpu, mfu, GPUs, runtime, micro-batch, data on disk, notes)."""
     gpu, mfu = _setting(config, gpu, mfu)
     spec = PLAN["gpu_specs"][gpu]
-    train = {**TRAIN, **(config.get("train") or {})}
-    data = config.get("data") or {}
-    resources = (config.get("resources") or {}).get("train") or {}
+    # The sections the plan reads, their missing keys filled by rrt.settings.
+    train = TrainSettings.from_dict(config.get("train") or {}, "train").to_dict()
+    data = DataSettings.from_dict(config.get("data") or {}, "data").to_dict()
+    resources = TrainResources.from_dict((config.get("resources") or {}).get("train") or {}, "resources.train").to_dict()
     notes = []
-    nodes = int(resources.get("nodes", 1) or 1)
-    per_node = int(resources.get("gpus", 0) or 0)
+    nodes, per_node = resources["nodes"], resources["gpus"]
     if per_node == 0:
         notes.append("resources.train.gpus is 0 (a CPU run): planned for 1 GPU")
     world = nodes * max(per_node, 1)
-    runtime = float(resources.get("runtime", DEFAULT_RUNTIME_MIN))
-    margin = float(train.get("stop_margin_s", DEFAULT_STOP_MARGIN_S))
-    block = int(data.get("block_size", 256))
+    runtime, margin, block = float(resources["runtime"]), float(train["stop_margin_s"]), data["block_size"]
     try:
         micro, _, _ = plan_batches(int(train["batch_tokens"]), block, int(train["micro_batch_size"]), world)
     except ValueError as e:
