@@ -296,6 +296,6 @@ def test_bad_input(argv, match, capsys, monkeypatch):
 def test_bad_config_values_name_the_key(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text("variants: config/variants.tsv\nbase_models: {g: {source: embedded}}\nplan: {mfu: 2}\n")
-    assert f"{path}: plan.mfu: 2 is greater than the maximum of 1" in cli_error(capsys, ["plan", "--config", str(path)])
+    assert f"{path}: plan.mfu must be in (0, 1], got 2.0" in cli_error(capsys, ["plan", "--config", str(path)])
     path.write_text(f"variants: {tmp_path / 'none.tsv'}\nbase_models: {{g: {{source: embedded}}}}\n")
     assert "none.tsv does not exist" in cli_error(capsys, ["plan", "--config", str(path)])

@@ -37,6 +37,8 @@ EXIT_CRITERIA = ("max_prob", "entropy")
 # Named early-exit loss weights (`rrt.train.early_exit.exit_weights`): the paper's aggressive
 # one (intermediate 0.1, final 1), every exit alike, or growing with depth (b/B).
 EXIT_SCHEDULES = ("aggressive", "uniform", "linear")
+# Scale of each intermediate exit's KD from the detached final exit (ExitRecipe.kd_weight).
+EXIT_KD_WEIGHT = 1.0
 
 # The paper's 7 few-shot tasks, in the order of its tables.
 TASKS = ("lambada", "hellaswag", "piqa", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
@@ -442,7 +444,7 @@ class ExitRecipe(Section):
              "one), `uniform` (all 1), `linear` (b/B), one number for every intermediate exit, or one per exit",
         choices=EXIT_SCHEDULES, min=0, flag="--exit-weights",
         expect=f"{', '.join(EXIT_SCHEDULES)}, a number >= 0 or a list of numbers >= 0")
-    kd_weight: float = setting(1.0, "scale of each intermediate exit's KD from the detached final exit (times its "
+    kd_weight: float = setting(EXIT_KD_WEIGHT, "scale of each intermediate exit's KD from the detached final exit (times its "
                                     "weight)", min=0, flag="--exit-kd-weight")
 
     def __post_init__(self):
@@ -830,7 +832,6 @@ THROUGHPUT = ThroughputSettings().to_dict()
 SERVE = ServeSettings().to_dict()
 PLAN = {**PlanSettings().to_dict(), "gpu_specs": GPU_SPECS,
         "tokenize_tokens_per_s_per_core": TOKENIZE_TOKENS_PER_S_PER_CORE}
-RESOURCES = ResourceSettings().to_dict()
 TINY = TinyModel().to_dict()
 
 

@@ -21,7 +21,7 @@ from ..model.exits import (
     exit_logits,
     logit_transform,
 )
-from ..settings import EXIT_SCHEDULES
+from ..settings import EXIT_KD_WEIGHT, EXIT_SCHEDULES
 from .kd import kd_loss
 from .losses import chunked_losses
 
@@ -49,7 +49,7 @@ def exit_weights(weights, loops: int) -> list[float]:
     return weights
 
 
-def exit_losses(logits: list[torch.Tensor], labels: torch.Tensor, weights, *, kd_weight: float = 1.0,
+def exit_losses(logits: list[torch.Tensor], labels: torch.Tensor, weights, *, kd_weight: float = EXIT_KD_WEIGHT,
                 kd_kind: str = "fkl", kd_temperature: float = 1.0):
     """(total, per-exit CE list, per-exit KD list) from each exit's (batch, seq, vocab)
     logits: position i predicts labels[i + 1]; labels -100 are ignored."""
@@ -70,7 +70,7 @@ def exit_losses(logits: list[torch.Tensor], labels: torch.Tensor, weights, *, kd
 
 
 def early_exit_losses(model, input_ids, attention_mask=None, labels=None, *, weights=AGGRESSIVE,
-                      kd_weight: float = 1.0, kd_kind: str = "fkl", kd_temperature: float = 1.0,
+                      kd_weight: float = EXIT_KD_WEIGHT, kd_kind: str = "fkl", kd_temperature: float = 1.0,
                       chunk_tokens: int | None = None):
     """`exit_losses` of a model on one micro-batch (one forward pass, every exit). With
     `chunk_tokens`, no exit's full logits are made: each exit's head runs that many
