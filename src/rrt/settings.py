@@ -840,13 +840,9 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m rrt.settings", description="print settings derived from rrt.settings")
     p.add_argument("--markdown", action="store_true", help="the key table of config/README.md")
-    p.add_argument("--defaults", action="store_true", help="the workflow config's defaults as JSON")
     args = p.parse_args(argv)
     if args.markdown:
         sys.stdout.write(MARKDOWN_BEGIN + "\n" + markdown_table() + MARKDOWN_END + "\n")
-    if args.defaults:
-        print(json.dumps(resolve_config({"variants": "config/variants.tsv", "base_models": {"x": {"source": "tiny"}}}),
-                         indent=1))
     return 0
 
 
