@@ -4,7 +4,9 @@ The model wraps the base family's own CausalLM (`self.base`), so embeddings, mas
 embeddings, caches, logit soft-capping, loss and `generate()` are all transformers' code.
 Only the decoder-layer list is changed: it holds one `DepthLayer` per original depth, and
 each runs one of the K shared layers in `self.recursive_block` with that depth's own
-LoRA, norms and identity (KV-cache slot, sliding/global attention, rotary type).
+LoRA, norms and identity (KV-cache slot, sliding/global attention, rotary type), through
+that layer's `SharedSlot` (`self.shared_slots`, rrt.model.binding): the one way the model
+and the serving engine run a shared layer at a depth.
 
 Parameter names in a checkpoint:
     recursive_block.{k}.…                    the K shared (unique) layers
@@ -29,6 +31,7 @@ from transformers import (
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .binding import SharedSlot
 from .families import family_of, without_layers
 from .relax import DepthLinear, DepthNorm, RelaxedLinear, is_norm, resolve_rank
 from .sharing import depth_to_slot, loop_index
@@ -81,33 +84,28 @@ class RecursiveConfig(PreTrainedConfig):
 class DepthLayer(GradientCheckpointingLayer):
     """Depth l of the unrolled model: runs its shared slot with depth l's own parameters.
 
-    Binding is a few attribute writes: which DepthLinear/norm each placeholder of the
-    shared block dispatches to, and the per-depth identity the family's constructor gives
-    layer l (layer_idx -> its own KV-cache slot; Gemma 2/3 sliding window and layer type).
-    Gradient checkpointing happens here, so a recomputation rebinds the same depth.
+    It owns depth l's LoRA (`linears`) and norms (`norms`, with per-depth norms) and runs
+    `shared.at(l)`: the view of its shared block bound to them and to depth l's identity
+    (layer_idx -> its own KV-cache slot; Gemma 2/3 sliding window and layer type), built once
+    (`rrt.model.binding`). Gradient checkpointing happens here: the recomputation runs the
+    same view, so the same depth.
     """
 
-    def __init__(self, block: nn.Module, depth: int, slot: int, loop: int,
-                 linears: dict[str, DepthLinear], norms: dict[str, nn.Module],
-                 identity: list[tuple[nn.Module, str, object]]):
+    def __init__(self, shared: SharedSlot, depth: int, loop: int,
+                 linears: dict[str, DepthLinear], norms: dict[str, nn.Module]):
         super().__init__()
-        self.depth, self.slot, self.loop = depth, slot, loop
-        self.__dict__["block"] = block  # registered once, in RecursiveForCausalLM.recursive_block
+        self.depth, self.slot, self.loop = depth, shared.slot, loop
+        self.__dict__["shared"] = shared  # not a submodule: its block is registered once, in recursive_block
         self.linears = nn.ModuleDict({_key(p): m for p, m in linears.items()})
         self.norms = nn.ModuleDict({_key(p): m for p, m in norms.items()})
-        self.__dict__["_bindings"] = [(block.get_submodule(p), m) for p, m in {**linears, **norms}.items()]
-        self.__dict__["_identity"] = identity
+
+    @property
+    def block(self) -> nn.Module:
+        """The shared decoder layer this depth runs (as registered: unbound)."""
+        return self.shared.block
 
     def forward(self, *args, **kwargs):
-        for module, attr, value in self._identity:
-            module.__dict__[attr] = value
-        for placeholder, own in self._bindings:
-            placeholder.__dict__["active"] = own
-        try:
-            return self.block(*args, **kwargs)
-        finally:
-            for placeholder, _ in self._bindings:
-                placeholder.__dict__["active"] = None
+        return self.shared.at(self.depth)(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"depth={self.depth}, slot={self.slot}, loop={self.loop}"
@@ -118,8 +116,9 @@ def _plain_attrs(module: nn.Module) -> dict[str, object]:
 
 
 def _depth_identities(layer_cls, text_config, block: nn.Module, depths: list[int]):
-    """For each depth, the plain attributes (over the whole block) that the family's own
-    constructor sets differently for that depth than for the block as built."""
+    """For each depth, {module path: {attribute: value}}: the plain attributes (over the
+    whole block) that the family's own constructor sets differently for that depth than for
+    the block as built."""
     with torch.device("meta"):
         refs = {d: layer_cls(text_config, layer_idx=d) for d in depths}
     varying: set[tuple[str, str]] = set()
@@ -129,10 +128,11 @@ def _depth_identities(layer_cls, text_config, block: nn.Module, depths: list[int
             for attr, value in _plain_attrs(sub).items():
                 if own.get(attr, object()) != value:
                     varying.add((path, attr))
-    return {
-        d: [(block.get_submodule(p), a, getattr(refs[d].get_submodule(p), a)) for p, a in sorted(varying)]
-        for d in depths
-    }
+    identities: dict[int, dict[str, dict[str, object]]] = {d: {} for d in depths}
+    for path, attr in sorted(varying):
+        for d in depths:
+            identities[d].setdefault(path, {})[attr] = getattr(refs[d].get_submodule(path), attr)
+    return identities
 
 
 class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
@@ -160,16 +160,17 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
             self.base = self.family.causal_lm_cls(text)(text)
 
         depth_layers: list[DepthLayer | None] = [None] * len(layer_map)
+        self.shared_slots: list[SharedSlot] = []  # slot k's binding API (rrt.model.binding)
         for slot, block in enumerate(self.recursive_block):
             identities = _depth_identities(layer_cls, text, block, depths_of[slot])
             linears, norms = self._relax_block(block)
+            owns = {depth: ({p: make() for p, make in linears.items()}, {p: copy.deepcopy(n) for p, n in norms.items()})
+                    for depth in depths_of[slot]}
+            shared = SharedSlot(block, slot, {d: {**own_linears, **own_norms} for d, (own_linears, own_norms) in owns.items()},
+                                identities)
+            self.shared_slots.append(shared)
             for depth in depths_of[slot]:
-                depth_layers[depth] = DepthLayer(
-                    block, depth, slot, loop_index(layer_map, depth),
-                    linears={p: make() for p, make in linears.items()},
-                    norms={p: copy.deepcopy(n) for p, n in norms.items()},
-                    identity=identities[depth],
-                )
+                depth_layers[depth] = DepthLayer(shared, depth, loop_index(layer_map, depth), *owns[depth])
         self.base.set_submodule(self.family.layers_path, nn.ModuleList(depth_layers))
         self.post_init()
         if config.tie_word_embeddings:
@@ -227,8 +228,8 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
 
     def _set_gradient_checkpointing(self, *args, **kwargs):
         super()._set_gradient_checkpointing(*args, **kwargs)
-        # Checkpoint whole depths (DepthLayer), never the shared block alone: its
-        # recomputation would run outside the depth's binding.
+        # Checkpoint whole depths (DepthLayer): the shared block as registered never runs
+        # (its depths' views do), and one checkpoint per depth is what the depth recomputes.
         for block in self.recursive_block:
             block.gradient_checkpointing = False
 

@@ -3,13 +3,15 @@ block, initialised by truncated SVD of the residual between the original layer a
 shared one.
 
 The shared block's linears become `RelaxedLinear`s that hold the shared weight; each depth
-owns a `DepthLinear` (its LoRA A/B and, with per-depth norms, its own bias) and binds it
-before running the block. Norms become `DepthNorm`s that dispatch to the binding depth's
-own copy of the family's norm module. Nothing W' + BA is ever materialised in forward.
+owns a `DepthLinear` (its LoRA A/B and, with per-depth norms, its own bias). Norms become
+`DepthNorm`s that dispatch to the depth's own copy of the family's norm module. Which depth
+a placeholder serves is fixed in the depth's view of the shared block (`rrt.model.binding`),
+never written at forward time. Nothing W' + BA is ever materialised in forward.
 """
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -158,31 +160,45 @@ class DepthLinear(nn.Module):
         return f"rank={self.rank}, scale={self.scale}, bias={self.bias is not None}"
 
 
-class RowGroups:
-    """The rows of one batch that sit at different depths (depth-wise batching), bound to a
-    placeholder of the shared block for one call: `groups` pairs the index tensor of each
-    depth's rows (dim 0) with that depth's own module (its DepthLinear, or its norm)."""
+# The rows of the current call at each depth, per shared slot: {slot key: ((row indices,
+# depth), ...)}. Set by `binding.SharedSlot.rows_at` for the length of a grouped call and read
+# by its placeholders (`RowGroups`); a context variable, so nested calls and threads each see
+# their own. Never mutated: `rows_at` sets a new mapping and resets the old one after.
+ROW_DEPTHS: ContextVar[dict] = ContextVar("rrt_row_depths", default={})
 
-    def __init__(self, groups: list[tuple[torch.Tensor, nn.Module]]):
-        self.groups = groups
+
+class RowGroups:
+    """What a placeholder of a slot's grouped view is bound to (depth-wise batching: rows of
+    one batch at different depths): `owns`, each depth's own module there (its DepthLinear,
+    or its norm). Which rows sit at which depth is per call: `groups()` reads it from
+    `ROW_DEPTHS` under `key` (the slot)."""
+
+    def __init__(self, owns: dict[int, nn.Module], key: object):
+        self.owns, self.key = owns, key
+
+    def groups(self) -> list[tuple[torch.Tensor, nn.Module]]:
+        """(index tensor of a depth's rows (dim 0), that depth's own module), per depth present."""
+        rows = ROW_DEPTHS.get().get(self.key)
+        if rows is None:
+            raise RuntimeError(f"{self.key}: its grouped view ran outside `rows_at(...)`")
+        return [(index, self.owns[depth]) for index, depth in rows]
 
 
 class RelaxedLinear(nn.Linear):
     """A linear of the shared block. Its weight (and bias, unless biases are per depth) is
-    shared by every depth; the binding depth's `DepthLinear` adds B(Ax) and may swap the bias."""
+    shared by every depth. In a depth's view of the block it is bound to that depth's
+    `DepthLinear`, which adds B(Ax) and may swap the bias; in the slot's grouped view, to
+    `RowGroups`; unbound (the registered module itself) it is the shared linear alone."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, device=None, dtype=None):
-        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        # Not a submodule: the depth owns it; this is only who is running right now.
-        self.__dict__["active"] = None
+    bound: DepthLinear | RowGroups | None = None  # set once, in a view (rrt.model.binding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        depth: DepthLinear | RowGroups | None = self.__dict__["active"]
+        depth = self.bound
         if depth is None:
             return F.linear(x, self.weight, self.bias)
         if isinstance(depth, RowGroups):  # rows at different depths: the shared product, then each group's own
             y = F.linear(x, self.weight, self.bias)
-            for rows, own in depth.groups:
+            for rows, own in depth.groups():
                 y = y.index_add(0, rows, own.delta(x[rows]))
             return y
         bias = depth.bias if depth.bias is not None else self.bias
@@ -193,19 +209,18 @@ class RelaxedLinear(nn.Linear):
 
 
 class DepthNorm(nn.Module):
-    """Placeholder for a norm of the shared block when every depth keeps its own norm."""
+    """Placeholder for a norm of the shared block when every depth keeps its own norm: in a
+    depth's view it is bound to that depth's norm module, in the grouped view to `RowGroups`."""
 
-    def __init__(self):
-        super().__init__()
-        self.__dict__["active"] = None
+    bound: nn.Module | RowGroups | None = None  # set once, in a view (rrt.model.binding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm = self.__dict__["active"]
+        norm = self.bound
         if norm is None:
-            raise RuntimeError("DepthNorm called outside a depth: run the shared block through its DepthLayer")
+            raise RuntimeError("DepthNorm called outside a depth: run the shared block through its SharedSlot")
         if isinstance(norm, RowGroups):
             out = None
-            for rows, own in norm.groups:
+            for rows, own in norm.groups():
                 y = own(x[rows])
                 out = (x.new_empty(x.shape, dtype=y.dtype) if out is None else out).index_copy(0, rows, y)
             return out

@@ -11,13 +11,15 @@ sequence-wise batching.
 
 Per step the work is a few tensor calls per shared layer: rows carry their depth, slot
 and position as tensors (`rrt.serve.cache`), relaxed models add each depth's LoRA to its
-own rows (`rrt.model.relax.RowGroups`), and the decoder layers are transformers' own.
+own rows (the shared layer runs through `SharedSlot.rows_at`, `rrt.model.binding`, as the
+model's own depths run through `SharedSlot.at`), and the decoder layers are transformers' own.
 The prompts of requests joining at once are prefilled together (right-padded) through
 every depth before they join.
 Greedy decoding.
 """
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -25,7 +27,6 @@ import torch
 
 from ..model.exits import exit_confidence, exit_logits, is_confident
 from ..model.families import family_of
-from ..model.relax import RowGroups
 from ..settings import EXIT_KV_MODES, SERVE
 from .cache import DepthKVCache, RowCache, attention_mask
 
@@ -92,11 +93,9 @@ class DepthwiseEngine:
                 raise ValueError("depth-wise batching needs cycle sharing (each loop runs the K shared layers in "
                                  f"order), not {config.sharing!r}")
             self.loops = config.num_loops
-            self.layers = list(model.recursive_block)
-            self._owners = [self._owners_of(slot) for slot in range(len(self.layers))]
+            self.slots = model.shared_slots
         else:
             self.loops, self.layers = 1, list(backbone.get_submodule(family.layers_path))
-            self._owners = [{} for _ in self.layers]
         self.per_loop = self.depths // self.loops
         param = next(model.parameters())
         self.dtype, self.device = param.dtype, param.device
@@ -107,27 +106,13 @@ class DepthwiseEngine:
         self.eos_token_id = eos_token_id
         self._scoring = False
 
-    def _owners_of(self, slot: int) -> dict:
-        """{placeholder of shared layer `slot`: {depth: that depth's own module}}."""
-        owners: dict = {}
-        for d, layer in enumerate(self.model.depth_layers):
-            if layer.slot == slot:
-                for placeholder, own in layer._bindings:
-                    owners.setdefault(placeholder, {})[d] = own
-        return owners
-
     # --- one shared layer over rows at their own depths ------------------------------------
     def _run_layer(self, k: int, hidden, depth, slot, positions, length: int, attention_only: bool = False):
         """Shared layer k (a plain model: layer k) over `hidden` (rows, q, d): row r at
         depth[r] of sequence slot[r], its q tokens at positions[r]. `attention_only`: just
         write the rows' keys and values (the layer's norm and attention; output dropped)."""
-        owners = self._owners[k]
-        if owners:
-            groups = [(torch.nonzero(depth == d).flatten(), d) for d in torch.unique(depth).tolist()]
-            for placeholder, own in owners.items():
-                placeholder.__dict__["active"] = RowGroups([(rows, own[d]) for rows, d in groups])
-        try:
-            layer = self.layers[k]
+        bound = self.slots[k].rows_at(depth) if self.recursive else contextlib.nullcontext(self.layers[k])
+        with bound as layer:
             window = self._window_of_depth.to(depth.device)[depth]
             kwargs = dict(attention_mask=attention_mask(positions, length, hidden.dtype, window if window.any() else None),
                           position_ids=positions, position_embeddings=self._position_embeddings(hidden, positions, depth))
@@ -136,9 +121,6 @@ class DepthwiseEngine:
                 getattr(layer, self._attention)(hidden_states=layer.input_layernorm(hidden), **kwargs)
                 return hidden
             out = layer(hidden, **kwargs)
-        finally:
-            for placeholder in owners:
-                placeholder.__dict__["active"] = None
         return out[0] if isinstance(out, tuple) else out
 
     def _position_embeddings(self, hidden, positions, depth):
