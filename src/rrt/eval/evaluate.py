@@ -12,7 +12,7 @@ from ..io import atomic_write_json
 from ..model.exits import exit_depths, read_at_exit, read_when_confident
 from ..model.load import load_model_dir
 from ..model.params import count_params
-from .perplexity import exit_perplexity, perplexity
+from .perplexity import perplexities, perplexity
 from .tasks import DEFAULT_PROMPT_FORMAT, ExitStates, headline, headline_stderr, run_tasks
 
 
@@ -91,13 +91,12 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
         result["exits"] = {"loops": len(exit_depths(model)), "depths": exit_depths(model), "ppl": {}}
     for name, path in ppl_sets.items():
         t = time.perf_counter()
-        result["ppl"][name] = perplexity(model, path, batch_size)
+        if exits:  # one pass gives both (`perplexities`)
+            result["ppl"][name], result["exits"]["ppl"][name] = perplexities(model, path, batch_size, exit_thresholds)
+        else:
+            result["ppl"][name] = perplexity(model, path, batch_size)
         result[f"ppl_{name}"] = result["ppl"][name]["ppl"]
         seconds[f"ppl_{name}"] = time.perf_counter() - t
-        if exits:
-            t = time.perf_counter()
-            result["exits"]["ppl"][name] = exit_perplexity(model, path, batch_size, exit_thresholds)
-            seconds[f"ppl_exits_{name}"] = time.perf_counter() - t
     if tasks:
         # With exits the tasks run 1 + (loops - 1) + thresholds times: the depths run once,
         # every rerun only reads the kept hidden states out (`ExitStates`; same logits).
