@@ -144,3 +144,35 @@ def test_bad_thresholds_are_one_line_errors(tmp_path, capsys, argv, match):
                  "--tasks", "none", "--exits", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert match in err[-1] and not out.exists()
+
+
+def test_task_reruns_at_exits_read_kept_states_and_equal_the_models_logits(tiny_real_vocab_dir, tmp_path, ids):
+    """`ExitStates` keeps every exit's hidden states of the tasks' forward passes: reading
+    the tasks at exit 1 (or the last exit) from them gives exactly the logits, and so the
+    accuracies, of the model read out with `exit_readout`, and runs no depth again."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rrt.eval.tasks import ExitLM, ExitStates, run_tasks
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_real_vocab_dir)
+    model = convert(base, loops=2, init="stepwise", rank=4).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_real_vocab_dir)
+    states = ExitStates(model)
+    for readout in (None, read_at_exit(0)):
+        lm = ExitLM(pretrained=model, tokenizer=tokenizer, batch_size=2, max_length=64, states=states, readout=readout)
+        kept = lm._model_call(ids)
+        with torch.no_grad(), (exit_readout(model, readout) if readout else torch.no_grad()):
+            assert torch.equal(kept, model(input_ids=ids).logits)
+
+    def scores(result):
+        return {t: {k: v for k, v in r.items() if k != "seconds"} for t, r in result.items()}
+
+    run = dict(tasks=["piqa", "arc_easy"], limit=4, batch_size=2, workdir=tmp_path / "tasks")
+    states = ExitStates(model)
+    assert scores(run_tasks(model, tokenizer, states=states, **run)) == scores(run_tasks(model, tokenizer, **run))
+    kept = len(states.states)
+    assert kept > 0
+    with exit_readout(model, read_at_exit(0)):
+        at_exit = run_tasks(model, tokenizer, **run)
+    assert scores(run_tasks(model, tokenizer, states=states, readout=read_at_exit(0), **run)) == scores(at_exit)
+    assert len(states.states) == kept  # every forward pass of the rerun was a kept one

@@ -132,6 +132,19 @@ def test_per_exit_perplexity_ends_with_the_models_perplexity(tmp_path, loops):
         assert per_exit["exits"][0]["ppl"] != pytest.approx(plain["ppl"], rel=1e-3)
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_perplexities_give_both_perplexities_exactly_from_one_pass(tmp_path, family):
+    """`rrt eval --exits` measures the plain and the per-exit perplexity in one forward
+    pass per batch: the same numbers, bit for bit, as the two passes it replaces."""
+    from rrt.eval.perplexity import exit_perplexity, perplexities, perplexity
+
+    model = _recursive(family, 2, rank=4)
+    held = _blocks(tmp_path)
+    plain, per_exit = perplexities(model, held, batch_size=2, thresholds={"max_prob": [0.5]})
+    assert plain == perplexity(model, held, batch_size=2)
+    assert per_exit == exit_perplexity(model, held, batch_size=2, thresholds={"max_prob": [0.5]})
+
+
 def _train_data(tmp_path, blocks=16, block=16):
     import datasets
     g = torch.Generator().manual_seed(0)

@@ -250,3 +250,13 @@ def train_settings_json():
                        "weight_decay": t["weight_decay"], "warmup_steps": t["warmup_steps"],
                        "warmup_ratio": t["warmup_ratio"]})
 
+
+
+def chain_priority(wildcards):
+    """Snakemake priority of a variant's convert/uptrain/evaluate/throughput job: 1 for the
+    variants of a post-training chain (a parent and the variants trained from it), else 0.
+    The chain is the longest sequence of jobs (parent's uptraining -> child's post-training ->
+    its evaluation at every exit); started first, it ends beside the other jobs instead of
+    running alone on one core at the end of `make run`."""
+    name = wildcards.variant
+    return int(VARIANTS.loc[name, "parent"] != "-" or bool((VARIANTS.parent == name).any()))

@@ -13,7 +13,7 @@ rule base_model:
     conda:
         "../../envs/model.yaml"
     shell:
-        "rrt base-model {params.args} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} rrt base-model {params.args} --out {output} > {log} 2>&1"
 
 
 rule corpus:
@@ -32,7 +32,7 @@ rule corpus:
     conda:
         "../../envs/model.yaml"
     shell:
-        "rrt corpus {params.args} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} rrt corpus {params.args} --out {output} > {log} 2>&1"
 
 
 rule tokenize_shard:
@@ -58,7 +58,7 @@ rule tokenize_shard:
     conda:
         "../../envs/model.yaml"
     shell:
-        "rrt tokenize-shard --location {params.location} --files {params.files} --shard {wildcards.shard} "
+        "OMP_NUM_THREADS={threads} rrt tokenize-shard --location {params.location} --files {params.files} --shard {wildcards.shard} "
         "--shards {wildcards.shards} --tokenizer {input.tokenizer} --corpus {input.corpus} "
         "--processes {threads} --out {output} > {log} 2>&1"
 
@@ -89,5 +89,5 @@ rule tokenize:
     conda:
         "../../envs/model.yaml"
     shell:
-        "rrt tokenize --corpus {input.corpus} --shard-dirs {input.shards} --tokenizer {input.tokenizer} "
+        "OMP_NUM_THREADS={threads} rrt tokenize --corpus {input.corpus} --shard-dirs {input.shards} --tokenizer {input.tokenizer} "
         "--out {output} --block-size {params.block} {params.caps} > {log} 2>&1"

