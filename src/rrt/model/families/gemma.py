@@ -1,15 +1,12 @@
 """Gemma 1 (the paper's Gemma 2B): Llama's layout with a scaled embedding (the family's own
 embedding module scales itself), (1 + w) RMSNorms, GELU-gated MLP; the 2B has one KV head."""
-from .spec import Family
+from .spec import LLAMA_LAYOUT, Family
 
 GEMMA = Family(
     name="gemma",
-    layers_path="model.layers", norm_path="model.norm", rotary_path="model.rotary_emb",
-    attn="self_attn", mlp="mlp", attention_norm="input_layernorm",
-    cache_kwarg="past_key_values",
+    **LLAMA_LAYOUT,
     activation_coeffs=(26, 4, 4, 8),  # measured; the breakdown is Llama's (llama.py)
     final_bytes=10,  # RMSNorm: its fp32 input and output (4 + 4), and the bf16 head input (2)
-    reads_residual=frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}),
     hub_shapes={
         # d 2048, ffn 16384, 18 layers, 8 heads / 1 KV head of 256, vocab 256000, tied head:
         # 2.51B (1.98B non-embedding)

@@ -2,7 +2,7 @@
 type (local and global bases differ), which the serving engine picks row by row."""
 import torch
 
-from .spec import Family
+from .spec import LLAMA_LAYOUT, Family
 
 
 class Gemma3Family(Family):
@@ -17,13 +17,10 @@ class Gemma3Family(Family):
 
 GEMMA3 = Gemma3Family(
     name="gemma3_text",
-    layers_path="model.layers", norm_path="model.norm", rotary_path="model.rotary_emb",
-    attn="self_attn", mlp="mlp", attention_norm="input_layernorm",
-    cache_kwarg="past_key_values",
+    **LLAMA_LAYOUT,
     # Measured (tests/test_budget.py): Gemma 2's 42·d, and the fp32 q/k norms' input and
     # output add 8·d_q and 8·d_kv.
     activation_coeffs=(42, 12, 12, 8),
     final_bytes=10,  # RMSNorm: its fp32 input and output (4 + 4), and the bf16 head input (2)
-    reads_residual=frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}),
     hub_shapes={},
 )

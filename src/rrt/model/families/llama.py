@@ -1,19 +1,16 @@
 """Llama 2/3, TinyLlama, SmolLM2 (the embedded default): pre-norm RMSNorm, grouped-query
 attention, gated SiLU MLP."""
-from .spec import Family
+from .spec import LLAMA_LAYOUT, Family
 
 LLAMA = Family(
     name="llama",
-    layers_path="model.layers", norm_path="model.norm", rotary_path="model.rotary_emb",
-    attn="self_attn", mlp="mlp", attention_norm="input_layernorm",
-    cache_kwarg="past_key_values",
+    **LLAMA_LAYOUT,
     # Measured (tests/test_budget.py). 26·d: 8·d per RMSNorm of the fp32 residual (its input
     # and output; two norms) and 2·d per bf16 copy of the normalised residual a linear keeps
     # (q, k, v, gate, up); 4·d_q: q and the attention output in bf16; 4·d_kv: k and v in bf16;
     # 8·d_ffn: the gated MLP's four d_ffn-wide bf16 tensors.
     activation_coeffs=(26, 4, 4, 8),
     final_bytes=10,  # RMSNorm: its fp32 input and output (4 + 4), and the bf16 head input (2)
-    reads_residual=frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}),
     hub_shapes={
         # d 2048, ffn 5632, 22 layers, 32 heads / 4 KV heads, vocab 32000, untied head: 1.10B
         "TinyLlama/TinyLlama-1.1B-step-50K-105b": {

@@ -20,6 +20,16 @@ from dataclasses import dataclass, field
 from transformers import AutoModelForCausalLM, PreTrainedConfig
 
 
+# The decoder layout of Llama and of the families transformers derives from it (Gemma 1/2/3
+# here): module paths, cache argument, and the linears that read the normalised residual.
+LLAMA_LAYOUT = dict(
+    layers_path="model.layers", norm_path="model.norm", rotary_path="model.rotary_emb",
+    attn="self_attn", mlp="mlp", attention_norm="input_layernorm",
+    cache_kwarg="past_key_values",
+    reads_residual=frozenset({"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}),
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Family:
     name: str  # the config's model_type
