@@ -30,8 +30,9 @@ from .train_run import train
 
 # (sharing, rank, per-depth norms): pure sharing, relaxed cycle, relaxed sequence with own norms.
 VARIANTS = [("cycle", "0", False), ("cycle", "4", False), ("sequence", "4", True)]
-REMOTE_FILES = ["modeling_rrt.py", "rrt_binding.py", "rrt_families.py", "rrt_relax.py", "rrt_settings.py",
-                "rrt_sharing.py"]
+REMOTE_FILES = ["modeling_rrt.py", "rrt_binding.py", "rrt_families.py", "rrt_families_gemma.py",
+                "rrt_families_gemma2.py", "rrt_families_gemma3.py", "rrt_families_gpt_neox.py",
+                "rrt_families_llama.py", "rrt_families_spec.py", "rrt_relax.py", "rrt_settings.py", "rrt_sharing.py"]
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json"]
 # A process that cannot import rrt: sitecustomize (first on PYTHONPATH) blocks the package.
 NO_RRT = "import sys\nsys.modules['rrt'] = None  # `import rrt` raises ImportError\n"

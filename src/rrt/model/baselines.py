@@ -3,8 +3,6 @@ layers as the recursive model has unique ones, so the non-embedding sizes match.
 Initialised from the base model's first K layers (`lower`) or at random (`scratch`)."""
 from __future__ import annotations
 
-import copy
-
 import torch
 from transformers import PreTrainedModel
 
@@ -20,10 +18,7 @@ def reduce_depth(base: PreTrainedModel, num_layers: int, init: str = "lower", se
         raise ValueError(f"layers must be in 1..{base.config.num_hidden_layers}, got {num_layers}")
     if init not in REDUCED_INITS:
         raise ValueError(f"init must be one of {REDUCED_INITS}, got {init!r}")
-    config = copy.deepcopy(base.config)
-    config.num_hidden_layers = num_layers
-    if getattr(config, "layer_types", None) is not None:  # Gemma 2/3: keep the first K depths' types
-        config.layer_types = config.layer_types[:num_layers]
+    config = family.with_layers(base.config, num_layers)
     torch.manual_seed(seed)
     model = family.causal_lm_cls(config)(config).to(base.get_input_embeddings().weight.dtype)
     if init == "lower":

@@ -30,12 +30,6 @@ from ..model.families import family_of
 from ..settings import EXIT_KV_MODES, SERVE
 from .cache import DepthKVCache, RowCache, attention_mask
 
-# Families whose decoder layers, rotary embeddings and embedding the engine drives as is (the
-# embedding scales itself in Gemma; Gemma 2/3 alternate sliding and global attention per
-# depth, and Gemma 3 has a rotary embedding per attention type: both chosen row by row;
-# GPT-NeoX names its layer's cache argument `layer_past`).
-ENGINE_FAMILIES = ("llama", "gemma", "gemma2", "gemma3_text", "gpt_neox")
-
 
 @dataclass
 class Request:
@@ -74,18 +68,18 @@ class DepthwiseEngine:
         config = model.config
         self.recursive = getattr(config, "model_type", None) == "recursive"
         text = config.get_text_config(decoder=True)
-        family = family_of(text)
-        if family.name not in ENGINE_FAMILIES:
-            raise ValueError(f"the depth-wise engine runs {', '.join(ENGINE_FAMILIES)} models, not {family.name!r}")
+        # Every registered family: its spec (rrt.model.families) names the layer's cache
+        # argument and the norm before attention, and picks each row's rotary embedding.
+        self.family = family = family_of(text)
         backbone = model.base if self.recursive else model
         self.embed = model.get_input_embeddings()
-        self.rotary = backbone.get_submodule(family.layers_path.rsplit(".", 1)[0]).rotary_emb
+        self.rotary = backbone.get_submodule(family.rotary_path)
         types = getattr(text, "layer_types", None) or ["full_attention"] * text.num_hidden_layers
         self.layer_types = sorted(set(types))
-        self._type_of_depth = torch.tensor([self.layer_types.index(t) for t in types])
+        self._type_of_depth = torch.tensor([self.layer_types.index(t) for t in types],
+                                           device=next(model.parameters()).device)
         self._window_of_depth = torch.tensor([text.sliding_window if t == "sliding_attention" else 0 for t in types])
-        self._rotary_per_type = family.name == "gemma3_text"
-        self._cache_arg = "layer_past" if family.name == "gpt_neox" else "past_key_values"
+        self._cache_arg = family.cache_kwarg
         self._attention = family.attn
         self.depths = text.num_hidden_layers
         if self.recursive:
@@ -118,20 +112,16 @@ class DepthwiseEngine:
                           position_ids=positions, position_embeddings=self._position_embeddings(hidden, positions, depth))
             kwargs[self._cache_arg] = RowCache(self.cache, depth, slot, positions, length)
             if attention_only:
-                getattr(layer, self._attention)(hidden_states=layer.input_layernorm(hidden), **kwargs)
+                getattr(layer, self._attention)(hidden_states=getattr(layer, self.family.attention_norm)(hidden),
+                                                **kwargs)
                 return hidden
             out = layer(hidden, **kwargs)
         return out[0] if isinstance(out, tuple) else out
 
     def _position_embeddings(self, hidden, positions, depth):
         """(cos, sin) of every row: the rotary embedding of its depth's attention type."""
-        if not self._rotary_per_type:
-            return self.rotary(hidden, positions)
-        kind = self._type_of_depth.to(depth.device)[depth][:, None, None]
-        per_type = [self.rotary(hidden, positions, t) for t in self.layer_types]
-        cos = torch.stack([c for c, _ in per_type]).gather(0, kind.expand(-1, *per_type[0][0].shape[1:])[None])[0]
-        sin = torch.stack([s for _, s in per_type]).gather(0, kind.expand(-1, *per_type[0][1].shape[1:])[None])[0]
-        return cos, sin
+        row_types = self._type_of_depth.to(depth.device)[depth]
+        return self.family.rotary_for_rows(self.rotary, hidden, positions, row_types, self.layer_types)
 
     def _run_loop(self, hidden, loop, slot, positions, length: int):
         """One loop (K shared layers) for rows at loop `loop` (a tensor: one per row)."""

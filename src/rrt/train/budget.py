@@ -41,18 +41,13 @@ Activations, bytes per token per depth: the tensors autograd saves, counted with
 torch.autograd.graph.saved_tensors_hooks in a bf16-autocast forward with SDPA, which like
 flash attention keeps no s² term (on the CPU; tests/test_budget.py checks the formula against
 that count to 1.5%; CUDA's autocast keeps a few more ops in fp32, so read it as ±10% there):
-    llama, gemma      26·d + 4·d_q + 4·d_kv + 8·d_ffn
-    gemma2            42·d + 4·d_q + 4·d_kv + 8·d_ffn    (not measured: transformers has no SDPA
-                                                         for it; its eager attention adds s²)
-    gemma3_text       42·d + 12·d_q + 12·d_kv + 8·d_ffn
-    gpt_neox          14·d + 4·d_q + 4·d_kv + 4·d_ffn    (measured; not broken down)
-with d_q = heads·head_dim, d_kv = kv_heads·head_dim. For llama: 8·d per RMSNorm of the fp32
-residual (input and output; Gemma 2/3 have four norms, Gemma 3 fp32 q/k norms too), 2·d per
-bf16 copy of the normalised residual a linear keeps (q, k, v, gate, up), q, k, v and the
-attention output in bf16, the gated MLP's four d_ffn-wide bf16 tensors (two for GELU). A depth's LoRA adds 2·r per linear, and 2·in per linear that reads
-the normalised residual (its LoRA keeps its own bf16 copy of it). The final norm and the
-head's input add f·d per token, f = 10 (RMSNorm: input and output, 4 + 4, and the bf16 head
-input), 6 for gpt_neox (its LayerNorm keeps only its input).
+    c_d·d + c_q·d_q + c_kv·d_kv + c_ffn·d_ffn
+with d_q = heads·head_dim, d_kv = kv_heads·head_dim and the coefficients of the model's
+family (`Family.activation_coeffs` in rrt.model.families; llama's 26, 4, 4, 8 are explained
+in families/llama.py). A depth's LoRA adds 2·r per linear, and 2·in per linear that reads
+the normalised residual (`Family.reads_residual`: its LoRA keeps its own bf16 copy of it).
+The final norm and the head's input add f·d per token, f = `Family.final_bytes` (10 for
+RMSNorm: input and output, 4 + 4, and the bf16 head input).
     without checkpointing   s·b·(L_eff·act_depth + f·d)
     with checkpointing      s·b·(L_eff·4·d + f·d) + s·b·act_depth   (the fp32 input of every
                             depth, plus one depth's activations while it is recomputed)
@@ -92,20 +87,6 @@ from .plan import plan_batches
 
 GB = 1e9
 
-# Activation bytes per token per depth: coefficients of (d, d_q, d_kv, d_ffn); see above.
-ACTIVATION_COEFFS = {
-    "llama": (26, 4, 4, 8),
-    "gemma": (26, 4, 4, 8),
-    "gemma2": (42, 4, 4, 8),
-    "gemma3_text": (42, 12, 12, 8),
-    "gpt_neox": (14, 4, 4, 4),
-}
-# Linears that read the normalised fp32 residual: a LoRA on them keeps another bf16 copy.
-READS_RESIDUAL = {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "query_key_value", "dense_h_to_4h"}
-# Per token × d: the final norm (RMSNorm 8, LayerNorm 4: it keeps only its input) and the
-# head's bf16 input (2).
-FINAL_BYTES = {"gpt_neox": 6}
-FINAL_BYTES_DEFAULT = 10
 CHECKPOINT_INPUT_BYTES = 4      # per token × d per depth with checkpointing: the fp32 layer input
 
 
@@ -128,16 +109,14 @@ def _layer_linears(text) -> list[tuple[str, int, int]]:
 def activation_bytes_per_depth(text, rank: int | str = 0) -> int:
     """Bytes autograd keeps per token for one depth (see the module docstring), its LoRA
     of rank `rank` on every linear included."""
-    family = family_of(text).name
-    if family not in ACTIVATION_COEFFS:
-        raise ValueError(f"no activation formula for model family {family!r}")
+    family = family_of(text)
     dims = _dims(text)
-    c_d, c_q, c_kv, c_ffn = ACTIVATION_COEFFS[family]
+    c_d, c_q, c_kv, c_ffn = family.activation_coeffs
     total = c_d * dims["d"] + c_q * dims["d_q"] + c_kv * dims["d_kv"] + c_ffn * dims["d_ffn"]
     if rank == "full" or rank:
         for path, fan_in, fan_out in _layer_linears(text):
             r = resolve_rank(rank, fan_in, fan_out)
-            total += 2 * r + (2 * fan_in if path.rsplit(".", 1)[-1] in READS_RESIDUAL else 0)
+            total += 2 * r + (2 * fan_in if path.rsplit(".", 1)[-1] in family.reads_residual else 0)
     return total
 
 
@@ -152,9 +131,7 @@ def model_size(text, kind: str, loops: int = 1, sharing: str = "cycle", rank: in
         layers = text.num_hidden_layers
         if loops < 1 or layers % loops:
             raise ValueError(f"loops={loops} does not divide the {layers} layers of the base model")
-        text.num_hidden_layers = layers // loops
-        if getattr(text, "layer_types", None) is not None:  # Gemma 2/3, as rrt reduce does
-            text.layer_types = text.layer_types[:layers // loops]
+        text = family.with_layers(text, layers // loops)  # as rrt reduce does
     lora = 0
     if kind == "recursive":
         rank = parse_rank(rank)
@@ -173,7 +150,7 @@ def model_size(text, kind: str, loops: int = 1, sharing: str = "cycle", rank: in
         "lora": counts["lora"], "n_layers": compute["layers"], "n_head": compute["head"], "n_eff": compute["total"],
         "depths": text.num_hidden_layers, "d_attn": dims["d_q"], "hidden": dims["d"], "vocab": dims["vocab"],
         "act_depth": activation_bytes_per_depth(text, lora),
-        "final_bytes": FINAL_BYTES.get(family.name, FINAL_BYTES_DEFAULT) * dims["d"],
+        "final_bytes": family.final_bytes * dims["d"],
     }
 
 
