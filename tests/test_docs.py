@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -152,10 +153,13 @@ EXPECT = {
         ("done", {"uptrain": 1, "evaluate": 1}, {"rec-average"}),
     ".venv/bin/snakemake --cores 2 all": ("done", {}, set()),  # after `make run`: nothing to do
     ".venv/bin/snakemake --profile slurm -n all": ("fresh", {"uptrain": 39, "evaluate": 42}, None),
-    ".venv/bin/snakemake --cores 2 -n all --config train.tokens=8192": ("fresh", {"uptrain": 12}, None),
+    ".venv/bin/snakemake --cores 2 -n all --config train='{tokens: 8192}'": ("fresh", {"uptrain": 12}, None),
 }
-# The README's rerun lines run in the default selection; every other command is slow.
-FAST = {"make rerun VARIANT=rec-stepwise-ee SNAKEMAKE_ARGS=-n",
+# Run for real, not planned: a job that calls `rrt`, so it shows that the rules find it
+# without the venv on PATH; run under umask 022, so its table must come out 0644.
+RUN_FOR_REAL = ".venv/bin/snakemake --cores 1 results/tables/plan.csv --configfile=config/paper.yaml"
+# The README's rerun lines and the real run are in the default selection; the rest is slow.
+FAST = {RUN_FOR_REAL, "make rerun VARIANT=rec-stepwise-ee SNAKEMAKE_ARGS=-n",
         ".venv/bin/snakemake --cores 2 results/eval/rec-average.json --forcerun uptrain", "make test"}
 # What `make run` and `make test` do, read from `make -n` (running them is the whole pipeline
 # and the whole suite); `make -n run` also plans the report, which needs a finished run.
@@ -193,8 +197,9 @@ def repo_copy(dest: Path) -> Path:
     return dest
 
 
-def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=cwd, env=plain_shell_env(), capture_output=True, text=True, timeout=600)
+def run(command: list[str], cwd: Path, umask: int = 0o022) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=cwd, env=plain_shell_env(), capture_output=True, text=True, timeout=600,
+                          preexec_fn=lambda: os.umask(umask))
 
 
 def planned(text: str) -> tuple[dict[str, int], set[str]]:
@@ -253,11 +258,14 @@ def test_documented_command_runs_as_written(doc, command, marker, request):
         pytest.skip(f"{doc}: marked '{marker}'")
     state, jobs, variants = EXPECT.get(command, ("fresh", None, None))
     repo = request.getfixturevalue(state)
-    out = run(as_dry_run(command), repo)
+    out = run(shlex.split(command) if command == RUN_FOR_REAL else as_dry_run(command), repo)
     text = out.stdout + out.stderr
     assert out.returncode == 0, f"{doc}: {command}\n{text[-3000:]}"
     if command in MAKE_PLAN:
         assert MAKE_PLAN[command] in text, text[-2000:]
+    if command == RUN_FOR_REAL:
+        plan = repo / "results/tables/plan.csv"
+        assert "gemma-relaxed-r64," in plan.read_text() and stat.S_IMODE(plan.stat().st_mode) == 0o644
     if jobs is not None:
         planned_jobs, planned_variants = planned(text)
         if variants is not None:  # exactly these jobs, for exactly these variants
