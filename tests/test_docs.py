@@ -116,6 +116,29 @@ def test_every_other_flag_in_the_docs_exists():
     assert not sorted(f"{doc}: {flag}" for doc, flag in lone if flag not in known)
 
 
+def heading_anchor(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_the_docs_resolve():
+    """Every relative link names a file that exists, and its #anchor a heading there."""
+    anchors = {}
+    for path in DOCS:
+        text = re.sub(r"^```.*?^```", "", path.read_text(), flags=re.M | re.S)
+        anchors[path.resolve()] = {heading_anchor(h) for h in re.findall(r"^#+ (.*)$", text, flags=re.M)}
+    broken = []
+    for path in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+            if re.match(r"\w+://", target):
+                continue
+            name, _, anchor = target.partition("#")
+            linked = (path.parent / name).resolve() if name else path.resolve()
+            if not linked.exists() or (anchor and linked in anchors and anchor not in anchors[linked]):
+                broken.append(f"{path.name}: {target}")
+    assert not broken, broken
+
+
 # --- running the documented commands ------------------------------------------------------
 def shell_commands():
     """(doc, command, marker) for each `make`/`snakemake`/`rrt` line of a ```bash block."""
