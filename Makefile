@@ -17,7 +17,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-all test-slurm slurm-packages run report lint clean
+.PHONY: install test test-all test-slurm slurm-packages run rerun report lint clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,19 @@ slurm-packages:
 run: install
 	$(BIN)/snakemake --cores $(CORES) all
 	$(MAKE) report
+
+# One variant again, and only its jobs (after `make run`): STEP (convert, uptrain or evaluate;
+# default uptrain) and what follows it, for that variant alone, e.g.
+#   make rerun VARIANT=rec-average                  # retrain and re-evaluate it
+#   make rerun VARIANT=rec-average STEP=evaluate SNAKEMAKE_ARGS=-n   # what would run
+# CONFIG=FILE for another experiment. `make run` afterwards refreshes the tables and report.
+VARIANT ?=
+STEP ?= uptrain
+CONFIG ?=
+rerun:
+	@test -n "$(VARIANT)" || { echo "usage: make rerun VARIANT=<name> [STEP=convert|uptrain|evaluate] [CONFIG=FILE] [SNAKEMAKE_ARGS=...]" >&2; exit 2; }
+	args="$$($(BIN)/python workflow/scripts/rerun.py '$(VARIANT)' '$(STEP)' '$(CONFIG)')" && \
+	  $(BIN)/snakemake --cores $(CORES) $$args $(if $(CONFIG),--configfile=$(CONFIG)) $(SNAKEMAKE_ARGS)
 
 report: reports/report.html
 

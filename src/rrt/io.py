@@ -6,8 +6,8 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 
@@ -18,7 +18,7 @@ def atomic_write_text(path: str | Path, text: str, durable: bool = False) -> Non
     after a crash or power loss `path` is either the old file or all of `text`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
@@ -31,6 +31,18 @@ def atomic_write_text(path: str | Path, text: str, durable: bool = False) -> Non
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, unique temp file beside `path`, opened for writing. Created with mode 0666 so
+    that the kernel applies the umask, as for any other file the pipeline writes (mkstemp's
+    0600 would survive the rename and make results unreadable to collaborators)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write_json(path: str | Path, data) -> None:

@@ -1,8 +1,17 @@
 # Helpers shared by the rules: config validation, the variants table, and where each
 # variant's models live. Bookkeeping only: the work is in the `rrt` package.
 import json
+import os
+import sys
 
 from snakemake.utils import validate
+
+# The rules call a bare `rrt`: put the running interpreter's scripts directory (the venv's
+# bin, where `rrt` is installed) first on PATH, so the documented `.venv/bin/snakemake ...`
+# works from a shell that has not activated the venv. SLURM jobs re-run snakemake with
+# the same interpreter and parse this file again, so they get the same PATH. dirname of
+# sys.executable as is: resolving the venv's python symlink would leave the venv.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 
 from rrt.data.shards import files_to_read
 from rrt.errors import UsageError
