@@ -57,11 +57,24 @@ rule aggregate:
         "> {log} 2>&1"
 
 
+rule resolved_config:
+    """The config as the rules see it (schema defaults filled in, --config overrides
+    included), for `rrt plan`. A changed config changes the param, which reruns this."""
+    output:
+        "results/config.json",
+    params:
+        config=json.dumps(config, indent=1, sort_keys=True),
+    localrule: True
+    run:
+        with open(output[0], "w") as f:
+            f.write(params.config + "\n")
+
+
 rule plan:
     """What the experiment costs on GPUs: FLOPs, GPU-hours, time-limited jobs, memory per GPU
     and disk per variant (`rrt plan`; the config's `plan` section sets GPU and MFU)."""
     input:
-        config=CONFIG_FILE,
+        config=rules.resolved_config.output[0],
         variants=config["variants"],
     output:
         plan=report("results/tables/plan.csv", caption="../report/plan.rst", category="3. Cost",
@@ -76,4 +89,4 @@ rule plan:
     conda:
         "../../envs/report.yaml"
     shell:
-        "rrt plan --config {input.config} --out {output.plan} --data-out {output.data} > {log} 2>&1"
+        "rrt plan --resolved-config {input.config} --out {output.plan} --data-out {output.data} > {log} 2>&1"
