@@ -184,9 +184,10 @@ def check_table(table: pd.DataFrame, path) -> None:
             raise UsageError(f"{path}: variant {name!r}: parent {row.parent!r} is not a variant")
         parent = table.loc[row.parent]
         for column in SAME_AS_PARENT:
-            if str(row[column]) != str(parent[column]):
-                raise UsageError(f"{path}: variant {name!r}: {column} {row[column]!r} differs from its parent "
-                                 f"{row.parent!r} ({parent[column]!r})")
+            mine, theirs = (v.item() if hasattr(v, "item") else v for v in (row[column], parent[column]))  # numpy
+            if str(mine) != str(theirs):
+                raise UsageError(f"{path}: variant {name!r}: {column} {mine!r} differs from its parent "
+                                 f"{row.parent!r} ({theirs!r})")
         if row.kind != "recursive" or str(row.tokens) == "0":
             raise UsageError(f"{path}: variant {name!r}: a parent needs a recursive variant that trains (tokens > 0)")
         seen, at = {name}, row.parent
