@@ -18,6 +18,8 @@ from rrt.cli import main
 from rrt.errors import UsageError
 from rrt.variants import CHOICES, KINDS, PATTERNS, REQUIRED, Experiment, read_variants
 
+from .conftest import cli_error
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -272,3 +274,19 @@ def test_config_overrides_rerun_the_plan_rule(work):
     plan = pd.read_csv(work / "results/tables/plan.csv").set_index("variant")
     assert plan.loc["rec-average", "tokens"] == 12345 and plan.loc["rec-stepwise", "tokens"] == 512
     assert "on a100" in (work / "results/logs/plan.log").read_text()
+
+
+def test_resolved_config_errors_are_one_line(tmp_path, capsys):
+    path = tmp_path / "config.json"
+    assert cli_error(capsys, ["plan", "--resolved-config", str(path)]) == \
+        f"rrt plan: error: --resolved-config {path} does not exist"
+    path.write_text("{not json")
+    assert f"--resolved-config {path} is not JSON: " in cli_error(capsys, ["plan", "--resolved-config", str(path)])
+    path.write_text("[1, 2]")
+    assert cli_error(capsys, ["plan", "--resolved-config", str(path)]).endswith(
+        f"--resolved-config {path} is not a workflow config (a mapping with a variants key)")
+    cfg = {**config(), "variants": str(tmp_path / "v.tsv")}
+    (tmp_path / "v.tsv").write_text(HEADER + _replace(REC, base="nope") + "\n")
+    path.write_text(json.dumps(cfg))
+    assert cli_error(capsys, ["plan", "--resolved-config", str(path)]).endswith(
+        f"{tmp_path / 'v.tsv'}: variant 'rec' uses base 'nope', not in base_models (g, h)")
