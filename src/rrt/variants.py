@@ -144,10 +144,11 @@ def _complete(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def check_table(table: pd.DataFrame, path) -> None:
-    """The checks of a table (indexed by name, optional columns present) that need no config: names unique, each column's values allowed, and the
-    rows with a `parent` or an `early_exit` recipe: the parent exists, is the same recursive
-    model that trains, and no chain loops back; early-exit rows have several loops, train
-    some tokens and take no teacher (their KD comes from their own final exit)."""
+    """The checks of a table (indexed by name, optional columns present) that need no
+    config: names unique, each column's values allowed, and the rows with a `parent` or
+    an `early_exit` recipe: the parent exists, is the same recursive model that trains,
+    and no chain loops back; early-exit rows have several loops, train some tokens and
+    take no teacher (their KD comes from their own final exit)."""
     duplicated = table.variant[table.variant.duplicated()].tolist()
     if duplicated:
         raise UsageError(f"{path}: duplicate variant name {duplicated[0]!r}")

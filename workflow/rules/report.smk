@@ -1,3 +1,17 @@
+rule resolved_config:
+    """The config as the rules see it (schema defaults filled in, --config overrides
+    included), for `rrt plan` and `rrt aggregate`. A changed config changes the param,
+    which reruns this."""
+    output:
+        "results/config.json",
+    params:
+        config=json.dumps(config, indent=1, sort_keys=True),
+    localrule: True
+    run:
+        with open(output[0], "w") as f:
+            f.write(params.config + "\n")
+
+
 rule aggregate:
     """Summary table, comparison with the paper, early-exit tables, and the report's figures."""
     input:
@@ -7,6 +21,7 @@ rule aggregate:
         variants=config["variants"],
         paper=config.get("paper_reference", []),
         benchmarks=benchmark_files(),
+        config=rules.resolved_config.output[0],
     output:
         summary=report("results/tables/summary.csv", caption="../report/summary.rst", category="1. Results",
                        labels={"table": "summary"}),
@@ -54,20 +69,8 @@ rule aggregate:
         "rrt aggregate --variants {input.variants} {params.paper} --eval-dir results/eval "
         "--train-dir results/train --throughput-dir results/throughput --tables results/tables "
         "--figures results/figures --benchmarks results/benchmarks --train-settings '{params.train_settings}' "
+        "--resolved-config {input.config} "
         "> {log} 2>&1"
-
-
-rule resolved_config:
-    """The config as the rules see it (schema defaults filled in, --config overrides
-    included), for `rrt plan`. A changed config changes the param, which reruns this."""
-    output:
-        "results/config.json",
-    params:
-        config=json.dumps(config, indent=1, sort_keys=True),
-    localrule: True
-    run:
-        with open(output[0], "w") as f:
-            f.write(params.config + "\n")
 
 
 rule plan:

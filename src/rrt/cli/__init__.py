@@ -312,6 +312,10 @@ def _report_commands(sub) -> None:
                         "throughput.csv/.md and throughput_accuracy.png")
     p.add_argument("--train-settings", default=None,
                    help="JSON of the workflow's train settings: the report states the choices the paper leaves open")
+    p.add_argument("--resolved-config", metavar="JSON", default=None,
+                   help="the config the workflow's rules see (results/config.json): the variants are checked against "
+                        "it and a variant that trains must have its train_summary.json (without it: the variants "
+                        "with one that are not originals count as trained)")
     pl = _command(sub, "plan", "plan:plan",
                   help="what an experiment costs before it runs: parameters, FLOPs, GPU-hours, jobs, memory, disk",
                   description="For each variant of a workflow config: unique and compute parameters, training "

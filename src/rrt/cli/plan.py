@@ -65,25 +65,10 @@ def _variants_path(config: dict, config_path: Path) -> Path:
     raise UsageError(f"{config_path}: variants table {name} does not exist")
 
 
-def read_resolved_config(path: str | Path) -> dict:
-    """The workflow's resolved config (a JSON mapping, as the `plan` rule writes it)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"--resolved-config {path} " + ("is a directory, not a JSON file" if path.is_dir()
-                                                         else "does not exist"))
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UsageError(f"--resolved-config {path} is not JSON: {first_line(e)}") from None
-    if not isinstance(config, dict) or "variants" not in config:
-        raise UsageError(f"--resolved-config {path} is not a workflow config (a mapping with a variants key)")
-    return config
-
-
 def experiment_of(args) -> tuple[Experiment, str]:
     """The experiment `rrt plan` costs, and the config it came from (the plan's title)."""
     if args.resolved_config is not None:
-        config = read_resolved_config(args.resolved_config)
+        config = checks.resolved_config(args.resolved_config)
         return Experiment.from_config(config), str(args.resolved_config)
     config_path = Path(args.config)
     config = read_config(config_path)
