@@ -146,3 +146,22 @@ def test_aggregate_rule_declares_the_benchmarks_it_reads(tmp_path):
     edges = {(labels[a], labels[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", out.stdout, re.M)}
     for stage in ("base_model", "corpus", "tokenize", "convert", "reduce", "uptrain", "evaluate"):
         assert (stage, "aggregate") in edges, (stage, sorted(edges))
+
+
+def test_with_the_resolved_config_a_variant_that_trains_needs_its_train_summary(results, capsys):
+    """`rrt aggregate --resolved-config` (as the workflow runs it): which variants trained
+    comes from the variant model, so a missing train summary is an error, not 0 tokens."""
+    config = {"variants": str(results / "variants.tsv"), "base_models": {"b": {"source": "tiny"}},
+              "train": {"tokens": 4096}, "early_exit": {"recipes": {}}}
+    (results / "config.json").write_text(json.dumps(config))
+    argv = ["aggregate", "--variants", str(results / "variants.tsv"), "--eval-dir", str(results / "eval"),
+            "--train-dir", str(results / "train"), "--tables", str(results / "t"), "--figures", str(results / "f"),
+            "--resolved-config", str(results / "config.json")]
+    summary = aggregate(results / "variants.tsv", None, results / "eval", results / "train", results / "tables",
+                        results / "figures", config=config)
+    assert summary["tokens"].tolist() == [0, 4096, 4096]
+    (results / "train/rel/train_summary.json").unlink()
+    assert cli_error(capsys, argv) == f"rrt aggregate: error: missing result: {results / 'train/rel/train_summary.json'}"
+    config["base_models"] = {"c": {"source": "tiny"}}
+    (results / "config.json").write_text(json.dumps(config))
+    assert cli_error(capsys, argv).endswith("variants.tsv: variant 'orig' uses base 'b', not in base_models (c)")

@@ -9,10 +9,10 @@ SRC = Path(__file__).resolve().parents[1] / "src/rrt"
 # Each layer may import the layers listed before it (and itself).
 ORDER = ["errors", "io", "settings", "variants", "model", "data", "train", "serve", "eval", "report", "cli"]
 ALLOWED = {
-    "errors": set(), "io": set(), "settings": set(), "variants": {"errors"},
+    "errors": set(), "io": set(), "settings": set(), "variants": {"errors", "settings"},
     "model": {"errors", "io", "settings"},
     "data": {"errors", "io", "settings"},
-    "train": {"errors", "io", "settings", "model", "data"},
+    "train": {"errors", "io", "settings", "variants", "model", "data"},
     "serve": {"errors", "io", "settings", "model", "data"},
     "eval": {"errors", "io", "settings", "model", "data", "serve"},
     "report": {"errors", "io", "settings", "variants"},

@@ -16,7 +16,7 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 from rrt.data.shards import files_to_read
 from rrt.errors import UsageError
 from rrt.settings import SettingError, resolve_config
-from rrt.variants import read_variants
+from rrt.variants import Experiment, base_dir
 
 # Every key typed and defaulted by rrt.settings (one line naming a bad or unknown key). The
 # --config values (`--config 'train={tokens: 8192}'`: Snakemake hands nested values over as
@@ -29,22 +29,13 @@ config.clear()
 config.update(_resolved)
 validate(config, "../schemas/config.schema.yaml")
 
-# The experiment's config file (the last --configfile, else the default), for `rrt plan`.
-CONFIG_FILE = str(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles else "config/config.yaml"
-
+# The variants resolved against the config (rrt.variants: budgets, model directories,
+# parents and every check of the table, shared with `rrt plan` and the report).
 try:
-    VARIANTS = read_variants(config["variants"])
+    EXPERIMENT = Experiment.from_config(config)
 except UsageError as e:
     raise ValueError(str(e)) from None
-validate(VARIANTS, "../schemas/variants.schema.yaml")
-for _name, _row in VARIANTS.iterrows():
-    if _row.base not in config["base_models"]:
-        raise ValueError(f"{config['variants']}: variant {_name!r} uses base {_row.base!r}, not in base_models")
-    if _row.kind == "recursive" and _row.init == "-":
-        raise ValueError(f"{config['variants']}: recursive variant {_name!r} needs an init")
-    if _row.early_exit != "-" and _row.early_exit not in config["early_exit"]["recipes"]:
-        raise ValueError(f"{config['variants']}: variant {_name!r}: early_exit recipe {_row.early_exit!r} is not in "
-                         f"early_exit.recipes ({', '.join(config['early_exit']['recipes'])})")
+VARIANTS = EXPERIMENT.table  # the table as read, indexed by name
 
 
 wildcard_constraints:
@@ -55,72 +46,56 @@ wildcard_constraints:
 
 
 def variant(wildcards):
-    """A variant's row, from a rule's wildcards or by name."""
-    return VARIANTS.loc[wildcards if isinstance(wildcards, str) else wildcards.variant]
+    """A variant (rrt.variants.Variant), from a rule's wildcards or by name."""
+    return EXPERIMENT[wildcards if isinstance(wildcards, str) else wildcards.variant]
 
 
-def train_tokens(row):
-    return config["train"]["tokens"] if row.tokens == "default" else int(row.tokens)
+def train_tokens(v):
+    return v.tokens
 
 
-def train_settings(row):
+def train_settings(v):
     """`rrt train --settings`: the resolved train section with the variant's own token
     budget, warmup (its `warmup` column, else the section's) and early-exit recipe."""
-    settings = dict(config["train"], tokens=train_tokens(row))
-    if row.warmup != "default":
-        settings["warmup_steps"] = int(row.warmup)
-    if row.early_exit != "-":
-        settings["early_exit"] = config["early_exit"]["recipes"][row.early_exit]
+    settings = dict(config["train"], tokens=v.tokens)
+    if v.warmup_steps is not None:
+        settings["warmup_steps"] = v.warmup_steps
+    recipe = EXPERIMENT.recipe(v.name)
+    if recipe is not None:
+        settings["early_exit"] = recipe
     return json.dumps(settings)
-
-
-def base_dir(base):
-    return f"results/models/base/{base}"
 
 
 def init_dir(wildcards):
     """The model uptraining starts from: the base, the converted model, or the parent's
     trained model (early-exit post-training). `wildcards` or a variant name."""
-    row = variant(wildcards)
-    if row.kind in ("original", "full"):
-        return base_dir(row.base)
-    if row.parent != "-":
-        return final_dir(row.parent)
-    return f"results/models/init/{row.variant}"
+    return variant(wildcards).init_dir
 
 
 def final_dir(wildcards):
     """The model that is evaluated: the base as is, the converted model when no tokens
     are asked for, else the uptrained one. `wildcards` or a variant name."""
-    row = variant(wildcards)
-    if row.kind == "original":
-        return base_dir(row.base)
-    if train_tokens(row) == 0:
-        return init_dir(row.variant)
-    return f"results/train/{row.variant}/final"
+    return variant(wildcards).final_dir
 
 
 def converted(name):
     """Whether the variant's model is made by `convert` or `reduce` (not its parent's)."""
-    row = VARIANTS.loc[name]
-    return row.kind in ("recursive", "reduced") and row.parent == "-"
+    return EXPERIMENT[name].converted
 
 
 def exit_eval_args(name):
     """`rrt eval` flags for early exit: early-exit variants at every exit and threshold; the
     variants they post-train at every exit and held-out threshold (the tasks are rerun per
     threshold for the early-exit variants alone); nothing for the others."""
-    row = VARIANTS.loc[name]
-    parent = bool(((VARIANTS.parent == name) & (VARIANTS.early_exit != "-")).any())
-    if row.early_exit == "-" and not parent:
+    if not EXPERIMENT.exit_evaluated(name):
         return ""
-    task_thresholds = config["eval"]["exit_task_thresholds"] if row.early_exit != "-" else {}
+    task_thresholds = config["eval"]["exit_task_thresholds"] if EXPERIMENT[name].early_exit else {}
     return " ".join(["--exits", thresholds_args("--exit-thresholds", config["eval"]["exit_thresholds"]),
                      thresholds_args("--exit-task-thresholds", task_thresholds)])
 
 
 def throughput_variants():
-    return [name for name, row in VARIANTS.iterrows() if row.throughput]
+    return EXPERIMENT.throughput_variants()
 
 
 def throughput_heldout():
@@ -131,7 +106,7 @@ def throughput_heldout():
 def throughput_exit_args(name):
     """`rrt throughput` exit flags: an early-exit variant exits at each task threshold (the
     report pairs each with its task accuracy there); no flag for the others."""
-    if VARIANTS.loc[name].early_exit == "-":
+    if EXPERIMENT[name].early_exit is None:
         return ""
     pairs = [f"{c}={','.join(str(t) for t in ts)}" for c, ts in config["eval"]["exit_task_thresholds"].items() if ts]
     return " ".join(f"--exit-thresholds {p}" for p in pairs)
@@ -145,8 +120,7 @@ def thresholds_args(flag, thresholds):
 
 def largest_budget(base):
     """The most tokens any variant of `base` trains on (0 when none trains)."""
-    return max([train_tokens(row) for name, row in VARIANTS.iterrows() if row.base == base and needs_training(name)],
-               default=0)
+    return EXPERIMENT.largest_budget(base)
 
 
 def corpus_args():
@@ -169,8 +143,7 @@ def shard_dirs(base):
 
 def min_train_tokens(base):
     """Tokens the gathered train set must hold: the largest budget (up to max_train_tokens)."""
-    cap = config["data"]["max_train_tokens"]
-    return min(largest_budget(base), cap) if cap is not None else largest_budget(base)
+    return EXPERIMENT.train_tokens_to_gather(base)
 
 
 def train_files(base):
@@ -231,23 +204,23 @@ def base_model_args(spec):
 
 
 def needs_training(name):
-    row = VARIANTS.loc[name]
-    return row.kind != "original" and train_tokens(row) > 0
+    return EXPERIMENT[name].trains
 
 
 def benchmark_files():
     """Every job's `benchmark:` record, which the stage-times table reads."""
-    files = [f"results/benchmarks/base_model/{b}.tsv" for b in sorted(set(VARIANTS.base))]
+    bases = sorted(EXPERIMENT.bases)
+    files = [f"results/benchmarks/base_model/{b}.tsv" for b in bases]
     files += ["results/benchmarks/corpus.tsv"]
     files += [d.replace("results/data/shards/", "results/benchmarks/tokenize_shard/") + ".tsv"
-              for b in sorted(set(VARIANTS.base)) for d in shard_dirs(b)]
-    files += [f"results/benchmarks/tokenize/{b}.tsv" for b in sorted(set(VARIANTS.base))]
-    for name, row in VARIANTS.iterrows():
-        if converted(name):
-            files.append(f"results/benchmarks/{'convert' if row.kind == 'recursive' else 'reduce'}/{name}.tsv")
-        if needs_training(name):
-            files.append(f"results/benchmarks/uptrain/{name}.tsv")
-        files.append(f"results/benchmarks/evaluate/{name}.tsv")
+              for b in bases for d in shard_dirs(b)]
+    files += [f"results/benchmarks/tokenize/{b}.tsv" for b in bases]
+    for v in EXPERIMENT:
+        if v.converted:
+            files.append(f"results/benchmarks/{'convert' if v.kind == 'recursive' else 'reduce'}/{v.name}.tsv")
+        if v.trains:
+            files.append(f"results/benchmarks/uptrain/{v.name}.tsv")
+        files.append(f"results/benchmarks/evaluate/{v.name}.tsv")
     files += [f"results/benchmarks/throughput/{name}.tsv" for name in throughput_variants()]
     return files
 
@@ -268,4 +241,4 @@ def chain_priority(wildcards):
     its evaluation at every exit); started first, it ends beside the other jobs instead of
     running alone on one core at the end of `make run`."""
     name = wildcards.variant
-    return int(VARIANTS.loc[name, "parent"] != "-" or bool((VARIANTS.parent == name).any()))
+    return int(EXPERIMENT[name].parent is not None or any(v.parent == name for v in EXPERIMENT))

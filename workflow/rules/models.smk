@@ -5,10 +5,10 @@ rule convert:
     output:
         directory("results/models/init/{variant}"),
     wildcard_constraints:
-        variant="|".join(v for v in VARIANTS.index[VARIANTS.kind == "recursive"] if converted(v)) or "^$",
+        variant="|".join(v.name for v in EXPERIMENT if v.converted and v.kind == "recursive") or "^$",
     params:
         # the columns this job uses (the whole row would rerun it when any other column changes)
-        row=lambda wc: variant(wc)[["init", "loops", "sharing", "rank"]].to_dict(),
+        row=lambda wc: {k: getattr(variant(wc), k) for k in ("init", "loops", "sharing", "rank")},
     log:
         "results/logs/convert/{variant}.log",
     benchmark:
@@ -31,9 +31,9 @@ rule reduce:
     output:
         directory("results/models/init/{variant}"),
     wildcard_constraints:
-        variant="|".join(v for v in VARIANTS.index[VARIANTS.kind == "reduced"] if converted(v)) or "^$",
+        variant="|".join(v.name for v in EXPERIMENT if v.converted and v.kind == "reduced") or "^$",
     params:
-        row=lambda wc: variant(wc)[["init", "loops"]].to_dict(),
+        row=lambda wc: {k: getattr(variant(wc), k) for k in ("init", "loops")},
     log:
         "results/logs/reduce/{variant}.log",
     benchmark:

@@ -1,3 +1,17 @@
+rule resolved_config:
+    """The config as the rules see it (schema defaults filled in, --config overrides
+    included), for `rrt plan` and `rrt aggregate`. A changed config changes the param,
+    which reruns this."""
+    output:
+        "results/config.json",
+    params:
+        config=json.dumps(config, indent=1, sort_keys=True),
+    localrule: True
+    run:
+        with open(output[0], "w") as f:
+            f.write(params.config + "\n")
+
+
 rule aggregate:
     """Summary table, comparison with the paper, early-exit tables, and the report's figures."""
     input:
@@ -7,6 +21,7 @@ rule aggregate:
         variants=config["variants"],
         paper=config["paper_reference"] or [],
         benchmarks=benchmark_files(),
+        config=rules.resolved_config.output[0],
     output:
         summary=report("results/tables/summary.csv", caption="../report/summary.rst", category="1. Results",
                        labels={"table": "summary"}),
@@ -54,6 +69,7 @@ rule aggregate:
         "rrt aggregate --variants {input.variants} {params.paper} --eval-dir results/eval "
         "--train-dir results/train --throughput-dir results/throughput --tables results/tables "
         "--figures results/figures --benchmarks results/benchmarks --train-settings '{params.train_settings}' "
+        "--resolved-config {input.config} "
         "> {log} 2>&1"
 
 
@@ -61,7 +77,7 @@ rule plan:
     """What the experiment costs on GPUs: FLOPs, GPU-hours, time-limited jobs, memory per GPU
     and disk per variant (`rrt plan`; the config's `plan` section sets GPU and MFU)."""
     input:
-        config=CONFIG_FILE,
+        config=rules.resolved_config.output[0],
         variants=config["variants"],
     output:
         plan=report("results/tables/plan.csv", caption="../report/plan.rst", category="3. Cost",
@@ -76,4 +92,4 @@ rule plan:
     conda:
         "../../envs/report.yaml"
     shell:
-        "rrt plan --config {input.config} --out {output.plan} --data-out {output.data} > {log} 2>&1"
+        "rrt plan --resolved-config {input.config} --out {output.plan} --data-out {output.data} > {log} 2>&1"

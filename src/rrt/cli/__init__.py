@@ -282,12 +282,21 @@ def _report_commands(sub) -> None:
                         "throughput.csv/.md and throughput_accuracy.png")
     p.add_argument("--train-settings", default=None,
                    help="JSON of the workflow's train settings: the report states the choices the paper leaves open")
+    p.add_argument("--resolved-config", metavar="JSON", default=None,
+                   help="the config the workflow's rules see (results/config.json): the variants are checked against "
+                        "it and a variant that trains must have its train_summary.json (without it: the variants "
+                        "with one that are not originals count as trained)")
     pl = _command(sub, "plan", "plan:plan",
                   help="what an experiment costs before it runs: parameters, FLOPs, GPU-hours, jobs, memory, disk",
                   description="For each variant of a workflow config: unique and compute parameters, training "
                               "FLOPs, GPU-hours and wall-clock hours on resources.train, SLURM jobs, peak memory "
                               "per GPU and disk. Offline: the paper's hub models' shapes are built in.")
-    pl.add_argument("--config", required=True, help="workflow config YAML, e.g. config/paper.yaml")
+    source = pl.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="workflow config YAML, e.g. config/paper.yaml")
+    source.add_argument("--resolved-config", metavar="JSON",
+                        help="the config the workflow's rules see, as the plan rule writes it (results/config.json: "
+                             "defaults filled in, --config overrides included); its variants path is relative to "
+                             "the working directory")
     pl.add_argument("--gpu", default=None, metavar="|".join(PLAN["gpu_specs"]),
                     help=f"GPU to cost on (default: the config's plan.gpu, else {PLAN['gpu']})")
     pl.add_argument("--mfu", type=float, default=None,

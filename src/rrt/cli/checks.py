@@ -140,3 +140,18 @@ def check_weights(path: str | Path, flag: str) -> None:
                 f.keys()
         except Exception as e:
             raise UsageError(f"cannot load {flag} from {path}: {shard.name}: {first_line(e)}") from None
+
+
+def resolved_config(path: str | Path) -> dict:
+    """The workflow's resolved config (a JSON mapping, as the `resolved_config` rule writes it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--resolved-config {path} " + ("is a directory, not a JSON file" if path.is_dir()
+                                                         else "does not exist"))
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"--resolved-config {path} is not JSON: {first_line(e)}") from None
+    if not isinstance(config, dict) or "variants" not in config:
+        raise UsageError(f"--resolved-config {path} is not a workflow config (a mapping with a variants key)")
+    return config

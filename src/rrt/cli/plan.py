@@ -1,6 +1,9 @@
 """Handler of `rrt plan`: what an experiment costs before it runs (`rrt.train.budget`).
 
-The config is read as the workflow reads it: checked and its defaults filled in by
+Two ways in. `--resolved-config` takes the config the workflow's rules see (the `plan`
+rule writes it: defaults filled in, `--config` overrides included) as it is, and its
+variants table relative to the working directory, as the rules do. `--config` reads a
+config file by hand, checked and its defaults filled in as the workflow does it, by
 `rrt.settings.resolve_config`. The variants table path is taken relative to the
 working directory (as the workflow does, from the repository root), else relative to the
 config file's directory or its parent."""
@@ -17,7 +20,7 @@ from ..errors import UsageError, first_line
 from ..io import atomic_write_text
 from ..settings import PLAN, SettingError, resolve_config
 from ..train.budget import format_plan, plan_budget
-from ..variants import read_variants
+from ..variants import Experiment, read_variants
 from . import checks
 
 
@@ -46,6 +49,17 @@ def _variants_path(config: dict, config_path: Path) -> Path:
     raise UsageError(f"{config_path}: variants table {name} does not exist")
 
 
+def experiment_of(args) -> tuple[Experiment, str]:
+    """The experiment `rrt plan` costs, and the config it came from (the plan's title)."""
+    if args.resolved_config is not None:
+        config = checks.resolved_config(args.resolved_config)
+        return Experiment.from_config(config), str(args.resolved_config)
+    config_path = Path(args.config)
+    config = read_config(config_path)
+    variants = _variants_path(config, config_path)
+    return Experiment(config, read_variants(variants), variants), str(config_path)
+
+
 def plan(args) -> None:
     if args.gpu is not None and args.gpu not in PLAN["gpu_specs"]:
         raise UsageError(f"--gpu: unknown GPU {args.gpu!r} (known: {', '.join(PLAN['gpu_specs'])})")
@@ -59,11 +73,9 @@ def plan(args) -> None:
         if Path(args.data_out).suffix != ".csv":
             raise UsageError(f"--data-out {args.data_out}: must end in .csv")
         checks.output_file(args.data_out, "--data-out")
-    config_path = Path(args.config)
-    config = read_config(config_path)
-    variants = read_variants(_variants_path(config, config_path))
-    table = plan_budget(config, variants, gpu=args.gpu, mfu=args.mfu)
-    print(format_plan(table, title=str(config_path)))
+    experiment, title = experiment_of(args)
+    table = plan_budget(experiment.config, experiment, gpu=args.gpu, mfu=args.mfu)
+    print(format_plan(table, title=title))
     if args.out is not None:
         if Path(args.out).suffix == ".csv":
             atomic_write_text(args.out, table.to_csv(index=False))

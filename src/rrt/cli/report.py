@@ -28,11 +28,12 @@ def aggregate(args) -> None:
             train_settings = json.loads(args.train_settings)
         except json.JSONDecodeError as e:
             raise UsageError(f"--train-settings is not JSON: {e}") from None
+    config = checks.resolved_config(args.resolved_config) if args.resolved_config is not None else None
     try:
         with checks.removed_on_error(args.tables, args.figures):
             summary = aggregate_results(args.variants, args.paper, args.eval_dir, args.train_dir, args.tables,
                                         args.figures, args.benchmarks, train_settings,
-                                        args.throughput_dir)
+                                        args.throughput_dir, config)
     except FileNotFoundError as e:
         raise UsageError(f"missing result: {e.filename}") from None
     print(summary.to_markdown(index=False, floatfmt=".2f"))

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..io import atomic_write_text
 from ..settings import TASKS
-from ..variants import read_variants
+from ..variants import Experiment, read_variants
 from .early_exit import exit_figures, exit_table, read_exits, threshold_table
 from .figures import make_figures
 from .throughput import FIGURE as THROUGHPUT_FIGURE
@@ -27,15 +27,19 @@ def _read_json(path: Path) -> dict:
         return json.load(f)
 
 
-def summarize(variants: pd.DataFrame, eval_dir: Path, train_dir: Path) -> pd.DataFrame:
+def summarize(variants: pd.DataFrame, eval_dir: Path, train_dir: Path,
+              trained: set[str] | None = None) -> pd.DataFrame:
     """One row per variant: variant, base, non_embedding_params, tokens, ppl_<set>... (in the
     order the sets were evaluated), acc_<task> and acc_avg in percent as in the paper, each
-    with its standard error acc_<task>_se (lm-eval's; NaN when not reported)."""
+    with its standard error acc_<task>_se (lm-eval's; NaN when not reported). `tokens` are
+    those the uptraining saw, from the train summary of each variant in `trained` (the
+    experiment's variants that train; None: of every variant with one that is not an original)."""
     rows = []
     for v in variants.itertuples():
         result = _read_json(eval_dir / f"{v.variant}.json")
         summary_file = train_dir / v.variant / "train_summary.json"
-        tokens = _read_json(summary_file)["tokens"] if summary_file.exists() and v.kind != "original" else 0
+        trains = v.variant in trained if trained is not None else summary_file.exists() and v.kind != "original"
+        tokens = _read_json(summary_file)["tokens"] if trains else 0
         row = {"variant": v.variant, "base": v.base, "non_embedding_params": result["params"]["non_embedding"],
                "tokens": tokens}
         row.update({k: result[k] for k in result if k.startswith("ppl_") and not isinstance(result[k], dict)})
@@ -167,12 +171,16 @@ def write_throughput(variants: pd.DataFrame, throughput_dir: Path, eval_dir: Pat
 
 
 def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_dir, bench_dir=None,
-              train_settings: dict | None = None, throughput_dir=None) -> pd.DataFrame:
-    variants = read_variants(variants_tsv).reset_index(drop=True)
+              train_settings: dict | None = None, throughput_dir=None, config: dict | None = None) -> pd.DataFrame:
+    """Every table and figure of the report. `config`: the workflow's resolved config, which
+    the variants are checked against and which says which of them train."""
+    variants = read_variants(variants_tsv)
+    trained = None if config is None else {v.name for v in Experiment(config, variants, variants_tsv) if v.trains}
+    variants = variants.reset_index(drop=True)
     tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
-    summary = summarize(variants, Path(eval_dir), Path(train_dir))
+    summary = summarize(variants, Path(eval_dir), Path(train_dir), trained)
     _write(summary, tables_dir / "summary")
     paper = pd.read_csv(paper_tsv, sep="\t") if paper_tsv else pd.DataFrame({"paper_ref": []})
     _write(compare_with_paper(summary, variants, paper, train_settings), tables_dir / "paper_comparison")

@@ -81,7 +81,8 @@ from ..model.modeling import RecursiveConfig, RecursiveForCausalLM
 from ..model.params import compute_params, count_params
 from ..model.relax import resolve_rank
 from ..model.shapes import base_config
-from ..settings import PLAN, DataSettings, TrainResources, TrainSettings
+from ..settings import EARLY_EXIT, PLAN, DataSettings, TrainResources, TrainSettings
+from ..variants import Experiment
 from .checkpoints import KEEP
 from .plan import plan_batches
 
@@ -208,11 +209,12 @@ def _setting(config: dict, gpu: str | None, mfu: float | None) -> tuple[str, flo
     return gpu, float(mfu)
 
 
-def plan_budget(config: dict, variants: pd.DataFrame, *, gpu: str | None = None, mfu: float | None = None,
-                base_configs: dict | None = None) -> pd.DataFrame:
+def plan_budget(config: dict, variants: Experiment | pd.DataFrame, *, gpu: str | None = None,
+                mfu: float | None = None, base_configs: dict | None = None) -> pd.DataFrame:
     """One row per variant (raw units: parameters, FLOPs, hours, GB), in the table's order.
     `config` is a workflow config (`rrt.settings.resolve_config`; the keys it lacks take
-    rrt.settings' defaults); `gpu`/`mfu` override its `plan` section; `base_configs`
+    rrt.settings' defaults); `variants` its Experiment, or a variants table to resolve
+    against it; `gpu`/`mfu` override its `plan` section; `base_configs`
     ({base: transformers config}) skips `shapes.base_config`. The assumptions are in
     `.attrs` (gpu, mfu, GPUs, runtime, micro-batch, data on disk, notes)."""
     gpu, mfu = _setting(config, gpu, mfu)
@@ -221,6 +223,9 @@ def plan_budget(config: dict, variants: pd.DataFrame, *, gpu: str | None = None,
     train = TrainSettings.from_dict(config.get("train") or {}, "train").to_dict()
     data = DataSettings.from_dict(config.get("data") or {}, "data").to_dict()
     resources = TrainResources.from_dict((config.get("resources") or {}).get("train") or {}, "resources.train").to_dict()
+    if not isinstance(variants, Experiment):
+        variants = Experiment({**config, "train": train, "early_exit": config.get("early_exit") or EARLY_EXIT},
+                              variants)
     notes = []
     nodes, per_node = resources["nodes"], resources["gpus"]
     if per_node == 0:
@@ -258,24 +263,19 @@ def plan_budget(config: dict, variants: pd.DataFrame, *, gpu: str | None = None,
         return sizes[key]
 
     rows = []
-    for name, row in variants.iterrows():
-        kind = row["kind"]
-        size = size_of(row["base"], kind, int(row["loops"]), row["sharing"], str(row["rank"]))
-        tokens = int(train["tokens"]) if str(row["tokens"]) == "default" else int(row["tokens"])
-        trains = kind != "original" and tokens > 0
-        kd = bool(row["kd"])
-        teacher = size_of(row["base"], "original") if kd else None
-        exits = int(row["loops"]) if str(row.get("early_exit", "-")) != "-" else 1
+    for v in variants:
+        size = size_of(v.base, v.kind, v.loops, v.sharing, v.rank)
+        teacher = size_of(v.base, "original") if v.kd else None
         out = {
-            "variant": name, "kind": kind, "base": row["base"], "loops": int(row["loops"]), "rank": str(row["rank"]),
-            "kd": kd, "tokens": tokens if trains else 0,
+            "variant": v.name, "kind": v.kind, "base": v.base, "loops": v.loops, "rank": v.rank,
+            "kd": v.kd, "tokens": v.tokens if v.trains else 0,
             "params": size["params"], "params_non_embedding": size["non_embedding"], "params_lora": size["lora"],
             "n_eff": size["n_eff"], "depths": size["depths"],
         }
         warnings = []
-        if trains:
-            flops = tokens * train_flops_per_token(size, block, checkpointing=checkpointing, chunked=bool(chunk),
-                                                   teacher=teacher, exits=exits)
+        if v.trains:
+            flops = v.tokens * train_flops_per_token(size, block, checkpointing=checkpointing, chunked=bool(chunk),
+                                                     teacher=teacher, exits=v.exits)
             gpu_hours = flops / (spec["peak_tflops"] * 1e12 * mfu) / 3600
             wall = gpu_hours / world
             jobs = jobs_needed(wall, runtime, margin)
@@ -284,10 +284,10 @@ def plan_budget(config: dict, variants: pd.DataFrame, *, gpu: str | None = None,
                 "mem_weights_gb": 4 * p / GB,
                 "mem_grads_gb": 4 * p / zero / GB,
                 "mem_optimizer_gb": 8 * p / zero / GB,
-                "mem_teacher_gb": 2 * teacher["params"] / GB if kd else 0.0,
+                "mem_teacher_gb": 2 * teacher["params"] / GB if v.kd else 0.0,
                 "mem_activations_gb": activation_bytes(size, micro_tokens, False) / GB,
                 "mem_activations_checkpointed_gb": activation_bytes(size, micro_tokens, True) / GB,
-                "mem_logits_gb": logits_bytes(size["vocab"], micro_tokens, chunk, kd, exits) / GB,
+                "mem_logits_gb": logits_bytes(size["vocab"], micro_tokens, chunk, v.kd, v.exits) / GB,
             }
             act = memory["mem_activations_checkpointed_gb" if checkpointing else "mem_activations_gb"]
             memory["mem_peak_gb"] = (memory["mem_weights_gb"] + memory["mem_grads_gb"] + memory["mem_optimizer_gb"]
@@ -308,11 +308,9 @@ def plan_budget(config: dict, variants: pd.DataFrame, *, gpu: str | None = None,
 
     disk = {}
     data_threads = int(((config.get("resources") or {}).get("data") or {}).get("threads", 1))
-    for base, group in table.groupby("base", sort=False):
-        largest = int(group["tokens"].max())
-        if data.get("max_train_tokens"):
-            largest = min(largest, int(data["max_train_tokens"]))
-        disk[base] = data_cost(data, largest, size_of(base, "original")["vocab"], data_threads)
+    for base in variants.bases:
+        disk[base] = data_cost(data, variants.train_tokens_to_gather(base), size_of(base, "original")["vocab"],
+                               data_threads)
     table.attrs.update({
         "gpu": gpu, "peak_tflops": spec["peak_tflops"], "memory_gb": spec["memory_gb"], "mfu": mfu,
         "nodes": nodes, "gpus_per_node": max(per_node, 1), "gpus": world, "runtime_min": runtime,
