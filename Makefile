@@ -32,11 +32,18 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PIP) install --no-deps -e . $(QUIET_PIP)
 	touch $@
 
+# Two pytest-xdist workers (TEST_WORKERS=0 runs in one process): most tests wait on a
+# subprocess or a small model, so two keep both cores busy. --dist loadfile keeps each test
+# file on one worker, so its module-scoped fixtures (a trained model, a workflow run) are
+# built once.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile
+
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_PARALLEL)
 
 test-all: install
-	$(BIN)/pytest -q -m "slow or not slow"
+	$(BIN)/pytest -q $(PYTEST_PARALLEL) -m "slow or not slow"
 
 # The cluster path on a real one-node SLURM on loopback (tests/slurm_cluster.py starts it and
 # stops it by PID): needs root, and Debian's slurm-wlm and munge (installed here if missing).
