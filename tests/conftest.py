@@ -137,3 +137,24 @@ def tiny_real_vocab_dir(smollm2_tokenizer, tmp_path):
     LlamaForCausalLM(config).save_pretrained(path)
     smollm2_tokenizer.save_pretrained(path)
     return path
+
+
+# Under pytest-xdist (`make test`: --dist loadfile --no-loadscope-reorder) a free worker takes
+# the next file in this order. The longest files (whole Snakemake runs, training) go first,
+# then the rest by number of tests, so no worker is left alone with a long file at the end.
+LONGEST_FIRST = ("test_workflow.py", "test_shard_workflow.py", "test_train.py", "test_time_limit.py",
+                 "test_checkpoints.py", "test_throughput.py", "test_export.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not hasattr(config, "workerinput"):  # only on xdist workers: a plain run keeps its order
+        return
+    per_file = {}
+    for item in items:
+        per_file[item.path.name] = per_file.get(item.path.name, 0) + 1
+
+    def rank(item):
+        name = item.path.name
+        return (LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST), -per_file[name], name)
+
+    items.sort(key=rank)  # stable: tests keep their order within a file
