@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    the whole pipeline on the embedded default (SmolLM2-135M, CPU) + HTML report
-#   make test   the fast test suite (`make test-all` adds the heavy tests; `make test-slurm`
-#               runs the cluster path on a local one-node SLURM, as root)
+#   make test   the fast test suite (`make test-all` adds the heavy tests, `make test-slow` runs
+#               only them; `make test-slurm` runs the cluster path on a local one-node SLURM, as root)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +17,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-all test-slurm slurm-packages run rerun report lint clean
+.PHONY: install test test-all test-slow test-slurm slurm-packages run rerun report lint clean
 
 install: $(VENV)/.installed
 
@@ -32,11 +32,22 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PIP) install --no-deps -e . $(QUIET_PIP)
 	touch $@
 
+# Two pytest-xdist workers (TEST_WORKERS=0 runs in one process): most tests wait on a
+# subprocess or a small model, so two keep both cores busy. --dist loadfile keeps each test
+# file on one worker, so its module-scoped fixtures (a trained model, a workflow run) are
+# built once; tests/conftest.py orders the files longest first.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(PYTEST_PARALLEL)
 
 test-all: install
-	$(BIN)/pytest -q -m "slow or not slow"
+	$(BIN)/pytest -q $(PYTEST_PARALLEL) -m "slow or not slow"
+
+# Only the heavy tests `make test` leaves out (CI's slow stage; `make test-all` runs both).
+test-slow: install
+	$(BIN)/pytest -q $(PYTEST_PARALLEL) -m "slow and not slurm"
 
 # The cluster path on a real one-node SLURM on loopback (tests/slurm_cluster.py starts it and
 # stops it by PID): needs root, and Debian's slurm-wlm and munge (installed here if missing).

@@ -3,6 +3,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Under pytest-xdist (`make test` runs `-n 2`) each worker gets its share of the cores, for
+# torch here and for the processes the tests start (rrt, snakemake jobs): N workers each
+# using every core would oversubscribe the machine and run slower than one.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -20,6 +26,9 @@ from transformers import (  # noqa: E402
 )
 
 import rrt  # noqa: E402,F401
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 VOCAB = 96
 _COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_attention_heads=4,
@@ -64,19 +73,42 @@ def ids():
     return torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(1))
 
 
+def _shared_once(tmp_path_factory, name: str, make):
+    """`make(path)` run once per test session, also under pytest-xdist: the workers share one
+    directory (the first to get the lock writes it, the others wait and reuse it)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's base, above every worker's own
+    path = root / "shared" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.exists():
+            partial = path.with_name(path.name + ".partial")  # never a half-written `path`
+            make(partial)
+            partial.rename(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory):
     """The embedded SmolLM2-135M as an fp32 HF directory (materialised once per session, ~40 s)."""
     from rrt.model.base_models import materialize
 
-    return materialize(tmp_path_factory.mktemp("models") / "smollm2-135m")
+    return _shared_once(tmp_path_factory, "smollm2-135m", materialize)
 
 
 @pytest.fixture(scope="session")
-def smollm2_tokenizer(smollm2_dir):
+def smollm2_tokenizer(tmp_path_factory):
+    """The tokenizer of `smollm2_dir`, without materialising the weights: the same files
+    (`materialize` saves `embedded_tokenizer()`), read back the same way."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(smollm2_dir)
+    from rrt.model.base_models import embedded_tokenizer
+
+    path = _shared_once(tmp_path_factory, "smollm2-tokenizer", lambda out: embedded_tokenizer().save_pretrained(out))
+    return AutoTokenizer.from_pretrained(path)
 
 
 def cli_error(capsys, argv, code=2, progress_ok=False) -> str:
@@ -114,3 +146,26 @@ def train_settings_in(line: str) -> dict:
 
     argv = shlex.split(line.removeprefix("Shell command: "))
     return json.loads(argv[argv.index("--settings") + 1])
+
+
+# Under pytest-xdist (`make test`: --dist loadfile --no-loadscope-reorder) a free worker takes
+# the next file in this order. The longest files (whole Snakemake runs, training) go first,
+# then the rest by number of tests, so no worker is left alone with a long file at the end.
+# (from `pytest --durations`: the workflow run ~260 s, lm_eval on exports ~180 s, shard jobs
+# ~190 s, early-exit training ~100 s, under load)
+LONGEST_FIRST = ("test_workflow.py", "test_shard_workflow.py", "test_export.py", "test_exits.py",
+                 "test_exit_eval.py", "test_checkpoints.py", "test_train.py", "test_time_limit.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not hasattr(config, "workerinput"):  # only on xdist workers: a plain run keeps its order
+        return
+    per_file = {}
+    for item in items:
+        per_file[item.path.name] = per_file.get(item.path.name, 0) + 1
+
+    def rank(item):
+        name = item.path.name
+        return (LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST), -per_file[name], name)
+
+    items.sort(key=rank)  # stable: tests keep their order within a file

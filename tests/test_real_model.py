@@ -5,7 +5,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rrt.model.convert import convert
 
-pytestmark = pytest.mark.real_model
+# slow (`make test-all`, CI's slow stage): materialising the weights alone takes ~40 s. Fast
+# counterparts in the default selection: the GGUF's architecture, parameter count and
+# tokenizer (test_embedded_model.py), and full-rank conversion reproducing the original's
+# logits for every family, init and sharing (test_convert.py::
+# test_full_rank_with_per_depth_norms_reproduces_original, test_pure_sharing_is_not_the_original).
+pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 
 TEXT = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. "
         "It is named after the engineer Gustave Eiffel, whose company designed and built the tower.")
