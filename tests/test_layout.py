@@ -9,7 +9,7 @@ SRC = Path(__file__).resolve().parents[1] / "src/rrt"
 # Each layer may import the layers listed before it (and itself).
 ORDER = ["errors", "io", "settings", "variants", "model", "data", "train", "serve", "eval", "report", "cli"]
 ALLOWED = {
-    "errors": set(), "io": set(), "settings": set(), "variants": {"errors", "settings"},
+    "errors": set(), "io": set(), "settings": {"errors"}, "variants": {"errors", "settings"},
     "model": {"errors", "io", "settings"},
     "data": {"errors", "io", "settings"},
     "train": {"errors", "io", "settings", "variants", "model", "data"},
