@@ -263,6 +263,9 @@ def _lm_eval_scores(out: Path) -> dict:
     return scores
 
 
+# lm_eval's own CLI on both exports (~1.5 CPU-min): CI's slow stage. Fast: the exports load
+# without rrt and equal the recursive model (above), and rrt eval's lm-eval path (test_evaluate.py).
+@pytest.mark.slow
 def test_lm_eval_cli_on_exports_scores_as_rrt_eval(tmp_path, capsys):
     """The real `lm_eval` command (a process that cannot import rrt), on the self-contained
     and the unrolled export of a relaxed recursive model: the same task scores, item by item,

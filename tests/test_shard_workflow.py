@@ -44,6 +44,9 @@ def blocks(path):
     return np.stack([b[i]["input_ids"].numpy() for i in range(len(b))])
 
 
+# Real shard jobs through Snakemake: CI's slow stage. Fast: test_shards.py (1, 2, 4 shards
+# give the same documents and batches; a corrupt .zst is one line) and the dry-run plans below.
+@pytest.mark.slow
 def test_local_mirror_dag_with_2_and_4_shards(tmp_path):
     """source: hub pointed at local mirrors: 2 shard jobs read the first files a budget
     needs, drop the held-out PG19 books, and give the same blocks as 4 shard jobs."""
@@ -71,6 +74,7 @@ def test_local_mirror_dag_with_2_and_4_shards(tmp_path):
     assert np.array_equal(blocks(work / TARGET / "train"), two)
 
 
+@pytest.mark.slow
 def test_a_killed_shard_job_is_the_only_one_redone(tmp_path):
     work = tmp_path / "work"
     work.mkdir()

@@ -12,6 +12,12 @@ import pandas as pd
 import pytest
 import yaml
 
+# The whole pipeline runs (~2 CPU-min): CI's slow stage (`make test-slow`). Fast tests of
+# the same behaviour stay in `make test`: the DAG and its commands (test_workflow_config.py,
+# test_slurm_profile.py), a real plan job from a plain shell (test_docs.py), the resolved
+# config reaching `rrt plan` (test_variants.py), and each stage's command on its own.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 # the rules call `rrt`: this interpreter's scripts first, and no network
