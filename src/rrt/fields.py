@@ -210,21 +210,21 @@ def _build(cls, raw, name: str, workflow: bool):
     known = {f.name: f for f in fields(cls) if f.metadata.get("workflow", True) or not workflow}
     for key in raw:
         if key not in known:
-            raise SettingError(f"{join(name, key)}: unknown key (known: {', '.join(known)})")
+            raise SettingError(f"{_join(name, key)}: unknown key (known: {', '.join(known)})")
     hints = type_hints(cls)
     values = {}
     for key, f in known.items():
         if key in raw:
-            values[key] = check(raw[key], hints[key], f.metadata, join(name, key), workflow)
+            values[key] = check(raw[key], hints[key], f.metadata, _join(name, key), workflow)
         elif f.default is MISSING and f.default_factory is MISSING:
-            raise SettingError(f"{join(name, key)}: required key missing")
+            raise SettingError(f"{_join(name, key)}: required key missing")
     try:
         return cls(**values)
     except SettingError as e:  # a nested section's own key: name its path
         raise SettingError(f"{name}.{e}" if name and not str(e).startswith(name) else str(e)) from None
 
 
-def join(name: str, key: str) -> str:
+def _join(name: str, key: str) -> str:
     return f"{name}.{key}" if name else key
 
 
@@ -297,7 +297,7 @@ def coerce_text(cls, raw, name: str = ""):
     out = {}
     for key, value in raw.items():
         f = by_name.get(key)
-        out[key] = value if f is None else _coerce_value(value, hints[key], f.metadata, join(name, key))
+        out[key] = value if f is None else _coerce_value(value, hints[key], f.metadata, _join(name, key))
     return out
 
 
@@ -320,8 +320,9 @@ def _coerce_value(value, tp, meta, name):
     return value
 
 
-
+# --- walking sections ---------------------------------------------------------------------------
 def merge(into: dict, over: dict) -> None:
+    """Lay the nested mapping `over` onto `into` in place (mappings merged key by key)."""
     for key, value in over.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
             merge(into[key], value)
@@ -336,7 +337,7 @@ def leaves(cls, prefix: str = "", workflow: bool = False):
     for f in fields(cls):
         if workflow and not f.metadata.get("workflow", True):
             continue
-        path = join(prefix, f.name)
+        path = _join(prefix, f.name)
         tp = hints[f.name]
         inner = [t for t in _members(tp) if dataclasses.is_dataclass(t)]
         if inner and f.metadata.get("flag") is None:
@@ -347,6 +348,7 @@ def leaves(cls, prefix: str = "", workflow: bool = False):
 
 
 def show(value) -> str:
+    """A default as `--help` and config/README.md print it: `none`, `true`, `` `text` ``, [1, 2], ..."""
     if value is MISSING:
         return "(required)"
     if value is None:
