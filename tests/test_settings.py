@@ -14,6 +14,8 @@ from snakemake.utils import validate
 from rrt import settings
 from rrt.cli import build_parser
 from rrt.cli.train import settings_of
+from rrt.fields import leaves
+from rrt.flags import flag_name
 from rrt.settings import (
     ExitRecipe,
     KDSettings,
@@ -144,8 +146,8 @@ def test_train_flags_are_generated_from_the_settings():
     assert settings_of(_train_args("--exit-weights", "0.3")).early_exit == ExitRecipe(0.3, 1.0)
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
     flags = {s for a in sub._actions for s in a.option_strings}
-    for path, _, meta, _ in settings.leaves(TrainSettings):
-        assert settings._flag_name(path, meta) in flags, path
+    for path, _, meta, _ in leaves(TrainSettings):
+        assert flag_name(path, meta) in flags, path
 
 
 def test_train_settings_json_with_flags_over_it(tmp_path):

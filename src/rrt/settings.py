@@ -4,27 +4,35 @@ Each section of the workflow config (`data`, `train` with `train.kd`, `eval`, `e
 `throughput`, `plan`, `resources`) and of the CLI alone (`serve`) is a dataclass below; each
 field is one key: its type, its default, its range or choices and a one-line help. From them
 come
-- the `rrt` flags that mirror a section (`add_flags`; `rrt train`'s, with `--settings JSON`),
+- the `rrt` flags that mirror a section (`rrt.flags.add_flags`; `rrt train`'s, with
+  `--settings JSON`),
 - the validation of the workflow config (`resolve_config`: defaults filled, a bad value is one
   `SettingError` line naming the key; `workflow/rules/common.smk` and `rrt plan` call it),
 - the key table of `config/README.md` (`python -m rrt.settings --markdown`; a test keeps the
   file equal to it, and `workflow/schemas/config.schema.yaml`'s defaults equal to these).
 The dicts `DATA`, `TRAIN`, ... are the defaults as plain dicts, for code that reads one value.
-Light on purpose (no torch): the CLI builds its parser from this module.
+How a key is declared and checked (`setting`, `Section`) is rrt.fields. Light on purpose (no
+torch): the CLI builds its parser from this module.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
-import json
-import math
 import sys
-import types
-import typing
 from dataclasses import MISSING, dataclass, field, fields
 
-from .errors import UsageError
+from .fields import (
+    NO_META,
+    Section,
+    SettingError,
+    coerce_text,
+    expectation,
+    leaves,
+    merge,
+    setting,
+    show,
+    type_hints,
+)
 
 # --- the paper's concepts -----------------------------------------------------------------
 SHARINGS = ("cycle", "sequence")
@@ -66,308 +74,6 @@ GPU_SPECS = {
 # by bench/tokenization.py with Gemma's tokenizer on a 2-core cloud VM (README, "Measured").
 TOKENIZE_TOKENS_PER_S_PER_CORE = 580_000
 
-
-class SettingError(UsageError, ValueError):
-    """A bad setting: one line naming the key (or flag) and the value. A UsageError for the
-    CLI, a ValueError for library callers."""
-
-
-# --- how a setting is declared ---------------------------------------------------------------
-def setting(default=MISSING, help: str = "", *, min=None, max=None, above=None, below=None, choices=None,
-            length=None, flag=None, workflow=True, expect=None):
-    """A dataclass field that is one key. `min`/`max` are inclusive bounds, `above`/`below`
-    exclusive ones (for a list: of each item); `choices` the allowed strings (of each item);
-    `length` a list's exact length; `flag` the CLI flag when not `--key-name`; `workflow=False`
-    for a key of the CLI alone; `expect` replaces the generated "must be ..." text."""
-    meta = {"help": help, "min": min, "max": max, "above": above, "below": below, "choices": choices,
-            "length": length, "flag": flag, "workflow": workflow, "expect": expect}
-    if default is MISSING:
-        return field(metadata=meta)
-    if isinstance(default, type) and dataclasses.is_dataclass(default):
-        return field(default_factory=default, metadata=meta)
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-class Section:
-    """A dataclass of settings: its fields are checked when it is made (`__post_init__`), so
-    a settings object in hand is a valid one, whoever built it."""
-
-    def __post_init__(self):
-        for f in fields(self):
-            setattr(self, f.name, check(getattr(self, f.name), _hints(type(self))[f.name], f.metadata, f.name))
-
-    def to_dict(self, workflow: bool = False) -> dict:
-        """Plain JSON-able values (lists, dicts); `workflow`: the workflow's keys alone."""
-        return _plain(self, workflow)
-
-    @classmethod
-    def from_dict(cls, raw, name: str = "", workflow: bool = False):
-        """The section from a mapping (JSON, YAML): defaults for the missing keys, one line
-        naming `name.key` for an unknown key or a bad value."""
-        return _build(cls, raw, name, workflow)
-
-
-@functools.cache
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
-def _flag_name(path: str, meta) -> str:
-    return meta.get("flag") or "--" + path.replace(".", "-").replace("_", "-")
-
-
-# --- checking values ---------------------------------------------------------------------------
-def _is_optional(tp) -> bool:
-    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
-
-
-def _members(tp) -> list:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return [t for t in typing.get_args(tp) if t is not type(None)]
-    return [tp]
-
-
-def _fmt(x) -> str:
-    return f"{x:g}" if isinstance(x, float) else str(x)
-
-
-def _range_text(meta, number: str) -> str:
-    lo = ("[", meta["min"]) if meta["min"] is not None else ("(", meta["above"]) if meta["above"] is not None else None
-    hi = ("]", meta["max"]) if meta["max"] is not None else (")", meta["below"]) if meta["below"] is not None else None
-    if lo and hi:
-        return f"in {lo[0]}{_fmt(lo[1])}, {_fmt(hi[1])}{hi[0]}"
-    if lo:
-        return f"{number}{' ' if number else ''}{'>=' if lo[0] == '[' else '>'} {_fmt(lo[1])}"
-    if hi:
-        return f"{number}{' ' if number else ''}{'<=' if hi[0] == ']' else '<'} {_fmt(hi[1])}"
-    return number
-
-
-def expectation(tp, meta) -> str:
-    """What a value of this key must be, in words: 'in [0, 1]', 'an integer >= 1', ..."""
-    if meta.get("expect"):
-        return meta["expect"]
-    members = _members(tp)
-    parts = []
-    for t in members:
-        origin = typing.get_origin(t)
-        if t is bool:
-            parts.append("true or false")
-        elif t is int:
-            parts.append(_range_text(meta, "an integer"))
-        elif t is float:
-            parts.append(_range_text(meta, "a finite number"))
-        elif t is str:
-            parts.append("one of " + ", ".join(meta["choices"]) if meta["choices"] else "a string")
-        elif origin is list:
-            item = expectation(typing.get_args(t)[0], {**meta, "expect": None})
-            n = f"{meta['length']} " if meta["length"] else ""
-            parts.append(f"a list of {n}strings" if item == "a string" else f"a list of {n}items, each {item}")
-        elif origin is dict or dataclasses.is_dataclass(t):
-            parts.append("a mapping")
-        else:
-            parts.append(getattr(t, "__name__", str(t)))
-    text = " or ".join(parts)
-    return text + (", or null" if _is_optional(tp) else "")
-
-
-def _bad(name, tp, meta, value, shown=None):
-    got = shown if shown is not None else (str(value) if isinstance(value, (int, float)) and not isinstance(value, bool)
-                                          else repr(value))
-    raise SettingError(f"{name} must be {expectation(tp, meta)}, got {got}")
-
-
-def _in_range(x, meta) -> bool:
-    if not math.isfinite(x):
-        return False
-    return ((meta["min"] is None or x >= meta["min"]) and (meta["max"] is None or x <= meta["max"])
-            and (meta["above"] is None or x > meta["above"]) and (meta["below"] is None or x < meta["below"]))
-
-
-def _scalar(value, t, meta, name):
-    """A value of scalar type `t` (bool, int, float, str) checked, or TypeError/ValueError."""
-    if t is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError
-    if t is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            if not _in_range(value, meta):
-                raise SettingError(f"{name} must be {_range_text(meta, '')}, got {value}")
-            return value
-        raise TypeError
-    if t is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = float(value)
-            if not _in_range(value, meta):
-                raise SettingError(f"{name} must be {_range_text(meta, 'a finite number')}, got {value}")
-            return value
-        raise TypeError
-    if t is str:
-        if isinstance(value, str) and (not meta["choices"] or value in meta["choices"]):
-            return value
-        raise TypeError
-    raise TypeError
-
-
-def check(value, tp, meta, name, workflow: bool = False):
-    """`value` as the key's type `tp`, checked against its range and choices: the value
-    (ints as floats where a float is wanted) or a SettingError naming `name`."""
-    if value is None:
-        if _is_optional(tp):
-            return None
-        _bad(name, tp, meta, value)
-    for t in _members(tp):
-        origin = typing.get_origin(t)
-        try:
-            if origin is list:
-                if not isinstance(value, (list, tuple)):
-                    raise TypeError
-                item_tp = typing.get_args(t)[0]
-                if meta["length"] is not None and len(value) != meta["length"]:
-                    raise TypeError
-                out = []
-                for x in value:
-                    out.append(_scalar(x, item_tp, meta, name))
-                return out
-            if origin is dict:
-                if not isinstance(value, dict):
-                    raise TypeError
-                value_tp = typing.get_args(t)[1]
-                return {str(k): check(v, value_tp, _NO_META, f"{name}.{k}", workflow) for k, v in value.items()}
-            if dataclasses.is_dataclass(t):
-                if isinstance(value, t):
-                    return value
-                return _build(t, value, name, workflow)
-            return _scalar(value, t, meta, name)
-        except (TypeError, ValueError) as e:
-            if isinstance(e, SettingError) and len(_members(tp)) == 1:
-                raise
-            continue
-    _bad(name, tp, meta, value)
-
-
-_NO_META = {k: None for k in ("help", "min", "max", "above", "below", "choices", "length", "flag", "expect")}
-
-
-def _build(cls, raw, name: str, workflow: bool):
-    if isinstance(raw, cls):
-        return raw
-    if not isinstance(raw, dict):
-        raise SettingError(f"{name or cls.__name__} must be a mapping of keys, got {raw!r}")
-    known = {f.name: f for f in fields(cls) if f.metadata.get("workflow", True) or not workflow}
-    for key in raw:
-        if key not in known:
-            raise SettingError(f"{_join(name, key)}: unknown key (known: {', '.join(known)})")
-    hints = _hints(cls)
-    values = {}
-    for key, f in known.items():
-        if key in raw:
-            values[key] = check(raw[key], hints[key], f.metadata, _join(name, key), workflow)
-        elif f.default is MISSING and f.default_factory is MISSING:
-            raise SettingError(f"{_join(name, key)}: required key missing")
-    try:
-        return cls(**values)
-    except SettingError as e:  # a nested section's own key: name its path
-        raise SettingError(f"{name}.{e}" if name and not str(e).startswith(name) else str(e)) from None
-
-
-def _join(name: str, key: str) -> str:
-    return f"{name}.{key}" if name else key
-
-
-def _plain(value, workflow: bool):
-    if isinstance(value, Section):
-        return {f.name: _plain(getattr(value, f.name), workflow) for f in fields(value)
-                if f.metadata.get("workflow", True) or not workflow}
-    if isinstance(value, dict):
-        return {k: _plain(v, workflow) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, workflow) for v in value]
-    return value
-
-
-# --- text (the command line) -----------------------------------------------------------------
-_NULL_WORDS = ("null", "none", "None", "~", "")
-
-
-def from_text(text: str, tp, meta, name: str):
-    """A value of type `tp` from command-line text: numbers parsed, 'true'/'false', 'null',
-    comma-separated lists ("0.9,0.95"); then checked as `check` does."""
-    if not isinstance(text, str):
-        return check(text, tp, meta, name)
-    if _is_optional(tp) and text in _NULL_WORDS:
-        return None
-    members = _members(tp)
-    for t in members:
-        try:
-            parsed = _parse_text(text, t)
-        except (TypeError, ValueError):
-            continue
-        try:
-            return check(parsed, t, meta, name)
-        except SettingError:
-            if typing.get_origin(t) is list:
-                _bad(name, tp, meta, text, shown=repr(text))
-            if len(members) == 1:
-                raise
-    _bad(name, tp, meta, text, shown=repr(text))
-
-
-def _parse_text(text: str, t):
-    origin = typing.get_origin(t)
-    if origin is list:
-        item = typing.get_args(t)[0]
-        return [_parse_text(x.strip(), item) for x in text.strip("[]").split(",")]
-    if t is bool:
-        if text.lower() in ("true", "yes", "1"):
-            return True
-        if text.lower() in ("false", "no", "0"):
-            return False
-        raise ValueError(text)
-    if t is int:
-        return int(text)
-    if t is float:
-        return float(text)
-    if t is str:
-        return text
-    raise TypeError(t)
-
-
-def coerce_text(cls, raw, name: str = ""):
-    """`raw` (a part of a config, e.g. Snakemake's --config overrides, whose YAML values are
-    all strings) with every string leaf parsed as its key's type; unknown keys are left for
-    `from_dict` to name."""
-    if not isinstance(raw, dict):
-        return raw
-    hints = _hints(cls)
-    by_name = {f.name: f for f in fields(cls)}
-    out = {}
-    for key, value in raw.items():
-        f = by_name.get(key)
-        out[key] = value if f is None else _coerce_value(value, hints[key], f.metadata, _join(name, key))
-    return out
-
-
-def _coerce_value(value, tp, meta, name):
-    members = _members(tp)
-    for t in members:
-        origin = typing.get_origin(t)
-        if dataclasses.is_dataclass(t) and isinstance(value, dict):
-            return coerce_text(t, value, name)
-        if origin is dict and isinstance(value, dict):
-            value_tp = typing.get_args(t)[1]
-            return {k: _coerce_value(v, value_tp, _NO_META, f"{name}.{k}") for k, v in value.items()}
-        if origin is list and isinstance(value, list):
-            item = typing.get_args(t)[0]
-            return [from_text(x, item, meta, name) if isinstance(x, str) and item is not str else x for x in value]
-    if isinstance(value, str) and (str not in members or (meta.get("choices") and value not in meta["choices"])):
-        return from_text(value, tp, meta, name)
-    if isinstance(value, str) and _is_optional(tp) and value in ("null", "~"):
-        return None
-    return value
 
 
 # --- the sections ------------------------------------------------------------------------------
@@ -531,7 +237,7 @@ def _default_recipes() -> dict:
 @dataclass
 class EarlyExitSettings(Section):
     recipes: dict[str, ExitRecipe] = field(default_factory=_default_recipes, metadata={
-        **_NO_META, "workflow": True,
+        **NO_META, "workflow": True,
         "help": "early-exit training recipes, named by the variants table's `early_exit` column; a config's "
                 "recipes replace these two (`aggressive_kd`: the paper's best, `aggressive`: its CE-only ablation)"})
 
@@ -625,7 +331,7 @@ class WorkflowConfig(Section):
     """The whole workflow config (`config/config.yaml`)."""
     variants: str = setting(help="path of the variants TSV")
     base_models: dict[str, BaseModel] = field(metadata={
-        **_NO_META, "workflow": True, "help": "the pretrained models the variants start from, by name"})
+        **NO_META, "workflow": True, "help": "the pretrained models the variants start from, by name"})
     paper_reference: str | None = setting(None, "TSV of the paper's numbers (`config/paper_reference.tsv`): one row "
                                                 "per `paper_ref`, for the comparison table")
     data: DataSettings = setting(DataSettings, "")
@@ -649,148 +355,13 @@ def resolve_config(raw: dict, overrides: dict | None = None) -> dict:
     laid over `raw` first. A bad or unknown key raises one SettingError line naming it."""
     raw = copy.deepcopy(raw)
     if overrides:
-        _merge(raw, coerce_text(WorkflowConfig, overrides))
+        merge(raw, coerce_text(WorkflowConfig, overrides))
     return WorkflowConfig.from_dict(raw, workflow=True).to_dict(workflow=True)
-
-
-def _merge(into: dict, over: dict) -> None:
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-
-
-# --- the CLI -------------------------------------------------------------------------------
-def leaves(cls, prefix: str = "", workflow: bool = False):
-    """(dotted path, type, metadata, default) of every key of `cls`, nested sections
-    flattened; dict-valued keys (recipes, base models) as one leaf."""
-    hints = _hints(cls)
-    for f in fields(cls):
-        if workflow and not f.metadata.get("workflow", True):
-            continue
-        path = _join(prefix, f.name)
-        tp = hints[f.name]
-        inner = [t for t in _members(tp) if dataclasses.is_dataclass(t)]
-        if inner and f.metadata.get("flag") is None:
-            yield from leaves(inner[0], path, workflow)
-        else:
-            default = f.default if f.default_factory is MISSING else f.default_factory()
-            yield path, tp, f.metadata, default
-
-
-def add_flags(parser, cls, skip=()) -> None:
-    """One flag per key of `cls` (`--batch-tokens`, `--kd-loss`, ...), parsed later by
-    `settings_from_args` (so an explicit flag is known from a default). Bools get --no-X."""
-    import argparse
-
-    for path, tp, meta, default in leaves(cls):
-        if path in skip:
-            continue
-        flag = _flag_name(path, meta)
-        shown = _show(default) if default is not MISSING else "required"
-        help_text = f"{meta['help']} (default {shown})".replace("%", "%%")  # argparse formats help with %
-        dest = "setting:" + path
-        if tp is bool:
-            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=help_text)
-        elif meta.get("choices") and tp is str:
-            parser.add_argument(flag, dest=dest, choices=meta["choices"], default=argparse.SUPPRESS, help=help_text)
-        else:
-            parser.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=help_text,
-                                metavar=flag.lstrip("-").replace("-", "_").upper())
-
-
-def explicit_flags(args, cls) -> dict[str, str]:
-    """{flag: text} of the flags of `cls` given on the command line."""
-    given = {}
-    for path, _, meta, _ in leaves(cls):
-        if hasattr(args, "setting:" + path):
-            given[_flag_name(path, meta)] = getattr(args, "setting:" + path)
-    return given
-
-
-def settings_from_args(args, cls, base: dict | None = None, name: str = ""):
-    """`cls` from `base` (e.g. a resolved section as JSON) with the flags given on the
-    command line laid over it; a bad flag value is one line naming the flag."""
-    merged = copy.deepcopy(base or {})
-    base_obj = cls.from_dict(merged, name)  # the base alone: its errors name its keys
-    merged = base_obj.to_dict()
-    hints_by_path = {path: (tp, meta) for path, tp, meta, _ in leaves(cls)}
-    for path, (tp, meta) in hints_by_path.items():
-        if not hasattr(args, "setting:" + path):
-            continue
-        value = getattr(args, "setting:" + path)
-        value = from_text(value, tp, meta, _flag_name(path, meta)) if isinstance(value, str) else value
-        *parents, key = path.split(".")
-        node = merged
-        for p in parents:
-            if node.get(p) is None:
-                node[p] = {}
-            node = node[p]
-        node[key] = value
-    try:
-        return cls.from_dict(merged, name)
-    except SettingError as e:
-        message = str(e).removeprefix(f"{name}.") if name else str(e)
-        raise SettingError(_flag_error(message, hints_by_path)) from None
-
-
-def _flag_error(message: str, hints_by_path) -> str:
-    """A nested section's error after flags were laid over it: name the flag, not the key."""
-    for path, (_, meta) in hints_by_path.items():
-        key = path.rsplit(".", 1)[-1]
-        if message.startswith(path + ":") or message.startswith(path + " "):
-            return _flag_name(path, meta) + message[len(path):]
-        if message.startswith(key + " ") and "." in path:
-            return _flag_name(path, meta) + message[len(key):]
-    return message
-
-
-def load_json_arg(text: str, flag: str) -> dict:
-    """A JSON object given inline or as the path of a JSON file."""
-    from pathlib import Path
-
-    source = text
-    if not text.lstrip().startswith("{"):
-        path = Path(text)
-        if not path.is_file():
-            raise SettingError(f"{flag}: neither a JSON object nor a JSON file: {text!r}")
-        source = path.read_text()
-    try:
-        value = json.loads(source)
-    except json.JSONDecodeError as e:
-        raise SettingError(f"{flag}: not JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise SettingError(f"{flag}: expected a JSON object, got {value!r}")
-    return value
 
 
 # --- the key table of config/README.md -----------------------------------------------------------
 MARKDOWN_BEGIN = "<!-- keys: generated by `python -m rrt.settings --markdown`; do not edit by hand -->"
 MARKDOWN_END = "<!-- keys: end -->"
-
-
-def _show(value) -> str:
-    if value is MISSING:
-        return "(required)"
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) >= 1 else f"{value:g}"
-    if isinstance(value, str):
-        return f"`{value}`"
-    if isinstance(value, Section):
-        value = value.to_dict()
-    if isinstance(value, dict):
-        inner = ", ".join(f"{k}: {_show(v).strip('`')}" for k, v in value.items())
-        return "`{" + inner + "}`"
-    if isinstance(value, list):
-        return "[" + ", ".join(_show(v).strip("`") for v in value) + "]"
-    return str(value)
-
 
 def markdown_table() -> str:
     """The `## Keys` table of config/README.md: every workflow key, its default, its
@@ -800,9 +371,9 @@ def markdown_table() -> str:
     def add(path, tp, meta, default):
         allowed = expectation(tp, meta)
         allowed = "" if allowed in ("a string", "a string, or null") else allowed
-        rows.append(f"| `{path}` | {_show(default)} | {allowed} | {meta.get('help') or ''} |")
+        rows.append(f"| `{path}` | {show(default)} | {allowed} | {meta.get('help') or ''} |")
 
-    hints = _hints(WorkflowConfig)
+    hints = type_hints(WorkflowConfig)
     for f in fields(WorkflowConfig):
         tp = hints[f.name]
         if f.name == "base_models":
@@ -811,7 +382,7 @@ def markdown_table() -> str:
         elif dataclasses.is_dataclass(tp):
             for path, sub_tp, meta, default in leaves(tp, f.name, workflow=True):
                 if path == "early_exit.recipes":
-                    rows.append(f"| `{path}` | {_show({k: v.to_dict() for k, v in _default_recipes().items()})} "
+                    rows.append(f"| `{path}` | {show({k: v.to_dict() for k, v in _default_recipes().items()})} "
                                 f"| a mapping of names to recipes | {meta['help']} |")
                     for p, t, m, d in leaves(ExitRecipe, "early_exit.recipes.<name>"):
                         add(p, t, m, d)

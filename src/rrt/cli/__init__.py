@@ -17,6 +17,7 @@ import platform
 import sys
 
 from ..errors import Paused, UsageError, first_line
+from ..flags import add_flags
 from ..settings import (
     BASE_SOURCES,
     DATA,
@@ -36,7 +37,6 @@ from ..settings import (
     THROUGHPUT,
     TINY,
     TrainSettings,
-    add_flags,
 )
 
 _DEBUG_HELP = "on error, show the traceback instead of one line (also: RRT_DEBUG=1, for errors other than bad input)"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..errors import UsageError, first_line
 from ..model.load import load_config_dir
-from ..settings import TrainSettings, explicit_flags, load_json_arg, settings_from_args
+from ..flags import explicit_flags, load_json_arg, settings_from_args
+from ..settings import TrainSettings
 from ..train.trainer import train as train_model
 from . import checks
 
