@@ -291,3 +291,65 @@ def test_resolved_config_errors_are_one_line(tmp_path, capsys):
     path.write_text(json.dumps(cfg))
     assert cli_error(capsys, ["plan", "--resolved-config", str(path)]).endswith(
         f"{tmp_path / 'v.tsv'}: variant 'rec' uses base 'nope', not in base_models (g, h)")
+
+
+# --- parent_data: post-training on the parent's blocks or on new ones ----------------------
+def _with_parent_data(values: dict) -> list[str]:
+    """ROWS with a parent_data column: `values` by variant name, `-` elsewhere."""
+    return [f"{r}\t{values.get(r.split(chr(9))[0], '-')}" for r in ROWS]
+
+
+def experiment_with_parent_data(tmp_path, values: dict, cfg=None) -> Experiment:
+    path = tmp_path / "variants.tsv"
+    path.write_text(HEADER.rstrip("\n") + "\tparent_data\n" + "\n".join(_with_parent_data(values)) + "\n")
+    return Experiment({**(cfg or config()), "variants": str(path)}, read_variants(path), path)
+
+
+def test_a_child_reads_new_data_unless_it_asks_for_overlap(tmp_path):
+    """rec (1000 tokens) -> ee (300, new by default) -> ee2 (200): ee leaves out rec's
+    blocks; ee2 leaves out rec's and ee's, or with overlap reads ee's blocks again (it
+    leaves out what ee left out)."""
+    e = experiment(tmp_path)  # no parent_data column: new for rows with a parent
+    assert (e["rec"].parent_data, e["ee"].parent_data, e["ee2"].parent_data) == (None, "new", "new")
+    assert (e.data_after("rec"), e.data_after("ee"), e.data_after("ee2")) == ([], [1000], [1000, 300])
+    assert (e.data_tokens("ee"), e.data_tokens("ee2")) == (1300, 1500)
+    e = experiment_with_parent_data(tmp_path, {"ee": "new", "ee2": "overlap"})
+    assert (e["ee"].parent_data, e["ee2"].parent_data) == ("new", "overlap")
+    assert (e.data_after("ee"), e.data_after("ee2")) == ([1000], [1000])
+    e = experiment_with_parent_data(tmp_path, {"ee": "overlap"})
+    assert e.data_after("ee") == [] and e.data_after("ee2") == [300]  # ee read rec's blocks; ee2 leaves out ee's
+    # the train set holds the most any run needs, its parents' draws included
+    big = ["rec\trecursive\tg\tstepwise\t2\tcycle\t0\tfalse\t4000\t-\t-\tdefault\ttrue"] + ROWS[3:]
+    path = tmp_path / "big.tsv"
+    path.write_text(HEADER + "\n".join([ROWS[0], *big]) + "\n")
+    e = Experiment({**config(), "variants": str(path)}, read_variants(path), path)
+    assert e.largest_budget("g") == 4096 and e.train_tokens_to_gather("g") == 4000 + 300 + 200
+
+
+@pytest.mark.parametrize("values, cap, message", [
+    ({"rec": "new"}, None, "variant 'rec': parent_data 'new' needs a parent (- without one)"),
+    ({"orig": "overlap"}, None, "variant 'orig': parent_data 'overlap' needs a parent (- without one)"),
+    ({"ee": "fresh"}, None, "variant 'ee': parent_data 'fresh' is not one of -, new, overlap"),
+    ({}, 1200, "variant 'ee': new data needs 1300 tokens (1000 drawn before, 300 its own), above "
+               "data.max_train_tokens 1200 (or set parent_data: overlap)"),
+])
+def test_parent_data_errors_are_one_line(tmp_path, values, cap, message):
+    with pytest.raises(UsageError) as caught:
+        experiment_with_parent_data(tmp_path, values, cfg=config(max_train_tokens=cap))
+    text = str(caught.value)
+    assert text.startswith(f"{tmp_path / 'variants.tsv'}: ") and message in text and "\n" not in text, text
+    # overlap needs only the parent's own blocks: the same cap then plans
+    if cap is not None:
+        assert experiment_with_parent_data(tmp_path, {"ee": "overlap", "ee2": "overlap"},
+                                           cfg=config(max_train_tokens=cap)).data_after("ee") == []
+
+
+def test_the_embedded_default_post_trains_on_new_data():
+    """make run's rec-stepwise-ee leaves out rec-stepwise's blocks, and the train set the
+    config gathers (data.max_train_tokens) holds both runs' tokens."""
+    from rrt.settings import resolve_config
+    cfg = resolve_config(yaml.safe_load((ROOT / "config/config.yaml").read_text()))
+    e = Experiment(cfg, read_variants(ROOT / cfg["variants"]), cfg["variants"])
+    tokens = cfg["train"]["tokens"]
+    assert e["rec-stepwise-ee"].parent_data == "new" and e.data_after("rec-stepwise-ee") == [tokens]
+    assert e.train_tokens_to_gather("smollm2") == 2 * tokens <= cfg["data"]["max_train_tokens"]

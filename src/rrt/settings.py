@@ -194,6 +194,10 @@ class TrainSettings(Section):
     # Set per variant from its `early_exit` recipe (the workflow's early_exit.recipes).
     early_exit: ExitRecipe | None = setting(None, "early-exit training: every loop's exit, plus KD from the "
                                                   "detached final exit", workflow=False)
+    # Set per variant from its parent chain and `parent_data` column (`Experiment.data_after`).
+    data_after: list[int] = setting([], "post-training on new data: the token budgets of the runs before this one "
+                                        "(its parent's, oldest first), same seed and batch; it reads only the blocks "
+                                        "they did not draw", min=1, workflow=False)
 
 
 @dataclass

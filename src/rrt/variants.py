@@ -24,7 +24,8 @@ from .settings import INITS, REDUCED_INITS, SHARINGS
 
 REQUIRED = ("variant", "kind", "base", "init", "loops", "sharing", "rank", "kd", "tokens")
 # Optional columns and the value a table without them gets.
-OPTIONAL = {"paper_ref": "-", "note": "", "warmup": "default", "parent": "-", "early_exit": "-", "throughput": "false"}
+OPTIONAL = {"paper_ref": "-", "note": "", "warmup": "default", "parent": "-", "early_exit": "-", "throughput": "false",
+            "parent_data": "-"}
 # A row with a `parent` trains on from the parent's trained model instead of a fresh
 # conversion (early-exit post-training): it must be the same model, so these must match.
 SAME_AS_PARENT = ("base", "kind", "init", "loops", "sharing", "rank")
@@ -38,7 +39,10 @@ PATTERNS = {
     "warmup": (r"[0-9]+|default", "a number of steps or default"),
     "parent": (rf"-|{NAME}", "a variant's name or -"),
 }
-CHOICES = {"kind": KINDS, "init": ("-", *INITS), "sharing": ("-", *SHARINGS)}
+# parent_data: a row with a parent trains on blocks its parents did not (new, the default)
+# or on the parent's own blocks again (overlap: the paper's "overlapping data" row).
+PARENT_DATA = ("new", "overlap")
+CHOICES = {"kind": KINDS, "init": ("-", *INITS), "sharing": ("-", *SHARINGS), "parent_data": ("-", *PARENT_DATA)}
 
 
 def base_dir(base: str) -> str:
@@ -80,6 +84,7 @@ class Variant:
     paper_ref: str = "-"
     note: str = ""
     init_dir: str = ""        # the model uptraining starts from: the base, converted, or the parent's
+    parent_data: str | None = None  # with a parent: "new" (blocks its parents did not draw) or "overlap"
 
     @property
     def trains(self) -> bool:
@@ -180,6 +185,9 @@ def check_table(table: pd.DataFrame, path) -> None:
             if str(row.tokens) == "0":
                 raise UsageError(f"{path}: variant {name!r}: early_exit needs tokens > 0")
         if row.parent == "-":
+            if row.parent_data != "-":
+                raise UsageError(f"{path}: variant {name!r}: parent_data {row.parent_data!r} needs a parent "
+                                 "(- without one)")
             continue
         if row.parent not in table.index:
             raise UsageError(f"{path}: variant {name!r}: parent {row.parent!r} is not a variant")
@@ -215,6 +223,7 @@ class Experiment:
         for name in self.table.index:
             self._resolve(name)
         self.variants = {name: self.variants[name] for name in self.table.index}  # table order
+        self._check_new_data()
 
     @classmethod
     def from_config(cls, config: dict) -> Experiment:
@@ -231,6 +240,15 @@ class Experiment:
             if row.early_exit != "-" and row.early_exit not in recipes:
                 raise UsageError(f"{self.source}: variant {name!r}: early_exit recipe {row.early_exit!r} is not in "
                                  f"early_exit.recipes ({', '.join(recipes)})")
+
+    def _check_new_data(self) -> None:
+        """A run on new data needs the tokens its parents drew and its own, within the cap."""
+        cap = (self.config.get("data") or {}).get("max_train_tokens")
+        for v in self:
+            if cap is not None and v.trains and self.data_after(v.name) and self.data_tokens(v.name) > int(cap):
+                raise UsageError(f"{self.source}: variant {v.name!r}: new data needs {self.data_tokens(v.name)} "
+                                 f"tokens ({' + '.join(map(str, self.data_after(v.name)))} drawn before, "
+                                 f"{v.tokens} its own), above data.max_train_tokens {cap} (or set parent_data: overlap)")
 
     def _resolve(self, name: str) -> Variant:
         """Variant `name`, its parents first (their final model is its start)."""
@@ -250,6 +268,7 @@ class Experiment:
             rank=str(row["rank"]), kd=bool(row.kd), tokens=tokens,
             warmup_steps=None if row.warmup == "default" else int(row.warmup), parent=parent,
             early_exit=None if row.early_exit == "-" else row.early_exit, throughput=bool(row.throughput),
+            parent_data=None if parent is None else ("new" if row.parent_data == "-" else row.parent_data),
             paper_ref=row.paper_ref, note=row.note, init_dir=start)
         return self.variants[name]
 
@@ -299,9 +318,26 @@ class Experiment:
         """The most tokens any variant of `base` trains on (0 when none trains)."""
         return max((v.tokens for v in self if v.base == base and v.trains), default=0)
 
+    def data_after(self, name: str) -> list[int]:
+        """The token budgets of the runs whose blocks variant `name` leaves out (oldest
+        first): with new data, its parent's own list plus the parent's budget; with
+        overlap, its parent's list (it draws the parent's blocks again); [] without a parent."""
+        v = self[name]
+        if v.parent is None:
+            return []
+        before = self.data_after(v.parent)
+        return before if v.parent_data == "overlap" else before + [self[v.parent].tokens]
+
+    def data_tokens(self, name: str) -> int:
+        """Tokens of the train set that variant `name`'s run needs: its budget plus the
+        budgets of the runs it leaves out."""
+        return self[name].tokens + sum(self.data_after(name))
+
     def train_tokens_to_gather(self, base: str) -> int:
-        """Tokens the tokenized train set of `base` must hold: its largest budget, capped by
+        """Tokens the tokenized train set of `base` must hold: the most any variant's run
+        needs (`data_tokens`: new data counts its parents' budgets too), capped by
         data.max_train_tokens."""
+        need = max((self.data_tokens(v.name) for v in self if v.base == base and v.trains), default=0)
         cap = (self.config.get("data") or {}).get("max_train_tokens")
-        return min(self.largest_budget(base), int(cap)) if cap is not None else self.largest_budget(base)
+        return min(need, int(cap)) if cap is not None else need
 

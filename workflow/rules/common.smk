@@ -56,8 +56,11 @@ def train_tokens(v):
 
 def train_settings(v):
     """`rrt train --settings`: the resolved train section with the variant's own token
-    budget, warmup (its `warmup` column, else the section's) and early-exit recipe."""
+    budget, warmup (its `warmup` column, else the section's), early-exit recipe and, on new
+    data, its parents' budgets (`data_after`: their blocks are left out)."""
     settings = dict(config["train"], tokens=v.tokens)
+    if EXPERIMENT.data_after(v.name):
+        settings["data_after"] = EXPERIMENT.data_after(v.name)
     if v.warmup_steps is not None:
         settings["warmup_steps"] = v.warmup_steps
     recipe = EXPERIMENT.recipe(v.name)

@@ -133,3 +133,25 @@ class TokenBlocks(torch.utils.data.Dataset):
         if store not in self._maps:
             self._maps[store] = np.memmap(self.dir / store / "tokens.bin", dtype=self.dtype, mode="r")
         return self._maps[store]
+
+
+def seeded_order(blocks: int, seed: int) -> list[int]:
+    """The order in which training draws `blocks` blocks in its first epoch: the Trainer's
+    sampler (accelerate's SeedableRandomSampler, seeded with the run's seed + epoch 0) is
+    one torch.randperm. `tests/test_parent_data.py` checks this against a real run."""
+    return torch.randperm(blocks, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def blocks_left_after(blocks: int, seed: int, drawn: list[int]) -> list[int]:
+    """The block indices (ascending) that runs drawing `drawn[0]`, `drawn[1]`, ... blocks,
+    one after the other with `seed`, each from the blocks the runs before it left, did not
+    draw: the blocks a post-training run on new data reads. ValueError when a run would
+    draw more blocks than are left (it would wrap into a second epoch)."""
+    left = list(range(blocks))
+    for i, count in enumerate(drawn):
+        if count > len(left):
+            raise ValueError(f"run {i + 1} of {len(drawn)} before this one drew {count} blocks, "
+                             f"but only {len(left)} of {blocks} were left")
+        taken = {left[j] for j in seeded_order(len(left), seed)[:count]}
+        left = [b for b in left if b not in taken]
+    return left

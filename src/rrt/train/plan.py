@@ -24,6 +24,11 @@ def plan_batches(batch_tokens: int, block_size: int, micro_batch_size: int, worl
     return micro, accum, micro * accum * block_size * world_size
 
 
+def blocks_drawn(tokens: int, step_tokens: int, block_size: int) -> int:
+    """Blocks a run with a budget of `tokens` draws: its steps' blocks."""
+    return num_steps(tokens, step_tokens) * step_tokens // block_size
+
+
 def num_steps(max_tokens: int, step_tokens: int) -> int:
     """Optimizer steps whose tokens come closest to max_tokens (at least one)."""
     if max_tokens < 1:
@@ -73,7 +78,7 @@ def run_config(settings: TrainSettings, model_dir, data_dir, teacher_dir, bf16, 
                 kd_temperature=settings.kd.temperature, save_steps=settings.save_steps, log_steps=settings.log_steps,
                 deepspeed=settings.deepspeed, bf16=bf16, progress=progress,
                 exit_weights=None if recipe is None else recipe.weights,
-                exit_kd_weight=None if recipe is None else recipe.kd_weight)
+                exit_kd_weight=None if recipe is None else recipe.kd_weight, data_after=list(settings.data_after))
 
 
 def validate_run(config: dict) -> dict:

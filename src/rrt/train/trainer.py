@@ -49,7 +49,7 @@ from transformers import (
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import logging as hf_logging
 
-from ..data.blocks import TokenBlocks, is_block_dir
+from ..data.blocks import TokenBlocks, blocks_left_after, is_block_dir
 from ..model import modeling  # noqa: F401  registers the recursive model type
 from ..model.exits import exit_depths
 from ..settings import TrainSettings
@@ -68,7 +68,7 @@ from .early_exit import early_exit_losses
 from .early_exit import exit_weights as exit_weights_for
 from .losses import lm_losses
 from .outputs import FINAL_TMP, finish, summary_of
-from .plan import num_steps, plan_batches, run_config, validate_run, warmup_steps_for
+from .plan import blocks_drawn, num_steps, plan_batches, run_config, validate_run, warmup_steps_for
 from .time_limit import Paused, StopBeforeLimit, deadline, pause, record_session
 
 
@@ -93,6 +93,20 @@ def load_blocks(data_dir):
     if len(data[len(data) - 1]["input_ids"]) != block:
         raise ValueError(f"{data_dir}: rows have different lengths (expected packed blocks)")
     return data, block
+
+
+def _new_blocks(data, data_after: list[int], seed: int, step_tokens: int, block: int, needed: int):
+    """The blocks that the runs of budgets `data_after` (same seed and batch; a parent's
+    uptraining) did not draw, as a dataset the run shuffles and draws from as usual."""
+    drawn = [blocks_drawn(t, step_tokens, block) for t in data_after]
+    try:
+        left = blocks_left_after(len(data), seed, drawn)
+    except ValueError as e:
+        raise ValueError(f"new data: the store holds {len(data)} blocks: {e}") from None
+    if len(left) < needed:
+        raise ValueError(f"new data: the store holds {len(data)} blocks, the runs before drew {sum(drawn)}, "
+                         f"{len(left)} are left and this run needs {needed}")
+    return torch.utils.data.Subset(data, left)
 
 
 # --- the Trainer ------------------------------------------------------------------------
@@ -291,6 +305,8 @@ def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *
     if len(data) < micro * world:
         raise ValueError(f"{data_dir} holds {len(data)} blocks, fewer than one micro-batch ({micro} x {world} ranks)")
     steps = num_steps(max_tokens, step_tokens)
+    if settings.data_after:
+        data = _new_blocks(data, settings.data_after, config["seed"], step_tokens, block, steps * step_tokens // block)
     use_bf16 = _resolve_bf16(bf16)
     config.update(warmup_steps=warmup_steps_for(steps, settings.warmup_steps, settings.warmup_ratio),
                   warmup_ratio=None if settings.warmup_steps is not None else settings.warmup_ratio,
