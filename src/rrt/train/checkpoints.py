@@ -65,11 +65,13 @@ def is_main_process() -> bool:
 
 
 EXIT_KEYS = ("exit_weights", "exit_kd_weight")  # early-exit training; part of the run only when on
+DATA_KEYS = ("data_after",)  # new data after a parent's run; part of the run only when set
 
 
 def run_settings(config: dict) -> dict:
     """The settings that define the run, as stored in JSON (tuples become lists)."""
-    keys = RUN_KEYS + (EXIT_KEYS if config.get("exit_weights") is not None else ())
+    keys = RUN_KEYS + (EXIT_KEYS if config.get("exit_weights") is not None else ()) \
+        + (DATA_KEYS if config.get("data_after") else ())
     return json.loads(json.dumps({k: config[k] for k in keys}))
 
 
@@ -155,6 +157,7 @@ def verify(checkpoint: Path) -> tuple[dict | None, str | None]:
 
 def _differs(before: dict, run: dict) -> str | None:
     changed = [k for k in RUN_KEYS + EXIT_KEYS if before.get(k) != run.get(k)]  # absent exit keys: None
+    changed += [k for k in DATA_KEYS if (before.get(k) or []) != (run.get(k) or [])]  # absent: []
     return changed[0] if changed else None
 
 
@@ -176,7 +179,7 @@ def find_resume(checkpoints: Path, run: dict | None = None, log=print, clean: bo
             skipped.append(path)
             continue
         if run is not None and (k := _differs(manifest["run"], run)) is not None:
-            raise ValueError(f"{checkpoints} holds a run with {k}={manifest['run'].get(k)!r}, not {run[k]!r}: "
+            raise ValueError(f"{checkpoints} holds a run with {k}={manifest['run'].get(k)!r}, not {run.get(k)!r}: "
                              f"remove it or use another output directory")
         found = path
         break
