@@ -30,6 +30,16 @@ def document_separator(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
+def prefix_token(tokenizer) -> int | None:
+    """The token the tokenizer puts before every text when it adds special tokens: its
+    <bos> for Gemma's and Llama's tokenizers (so every training document starts with it,
+    `DocumentTokenizer`), None for SmolLM2's and GPT-NeoX's, which add none. The one place
+    that says whether a model is used with a <bos>: perplexity conditions each held-out
+    block on it (`rrt.eval.perplexity`)."""
+    ids = tokenizer("", add_special_tokens=True)["input_ids"]
+    return ids[0] if ids and ids[0] == tokenizer.bos_token_id else None
+
+
 def token_dtype(vocab_size: int):
     """uint16 when every id fits (SmolLM2 49k, Llama 32k, GPT-NeoX 50k), else uint32 (Gemma 256k)."""
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)

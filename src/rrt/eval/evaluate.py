@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
 
+from ..data.tokenizer import prefix_token
 from ..errors import UsageError, first_line
 from ..io import atomic_write_json
 from ..model.exits import exit_depths, read_at_exit, read_when_confident
@@ -17,12 +19,14 @@ from .tasks import DEFAULT_PROMPT_FORMAT, ExitStates, headline, headline_stderr,
 
 
 def _load(model_dir, need_tokenizer: bool):
-    """The model in fp32 on CPU (bf16 matmuls are far slower there), bf16 on a GPU."""
+    """The model in fp32 on CPU (bf16 matmuls are far slower there), bf16 on a GPU, and its
+    tokenizer: required with `need_tokenizer`, else loaded when the directory has one (its
+    prefix token conditions perplexity)."""
     model = load_model_dir(model_dir, "--model").eval()
     if torch.cuda.is_available():
         model = model.to("cuda", dtype=torch.bfloat16)
     tokenizer = None
-    if need_tokenizer:
+    if need_tokenizer or (Path(model_dir) / "tokenizer_config.json").is_file():
         try:
             tokenizer = AutoTokenizer.from_pretrained(model_dir)
         except Exception as e:
@@ -76,7 +80,8 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
     """Evaluate one saved model and write its JSON (atomically: complete or absent):
     {"model", "params": {"non_embedding", "lora", "embedding", "total"}, "ppl_<set>",
      "acc_<task>", "acc_<task>_stderr", "acc_avg", "acc_avg_stderr", "tasks": {task: {...}},
-     "ppl": {set: {...}}, "limit", "source", "seconds": {"load", "ppl_<set>", "task_<task>", "total"}}.
+     "ppl": {set: {...}}, "prefix_token" (the tokenizer's <bos> each held-out block is conditioned on, or
+     None: `rrt.eval.perplexity`), "limit", "source", "seconds": {"load", "ppl_<set>", "task_<task>", "total"}}.
     With `exits`, also "exits": {"loops", "depths", "ppl": {set: `exit_perplexity` with
     `exit_thresholds`}, "tasks": [accuracies read at each exit], "task_thresholds":
     {criterion: [accuracies with each token read at its confident exit, per threshold of
@@ -84,17 +89,20 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
     ppl_sets, tasks = dict(ppl_sets or {}), list(tasks or [])
     start = time.perf_counter()
     model, tokenizer = _load(model_dir, need_tokenizer=bool(tasks))
+    prefix = prefix_token(tokenizer) if tokenizer is not None else None
     seconds = {"load": time.perf_counter() - start}
     result = {"model": str(model_dir), "source": source, "limit": limit, "device": str(next(model.parameters()).device),
-              "torch_threads": torch.get_num_threads(), "params": count_params(model), "ppl": {}}
+              "torch_threads": torch.get_num_threads(), "params": count_params(model), "prefix_token": prefix,
+              "ppl": {}}
     if exits:
         result["exits"] = {"loops": len(exit_depths(model)), "depths": exit_depths(model), "ppl": {}}
     for name, path in ppl_sets.items():
         t = time.perf_counter()
         if exits:  # one pass gives both (`perplexities`)
-            result["ppl"][name], result["exits"]["ppl"][name] = perplexities(model, path, batch_size, exit_thresholds)
+            result["ppl"][name], result["exits"]["ppl"][name] = perplexities(model, path, batch_size, exit_thresholds,
+                                                                             prefix)
         else:
-            result["ppl"][name] = perplexity(model, path, batch_size)
+            result["ppl"][name] = perplexity(model, path, batch_size, prefix)
         result[f"ppl_{name}"] = result["ppl"][name]["ppl"]
         seconds[f"ppl_{name}"] = time.perf_counter() - t
     if tasks:
