@@ -114,6 +114,26 @@ def test_bad_early_exit_rows_are_one_line_errors(tmp_path, test_config, row, mes
     assert code != 0 and message in text, text[-2000:]
 
 
+@pytest.mark.parametrize("parent_data, data_after", [("-", [512]), ("new", [512]), ("overlap", None)])
+def test_post_training_gets_its_parents_budgets_unless_overlap(tmp_path, test_config, parent_data, data_after):
+    """The uptrain job of a row with a parent leaves out the parent's blocks (`data_after`:
+    the parent's budget, train.tokens 512 here) unless parent_data is overlap; the parent's
+    own job has none. A parent_data on a row without a parent is a one-line error."""
+    from .conftest import train_settings_in
+
+    header = EE_HEADER.replace("\n", "\tparent_data\n")
+    variants = header + EE_PARENT.replace("\n", "\t-\n") + \
+        f"x\trecursive\ttiny\tstepwise\t2\tcycle\t0\tfalse\tdefault\tp\taggressive_kd\t{parent_data}\n"
+    code, text = dry_run(tmp_path, test_config, variants, "-p")
+    assert code == 0, text[-2000:]
+    train = {line.split("--out results/train/")[1].split()[0]: train_settings_in(line)
+             for line in text.splitlines() if "rrt train " in line}
+    assert "data_after" not in train["p"] and train["x"].get("data_after") == data_after
+    bad = header + EE_PARENT.replace("\n", "\tnew\n")
+    code, text = dry_run(tmp_path, test_config, bad)
+    assert code != 0 and "variant 'p': parent_data 'new' needs a parent (- without one)" in text, text[-2000:]
+
+
 def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
     """config/paper.yaml (hub models, 8-GPU uptraining) plans without touching the network:
     uptraining is launched on 8 ranks (`rrt launch`) with DeepSpeed and a time limit, and
