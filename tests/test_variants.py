@@ -318,6 +318,9 @@ def test_a_child_reads_new_data_unless_it_asks_for_overlap(tmp_path):
     assert (e.data_after("ee"), e.data_after("ee2")) == ([1000], [1000])
     e = experiment_with_parent_data(tmp_path, {"ee": "overlap"})
     assert e.data_after("ee") == [] and e.data_after("ee2") == [300]  # ee read rec's blocks; ee2 leaves out ee's
+    # a parent evaluated as converted (0 tokens) drew nothing
+    zero = experiment(tmp_path, rows=[_replace(REC, tokens="0"), _replace(ROWS[5], variant="ee0")])
+    assert zero["ee0"].parent_data == "new" and zero.data_after("ee0") == []
     # the train set holds the most any run needs, its parents' draws included
     big = ["rec\trecursive\tg\tstepwise\t2\tcycle\t0\tfalse\t4000\t-\t-\tdefault\ttrue"] + ROWS[3:]
     path = tmp_path / "big.tsv"

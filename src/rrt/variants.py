@@ -320,13 +320,14 @@ class Experiment:
 
     def data_after(self, name: str) -> list[int]:
         """The token budgets of the runs whose blocks variant `name` leaves out (oldest
-        first): with new data, its parent's own list plus the parent's budget; with
-        overlap, its parent's list (it draws the parent's blocks again); [] without a parent."""
+        first): with new data, its parent's own list plus the parent's budget (when it
+        trains); with overlap, its parent's list (it draws the parent's blocks again); []
+        without a parent."""
         v = self[name]
         if v.parent is None:
             return []
-        before = self.data_after(v.parent)
-        return before if v.parent_data == "overlap" else before + [self[v.parent].tokens]
+        before, parent = self.data_after(v.parent), self[v.parent]
+        return before if v.parent_data == "overlap" or not parent.trains else before + [parent.tokens]
 
     def data_tokens(self, name: str) -> int:
         """Tokens of the train set that variant `name`'s run needs: its budget plus the
