@@ -68,7 +68,9 @@ def test_new_data_is_disjoint_from_the_parents_and_overlap_is_the_same(store, dr
     assert len(parent) == PARENT // BLOCK and set(parent) == set(seeded_order(n, 3)[:PARENT // BLOCK])
 
     drawn.clear()
-    train(tmp_path / "parent" / "final", data, tmp_path / "new", max_tokens=CHILD, data_after=[PARENT], **RUN)
+    summary = train(tmp_path / "parent" / "final", data, tmp_path / "new", max_tokens=CHILD, data_after=[PARENT],
+                    **RUN)
+    assert summary["config"]["data_after"] == [PARENT]  # recorded with the run
     new = block_ids(data, drawn)
     assert len(new) == len(set(new)) == CHILD // BLOCK
     assert not set(new) & set(parent)
