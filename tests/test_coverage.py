@@ -73,6 +73,8 @@ def test_aggregate_writes_the_coverage_table(tmp_path, paper):
     assert written.loc["full-size models", "rows_with_results"] == 1
     assert written.loc["module ranks", "settings_without_row"] == "r256, attn, mlp"
     assert (tmp_path / "tables/paper_coverage.md").read_text().startswith("| paper_table")
+    comparison = pd.read_csv(tmp_path / "tables/paper_comparison.csv")
+    assert comparison.loc[0, "paper_table"] == "full-size models"  # the comparison names the paper's table too
 
 
 # --- the shipped tables -------------------------------------------------------------------
