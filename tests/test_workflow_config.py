@@ -144,7 +144,7 @@ def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
                          cwd=ROOT, capture_output=True, text=True)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
-    for rule, count in (("base_model", 3), ("tokenize", 3), ("uptrain", 39), ("evaluate", 42)):
+    for rule, count in (("base_model", 3), ("tokenize", 3), ("uptrain", 87), ("evaluate", 90)):
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
     train = [line for line in text.splitlines() if "rrt train" in line]
     settings = {line: train_settings_in(line) for line in train}
@@ -169,6 +169,8 @@ def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
     assert settings[post]["early_exit"] == {"weights": "aggressive", "kd_weight": 1.0}
     ablation = next(line for line in train if "--out results/train/gemma-rec-stepwise-ee-w0.3 " in line)
     assert settings[ablation]["early_exit"] == {"weights": 0.3, "kd_weight": 0.0}
+    weighted = next(line for line in train if "--out results/train/gemma-rec-stepwise-ee-weighted " in line)
+    assert settings[weighted]["early_exit"] == {"weights": "linear", "kd_weight": 0.0}
     cotrain = next(line for line in train if "--out results/train/gemma-rec-stepwise-ee-cotrain " in line)
     assert "--model results/models/init/gemma-rec-stepwise-ee-cotrain" in cotrain
     evals = {line.split("--out results/eval/")[1].split(".json")[0]: line for line in text.splitlines()
@@ -176,7 +178,8 @@ def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
     at_exits = sorted(v for v, line in evals.items() if " --exits " in line)
     assert at_exits == sorted(["gemma-rec-stepwise", "gemma-rec-stepwise-ee", "gemma-rec-stepwise-ee-ce",
                                "gemma-rec-stepwise-ee-w0.3", "gemma-rec-stepwise-ee-w0.05",
-                               "gemma-rec-stepwise-ee-w0.01", "gemma-rec-stepwise-ee-cotrain"])
+                               "gemma-rec-stepwise-ee-w0.01", "gemma-rec-stepwise-ee-weighted",
+                               "gemma-rec-stepwise-ee-cotrain", "gemma-rec-stepwise-ee-overlap"])
     assert "--exit-task-thresholds none" in evals["gemma-rec-stepwise"]  # a parent: held-out thresholds only
     assert "--exit-task-thresholds max_prob=0.3,0.6,0.9" in evals["gemma-rec-stepwise-ee"]
 

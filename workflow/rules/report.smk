@@ -13,7 +13,8 @@ rule resolved_config:
 
 
 rule aggregate:
-    """Summary table, comparison with the paper, early-exit tables, and the report's figures."""
+    """Summary table, comparison with the paper, paper coverage, early-exit tables, and the
+    report's figures."""
     input:
         evals=expand("results/eval/{variant}.json", variant=VARIANTS.index),
         train=[f"results/train/{v}/train_summary.json" for v in VARIANTS.index if needs_training(v)],
@@ -29,6 +30,9 @@ rule aggregate:
         paper=report("results/tables/paper_comparison.csv", caption="../report/paper_comparison.rst",
                      category="1. Results", labels={"table": "comparison with the paper"}),
         paper_md="results/tables/paper_comparison.md",
+        coverage=report("results/tables/paper_coverage.csv", caption="../report/paper_coverage.rst",
+                        category="1. Results", labels={"table": "paper coverage"}),
+        coverage_md="results/tables/paper_coverage.md",
         stage_times=report("results/tables/stage_times.csv", caption="../report/stage_times.rst",
                            category="1. Results", labels={"table": "stage times"}),
         stage_times_md="results/tables/stage_times.md",

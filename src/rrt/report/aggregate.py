@@ -1,6 +1,7 @@
 """Per-variant results into the report's tables: the summary, the comparison with the
-paper, and stage times. Every comparison is within one base model: a variant is compared
-with its own base's original, the paper's rows with the paper's original of the same model."""
+paper, the paper coverage, and stage times. Every comparison is within one base model: a
+variant is compared with its own base's original, the paper's rows with the paper's original
+of the same model."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ import pandas as pd
 from ..io import atomic_write_text
 from ..settings import TASKS
 from ..variants import Experiment, read_variants
+from .coverage import coverage_table
 from .early_exit import exit_figures, exit_table, read_exits, threshold_table
 from .figures import make_figures
 from .throughput import FIGURE as THROUGHPUT_FIGURE
@@ -88,8 +90,9 @@ def compare_with_paper(summary: pd.DataFrame, variants: pd.DataFrame, paper: pd.
                 originals["paper_acc_avg"])
     table["our_assumptions"] = [_assumptions(r, train_settings) for r in table.itertuples()]
     keep = ["variant", "base", "kind", "init", "loops", "rank", "kd", "non_embedding_params", "tokens", "acc_avg",
-            "acc_avg_se", "acc_avg_vs_original", "paper_model", "paper_setting", "paper_non_embedding_B",
-            "paper_tokens", "paper_acc_avg", "paper_acc_avg_vs_original", "note", "our_assumptions"]
+            "acc_avg_se", "acc_avg_vs_original", "paper_table", "paper_model", "paper_setting",
+            "paper_non_embedding_B", "paper_tokens", "paper_acc_avg", "paper_acc_avg_vs_original", "paper_note",
+            "note", "our_assumptions"]
     return table[[c for c in keep if c in table]]
 
 
@@ -186,6 +189,7 @@ def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_
     _write(compare_with_paper(summary, variants, paper, train_settings), tables_dir / "paper_comparison")
     make_figures(summary, variants, loss_curves(variants, Path(train_dir)), figures_dir)
     write_early_exit(variants, Path(eval_dir), paper, tables_dir, figures_dir)
+    _write(coverage_table(variants, paper, Path(eval_dir)), tables_dir / "paper_coverage")
     if throughput_dir is not None:
         write_throughput(variants, Path(throughput_dir), Path(eval_dir), tables_dir, figures_dir)
     if bench_dir is not None:
