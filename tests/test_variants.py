@@ -128,7 +128,7 @@ BAD_ROWS = [
     (_replace(REC, kd="yes"), "variant 'rec': kd must be true or false, got 'yes'"),
     (_replace(REC, throughput="1"), "variant 'rec': throughput must be true or false, got '1'"),
     (_replace(REC, init="-"), "recursive variant 'rec' needs an init"),
-    (_replace(REC, sharing="-"), "variant 'rec': recursive needs a sharing (cycle, sequence)"),
+    (_replace(REC, sharing="-"), "variant 'rec': recursive needs a sharing (cycle, sequence, middle)"),
     (_replace(REC, kind="reduced", sharing="-", init="average"),
      "variant 'rec': init 'average' of a reduced variant is not one of lower, scratch"),
     (_replace(REC, base="nope"), "variant 'rec' uses base 'nope', not in base_models (g, h)"),
