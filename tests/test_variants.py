@@ -192,6 +192,8 @@ def test_ablation_columns_resolve(tmp_path):
 
 @pytest.mark.parametrize("row, message", [
     (REC + "\t-\t-\t-\t-\t-\trkl", "variant 'rec': kd_loss 'rkl' needs kd true"),
+    (_replace(REC, sharing="middle", early_exit="aggressive") + NONE,
+     "variant 'rec': early_exit needs cycle or sequence sharing, not middle"),
     (REC + "\t-\t-\t-\t-\t-\tkl", "variant 'rec': kd_loss 'kl' is not one of -, fkl, rkl, jsd, tvd"),
     (REC + "\t-\t-\t-\t-\tfirst\t-", "variant 'rec': norm_init 'first' needs init average"),
     (RELAXED + "\t-\t-\t-\tstart\t-\t-", "variant 'relaxed': stepwise_rule 'start' needs init stepwise"),

@@ -212,6 +212,9 @@ def check_table(table: pd.DataFrame, path) -> None:
         if row.early_exit != "-":
             if row.kind != "recursive" or int(row.loops) < 2:
                 raise UsageError(f"{path}: variant {name!r}: early_exit needs a recursive variant with loops >= 2")
+            if row.sharing == "middle":
+                raise UsageError(f"{path}: variant {name!r}: early_exit needs cycle or sequence sharing, not middle "
+                                 "(its loops do not end at every L/B depths)")
             if row.kd:
                 raise UsageError(f"{path}: variant {name!r}: early_exit and kd cannot be combined (the exits "
                                  "distil from the model's own final exit)")
