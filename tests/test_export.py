@@ -79,7 +79,7 @@ def test_remote_code_is_generated_from_the_package():
                 assert not any(m.split(".")[0] == "rrt" for m in mods), (name, ast.unparse(node))
     assert "from .rrt_relax import DepthLinear" in files["modeling_rrt.py"]
     assert "from .rrt_settings import INITS, SHARINGS" in files["rrt_sharing.py"]
-    assert "SHARINGS = ('cycle', 'sequence')" in files["rrt_settings.py"]
+    assert "SHARINGS = ('cycle', 'sequence', 'middle')" in files["rrt_settings.py"]
     # The classes of the package, verbatim apart from the import lines.
     source = (Path(__file__).resolve().parents[1] / "src/rrt/model/relax.py").read_text()
     assert files["rrt_relax.py"].endswith(source)

@@ -128,7 +128,7 @@ BAD_ROWS = [
     (_replace(REC, kd="yes"), "variant 'rec': kd must be true or false, got 'yes'"),
     (_replace(REC, throughput="1"), "variant 'rec': throughput must be true or false, got '1'"),
     (_replace(REC, init="-"), "recursive variant 'rec' needs an init"),
-    (_replace(REC, sharing="-"), "variant 'rec': recursive needs a sharing (cycle, sequence)"),
+    (_replace(REC, sharing="-"), "variant 'rec': recursive needs a sharing (cycle, sequence, middle)"),
     (_replace(REC, kind="reduced", sharing="-", init="average"),
      "variant 'rec': init 'average' of a reduced variant is not one of lower, scratch"),
     (_replace(REC, base="nope"), "variant 'rec' uses base 'nope', not in base_models (g, h)"),
@@ -156,6 +156,57 @@ BAD_ROWS = [
 def test_each_bad_row_is_a_one_line_error_naming_file_variant_and_column(tmp_path, row, message):
     with pytest.raises(UsageError) as caught:
         experiment(tmp_path, rows=BESIDE + [row])
+    text = str(caught.value)
+    assert text.startswith(f"{tmp_path / 'variants.tsv'}: ") and message in text and "\n" not in text, text
+
+
+# --- ablation columns (`-`: as without the column) ---------------------------------------
+ABLATIONS = ("lora_init", "rank_attn", "rank_mlp", "stepwise_rule", "norm_init", "kd_loss")
+
+
+def ablation_experiment(tmp_path, *rows: str) -> Experiment:
+    """The table with the ablation columns: each row is the base columns then the six."""
+    path = tmp_path / "variants.tsv"
+    path.write_text(HEADER.strip() + "\t" + "\t".join(ABLATIONS) + "\n"
+                    + "\n".join(BESIDE_ABLATIONS + list(rows)) + "\n")
+    return Experiment({**config(), "variants": str(path)}, read_variants(path), path)
+
+
+NONE = "\t-" * len(ABLATIONS)
+BESIDE_ABLATIONS = [r + NONE for r in ROWS if r.split("\t")[0] in ("orig", "full")]
+RELAXED = "relaxed\trecursive\tg\taverage\t2\tcycle\t64\ttrue\tdefault\t-\t-\tdefault\tfalse"
+
+
+def test_ablation_columns_resolve(tmp_path):
+    e = ablation_experiment(
+        tmp_path, RELAXED + "\tzero\t8\tfull\t-\tunit\trkl",
+        _replace(REC, variant="start", sharing="middle") + "\t-\t-\t-\tstart\t-\t-", REC + NONE)
+    relaxed, start, plain = e["relaxed"], e["start"], e["rec"]
+    assert relaxed.convert_options == {"lora_init": "zero", "rank_attn": "8", "rank_mlp": "full", "norm_init": "unit"}
+    assert (relaxed.ranks, relaxed.kd_loss) == (("8", "full"), "rkl")
+    assert (start.convert_options, start.sharing, start.ranks) == ({"stepwise_rule": "start"}, "middle", ("0", "0"))
+    assert (plain.convert_options, plain.kd_loss) == ({}, "-")
+    # A table without the columns is today's table.
+    assert experiment(tmp_path)["rec"].convert_options == {} and experiment(tmp_path)["rec"].kd_loss == "-"
+
+
+@pytest.mark.parametrize("row, message", [
+    (REC + "\t-\t-\t-\t-\t-\trkl", "variant 'rec': kd_loss 'rkl' needs kd true"),
+    (_replace(REC, sharing="middle", early_exit="aggressive") + NONE,
+     "variant 'rec': early_exit needs cycle or sequence sharing, not middle"),
+    (REC + "\t-\t-\t-\t-\t-\tkl", "variant 'rec': kd_loss 'kl' is not one of -, fkl, rkl, jsd, tvd"),
+    (REC + "\t-\t-\t-\t-\tfirst\t-", "variant 'rec': norm_init 'first' needs init average"),
+    (RELAXED + "\t-\t-\t-\tstart\t-\t-", "variant 'relaxed': stepwise_rule 'start' needs init stepwise"),
+    (RELAXED + "\t-\t-\t-\tmiddle\t-\t-", "variant 'relaxed': stepwise_rule 'middle' is not one of -, ends, start"),
+    (RELAXED + "\tpca\t-\t-\t-\t-\t-", "variant 'relaxed': lora_init 'pca' is not one of -, svd, zero"),
+    (RELAXED + "\t-\tmany\t-\t-\t-\t-", "variant 'relaxed': rank_attn 'many' does not match -|[0-9]+|full"),
+    (ROWS[4] + "\t-\t-\t4\t-\t-\t-", "variant 'red': rank_mlp '4' needs a recursive variant"),
+    (RELAXED + NONE + "\n" + _replace(RELAXED, variant="child", parent="relaxed", kd="false") + "\tzero" + NONE[2:],
+     "variant 'child': lora_init 'zero' differs from its parent 'relaxed' ('-')"),
+])
+def test_each_bad_ablation_column_is_a_one_line_error(tmp_path, row, message):
+    with pytest.raises(UsageError) as caught:
+        ablation_experiment(tmp_path, row)
     text = str(caught.value)
     assert text.startswith(f"{tmp_path / 'variants.tsv'}: ") and message in text and "\n" not in text, text
 
@@ -260,7 +311,7 @@ def test_config_overrides_reach_rrt_plan(work, monkeypatch, capsys):
     assert resolved["train"]["tokens"] == 512 and resolved["plan"]["mfu"] == 0.4  # the file's, the schema's default
     monkeypatch.chdir(work)
     assert main(["plan", "--resolved-config", "results/config.json", "--out", "plan.csv"]) == 0
-    assert "results/config.json: 8 variants on a100" in capsys.readouterr().out
+    assert "results/config.json: 12 variants on a100" in capsys.readouterr().out
     plan = pd.read_csv(work / "plan.csv").set_index("variant")
     assert plan.loc["rec-average", "tokens"] == 12345 and plan.loc["rec-stepwise", "tokens"] == 512
 

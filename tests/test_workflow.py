@@ -97,6 +97,26 @@ def test_uptraining_logged_every_step_and_kd(run):
     assert not (work / "results/train/rec-stepwise/checkpoints").exists()  # removed once final exists
 
 
+def test_ablation_rows_run_end_to_end(run):
+    """The test table's ablation rows: zero-init LoRA, fixed-start stepwise, middle sharing
+    and a reverse-KL distillation, each converted, uptrained and evaluated as asked."""
+    work, config = run
+    summary = pd.read_csv(work / "results/tables/summary.csv").set_index("variant")
+    converted = {name: json.loads((work / f"results/models/init/{name}/config.json").read_text())
+                 for name in ("relaxed-average-r4-zero", "rec-stepwise-start", "rec-middle")}
+    assert converted["relaxed-average-r4-zero"]["lora_init"] == "zero"
+    assert converted["rec-stepwise-start"]["init_sources"] == [[0], [2]]  # fixed-ends would take [0, 3]
+    assert converted["rec-middle"]["layer_map"] == [0, 1, 1, 2]
+    # 3 unique layers of 4 (the first, one shared, the last) + the final norm
+    full, hidden = summary.loc["full-original", "non_embedding_params"], config["base_models"]["tiny"]["tiny"]["hidden_size"]
+    assert summary.loc["rec-middle", "non_embedding_params"] == (full - hidden) * 3 // 4 + hidden
+    rkl = json.loads((work / "results/train/rec-stepwise-kd-rkl/train_summary.json").read_text())
+    fkl = json.loads((work / "results/train/rec-stepwise-kd/train_summary.json").read_text())
+    assert (rkl["config"]["kd_kind"], fkl["config"]["kd_kind"]) == ("rkl", "fkl")
+    for name in converted:
+        assert math.isfinite(summary.loc[name, "acc_avg"])
+
+
 def test_early_exit_post_training_and_every_exit_evaluated(run):
     """rec-stepwise-ee trains on from rec-stepwise's uptrained model with the aggressive
     recipe (every exit's CE, KD from the final one); it and its parent are evaluated at both

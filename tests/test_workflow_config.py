@@ -35,8 +35,25 @@ def test_config(tmp_path):
 def test_test_config_builds_the_whole_dag(tmp_path, test_config):
     code, text = dry_run(tmp_path, test_config)
     assert code == 0, text[-2000:]
-    for rule, count in (("convert", 4), ("reduce", 1), ("uptrain", 7), ("evaluate", 8), ("aggregate", 1)):
+    for rule, count in (("convert", 8), ("reduce", 1), ("uptrain", 11), ("evaluate", 12), ("aggregate", 1)):
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
+
+
+def test_ablation_columns_reach_convert_and_train(tmp_path, test_config):
+    """The test table's ablation rows: their columns become `rrt convert` flags and the KD
+    loss of `rrt train --settings`; the rows without them run today's commands."""
+    code, text = dry_run(tmp_path, test_config, None, "-p")
+    assert code == 0, text[-2000:]
+    converts = {line.split("--out ")[1].split()[0].rsplit("/", 1)[-1]: line for line in text.splitlines()
+                if "rrt convert" in line}
+    assert converts["relaxed-average-r4-zero"].endswith("--rank 4 --lora-init zero > "
+                                                        "results/logs/convert/relaxed-average-r4-zero.log 2>&1")
+    assert "--init stepwise --loops 2 --sharing cycle --rank 0 --stepwise-rule start >" in converts["rec-stepwise-start"]
+    assert "--sharing middle --rank 0 >" in converts["rec-middle"]
+    assert "--rank 4 >" in converts["relaxed-average-r4"]  # no ablation column set: as before
+    trains = {line.split("--out ")[1].split()[0].rsplit("/", 1)[-1]: train_settings_in(line)
+              for line in text.splitlines() if "rrt train" in line}
+    assert trains["rec-stepwise-kd-rkl"]["kd"]["loss"] == "rkl" and trains["rec-stepwise-kd"]["kd"]["loss"] == "fkl"
 
 
 def test_bad_value_is_one_line_naming_the_key(tmp_path, test_config):

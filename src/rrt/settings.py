@@ -35,10 +35,12 @@ from .fields import (
 )
 
 # --- the paper's concepts -----------------------------------------------------------------
-SHARINGS = ("cycle", "sequence")
-INITS = ("stepwise", "average", "lower", "random", "scratch")
+SHARINGS = ("cycle", "sequence", "middle")
+INITS = ("stepwise", "average", "lower", "random", "scratch", "scratch-layers")
 REDUCED_INITS = ("lower", "scratch")
 LORA_INITS = ("svd", "zero")
+STEPWISE_RULES = ("ends", "start")  # stepwise init: first and last kept (paper "fixed-ends"), or every B-th from 0
+NORM_INITS = ("average", "first", "unit")  # average init: how the shared norms are set
 KD_KINDS = ("fkl", "rkl", "jsd", "tvd")
 # Early exit: how sure an intermediate exit must be for a token to leave there.
 EXIT_CRITERIA = ("max_prob", "entropy")

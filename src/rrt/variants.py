@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import UsageError
-from .settings import INITS, REDUCED_INITS, SHARINGS
+from .settings import INITS, KD_KINDS, LORA_INITS, NORM_INITS, REDUCED_INITS, SHARINGS, STEPWISE_RULES
 
 REQUIRED = ("variant", "kind", "base", "init", "loops", "sharing", "rank", "kd", "tokens")
 # Optional columns and the value a table without them gets.
@@ -43,6 +43,24 @@ PATTERNS = {
 # or on the parent's own blocks again (overlap: the paper's "overlapping data" row).
 PARENT_DATA = ("new", "overlap")
 CHOICES = {"kind": KINDS, "init": ("-", *INITS), "sharing": ("-", *SHARINGS), "parent_data": ("-", *PARENT_DATA)}
+# Ablation columns (optional; `-`: as without the column). The conversion's choices, passed
+# to `rrt convert` (a child of a parent must repeat them), and the variant's KD loss.
+CONVERT_COLUMNS = ("lora_init", "rank_attn", "rank_mlp", "stepwise_rule", "norm_init")
+OPTIONAL.update({column: "-" for column in (*CONVERT_COLUMNS, "kd_loss")})
+SAME_AS_PARENT += CONVERT_COLUMNS
+PATTERNS.update({column: (r"-|[0-9]+|full", "a LoRA rank per depth for this module group, or - for the rank column")
+                 for column in ("rank_attn", "rank_mlp")})
+CHOICES.update({"lora_init": ("-", *LORA_INITS), "stepwise_rule": ("-", *STEPWISE_RULES),
+                "norm_init": ("-", *NORM_INITS), "kd_loss": ("-", *KD_KINDS)})
+# Which rows an ablation column applies to: (check on the row, what it needs).
+ABLATION_NEEDS = {
+    "lora_init": (lambda row: row.kind == "recursive", "a recursive variant"),
+    "rank_attn": (lambda row: row.kind == "recursive", "a recursive variant"),
+    "rank_mlp": (lambda row: row.kind == "recursive", "a recursive variant"),
+    "stepwise_rule": (lambda row: row.init == "stepwise", "init stepwise"),
+    "norm_init": (lambda row: row.init == "average", "init average"),
+    "kd_loss": (lambda row: bool(row.kd), "kd true"),
+}
 
 
 def base_dir(base: str) -> str:
@@ -85,6 +103,23 @@ class Variant:
     note: str = ""
     init_dir: str = ""        # the model uptraining starts from: the base, converted, or the parent's
     parent_data: str | None = None  # with a parent: "new" (blocks its parents did not draw) or "overlap"
+    # ablation columns, `-`: as without them (config/README.md)
+    lora_init: str = "-"      # svd or zero
+    rank_attn: str = "-"      # LoRA rank of the attention linears (- : rank)
+    rank_mlp: str = "-"       # LoRA rank of the MLP linears (- : rank)
+    stepwise_rule: str = "-"  # ends or start
+    norm_init: str = "-"      # average, first or unit
+    kd_loss: str = "-"        # fkl, rkl, jsd or tvd (- : train.kd.loss)
+
+    @property
+    def convert_options(self) -> dict[str, str]:
+        """The ablation columns `rrt convert` takes, those set (its flag: `--` + key with -)."""
+        return {c: getattr(self, c) for c in CONVERT_COLUMNS if getattr(self, c) != "-"}
+
+    @property
+    def ranks(self) -> tuple[str, str]:
+        """The LoRA ranks of the attention and MLP linears ("0", a number or "full")."""
+        return tuple(self.rank if r == "-" else r for r in (self.rank_attn, self.rank_mlp))
 
     @property
     def trains(self) -> bool:
@@ -172,6 +207,9 @@ def check_table(table: pd.DataFrame, path) -> None:
             raise UsageError(f"{path}: recursive variant {name!r} needs an init")
         if row.kind == "recursive" and row.sharing == "-":
             raise UsageError(f"{path}: variant {name!r}: recursive needs a sharing ({', '.join(SHARINGS)})")
+        for column, (applies, needs) in ABLATION_NEEDS.items():
+            if getattr(row, column) != "-" and not applies(row):
+                raise UsageError(f"{path}: variant {name!r}: {column} {getattr(row, column)!r} needs {needs}")
         if row.kind == "reduced" and row.init not in REDUCED_INITS:
             raise UsageError(f"{path}: variant {name!r}: init {row.init!r} of a reduced variant is not one of "
                              f"{', '.join(REDUCED_INITS)}")
@@ -179,6 +217,9 @@ def check_table(table: pd.DataFrame, path) -> None:
         if row.early_exit != "-":
             if row.kind != "recursive" or int(row.loops) < 2:
                 raise UsageError(f"{path}: variant {name!r}: early_exit needs a recursive variant with loops >= 2")
+            if row.sharing == "middle":
+                raise UsageError(f"{path}: variant {name!r}: early_exit needs cycle or sequence sharing, not middle "
+                                 "(its loops do not end at every L/B depths)")
             if row.kd:
                 raise UsageError(f"{path}: variant {name!r}: early_exit and kd cannot be combined (the exits "
                                  "distil from the model's own final exit)")
@@ -269,7 +310,8 @@ class Experiment:
             warmup_steps=None if row.warmup == "default" else int(row.warmup), parent=parent,
             early_exit=None if row.early_exit == "-" else row.early_exit, throughput=bool(row.throughput),
             parent_data=None if parent is None else ("new" if row.parent_data == "-" else row.parent_data),
-            paper_ref=row.paper_ref, note=row.note, init_dir=start)
+            paper_ref=row.paper_ref, note=row.note, init_dir=start,
+            **{column: row[column] for column in (*CONVERT_COLUMNS, "kd_loss")})
         return self.variants[name]
 
     # --- lookups ---------------------------------------------------------------------------

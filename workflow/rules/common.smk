@@ -66,7 +66,14 @@ def train_settings(v):
     recipe = EXPERIMENT.recipe(v.name)
     if recipe is not None:
         settings["early_exit"] = recipe
+    if v.kd_loss != "-":
+        settings["kd"] = dict(settings["kd"], loss=v.kd_loss)
     return json.dumps(settings)
+
+
+def convert_flags(v):
+    """`rrt convert` flags of the variant's ablation columns that are set ("" when none)."""
+    return "".join(f" --{column.replace('_', '-')} {value}" for column, value in v.convert_options.items())
 
 
 def init_dir(wildcards):

@@ -9,6 +9,7 @@ rule convert:
     params:
         # the columns this job uses (the whole row would rerun it when any other column changes)
         row=lambda wc: {k: getattr(variant(wc), k) for k in ("init", "loops", "sharing", "rank")},
+        ablations=lambda wc: convert_flags(variant(wc)),  # lora_init, rank_attn, ... ("" when none)
     log:
         "results/logs/convert/{variant}.log",
     benchmark:
@@ -21,7 +22,7 @@ rule convert:
         "../../envs/model.yaml"
     shell:
         "OMP_NUM_THREADS={threads} rrt convert --base {input.base} --out {output} --init {params.row[init]} --loops {params.row[loops]} "
-        "--sharing {params.row[sharing]} --rank {params.row[rank]} > {log} 2>&1"
+        "--sharing {params.row[sharing]} --rank {params.row[rank]}{params.ablations} > {log} 2>&1"
 
 
 rule reduce:

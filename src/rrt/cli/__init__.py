@@ -29,10 +29,12 @@ from ..settings import (
     EXIT_KV_MODES,
     INITS,
     LORA_INITS,
+    NORM_INITS,
     PLAN,
     REDUCED_INITS,
     SERVE,
     SHARINGS,
+    STEPWISE_RULES,
     TASKS,
     THROUGHPUT,
     TINY,
@@ -71,6 +73,12 @@ def _model_commands(sub) -> None:
     c.add_argument("--lora-alpha", default=None, type=float, help="LoRA scale alpha/r (default: scale 1)")
     c.add_argument("--per-depth-norms", action="store_true",
                    help="each depth keeps its original norms and biases (exact at full rank)")
+    c.add_argument("--stepwise-rule", default="ends", choices=STEPWISE_RULES,
+                   help="--init stepwise: ends keeps the first and last layers (paper's fixed-ends); start takes "
+                        "every B-th layer from layer 0 (fixed-start)")
+    c.add_argument("--norm-init", default="average", choices=NORM_INITS,
+                   help="--init average: the shared norms averaged like every weight, the first tied layer's, or "
+                        "unit (scale 1: weight 1, or 0 for Gemma's (1 + w) norms)")
     c.add_argument("--seed", default=0, type=int)
 
     i = _command(sub, "info", "model:info", help="print the layer map and parameter counts of a saved model")

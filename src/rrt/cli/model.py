@@ -70,7 +70,8 @@ def convert(args) -> None:
     try:
         model = convert_model(base, loops=args.loops, init=args.init, sharing=args.sharing, rank=args.rank,
                               rank_attn=args.rank_attn, rank_mlp=args.rank_mlp, lora_init=args.lora_init,
-                              lora_alpha=args.lora_alpha, per_depth_norms=args.per_depth_norms, seed=args.seed)
+                              lora_alpha=args.lora_alpha, per_depth_norms=args.per_depth_norms,
+                              stepwise_rule=args.stepwise_rule, norm_init=args.norm_init, seed=args.seed)
     except ValueError as e:
         raise UsageError(str(e)) from None
     with checks.removed_on_error(out), atomic_output_dir(out) as tmp:

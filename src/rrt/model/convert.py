@@ -9,10 +9,10 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.initialization import no_init_weights
 
-from ..settings import INITS, LORA_INITS
+from ..settings import INITS, LORA_INITS, NORM_INITS, STEPWISE_RULES
 from .families import family_of
 from .modeling import RecursiveConfig, RecursiveForCausalLM
-from .relax import truncated_svd
+from .relax import is_norm, truncated_svd
 from .sharing import depth_to_slot, init_sources
 
 
@@ -54,8 +54,14 @@ def recorded_rank(rank: int | str, caps: dict[str, int]) -> int | str:
 @torch.no_grad()
 def convert(base: PreTrainedModel, *, loops: int, init: str = "stepwise", sharing: str = "cycle",
             rank="0", rank_attn=None, rank_mlp=None, lora_init: str = "svd", lora_alpha: float | None = None,
-            per_depth_norms: bool = False, seed: int = 0) -> RecursiveForCausalLM:
-    """Build the recursive model and initialise it from `base` (paper Sec. 2)."""
+            per_depth_norms: bool = False, stepwise_rule: str = "ends", norm_init: str = "average",
+            seed: int = 0) -> RecursiveForCausalLM:
+    """Build the recursive model and initialise it from `base` (paper Sec. 2).
+
+    `stepwise_rule` (init stepwise) picks the original layers (`sharing.stepwise_indices`);
+    `norm_init` (init average) sets the shared norms: `average` as every other weight,
+    `first` the first source layer's, `unit` a norm that scales by 1 (the paper's "zero"
+    for Gemma's (1 + w) norms)."""
     text = copy.deepcopy(base.config)
     family = family_of(text)
     if init not in INITS:
@@ -64,12 +70,21 @@ def convert(base: PreTrainedModel, *, loops: int, init: str = "stepwise", sharin
         raise ValueError(f"lora_init must be one of {LORA_INITS}, got {lora_init!r}")
     if lora_alpha is not None and not (math.isfinite(lora_alpha) and lora_alpha > 0):
         raise ValueError(f"lora_alpha must be a finite number > 0, got {lora_alpha}")
+    if stepwise_rule not in STEPWISE_RULES:
+        raise ValueError(f"stepwise_rule must be one of {STEPWISE_RULES}, got {stepwise_rule!r}")
+    if stepwise_rule != "ends" and init != "stepwise":
+        raise ValueError(f"stepwise_rule {stepwise_rule!r} needs init stepwise, not {init!r}")
+    if norm_init not in NORM_INITS:
+        raise ValueError(f"norm_init must be one of {NORM_INITS}, got {norm_init!r}")
+    if norm_init != "average" and (init != "average" or per_depth_norms):
+        raise ValueError(f"norm_init {norm_init!r} needs init average and shared norms (not per-depth norms)")
     rank = parse_rank(rank)
     layer_map = depth_to_slot(text.num_hidden_layers, loops, sharing)
     caps = rank_caps(text)
     config = RecursiveConfig(
         text_config=text, num_loops=loops, sharing=sharing, layer_map=layer_map, init=init,
-        init_sources=init_sources(layer_map, init, seed),
+        init_sources=init_sources(layer_map, init, seed, sharing=sharing, stepwise_rule=stepwise_rule),
+        stepwise_rule=stepwise_rule, norm_init=norm_init,
         lora_rank_attn=recorded_rank(parse_rank(rank_attn) if rank_attn is not None else rank, caps.get("attn", {})),
         lora_rank_mlp=recorded_rank(parse_rank(rank_mlp) if rank_mlp is not None else rank, caps.get("mlp", {})),
         lora_init=lora_init, lora_alpha=lora_alpha, per_depth_norms=per_depth_norms, seed=seed,
@@ -80,11 +95,16 @@ def convert(base: PreTrainedModel, *, loops: int, init: str = "stepwise", sharin
         # The from-scratch control: random weights everywhere, and standard LoRA (A random,
         # B zero: no original weights to take an SVD of), as `_init_weights` does.
         return RecursiveForCausalLM(config).to(dtype)
-    # Every tensor is overwritten below: skip the random init (most of a conversion's time
-    # otherwise). It also skips tying, which init_weights does after initialising.
-    with no_init_weights():
+    if init == "scratch-layers":
+        # Random shared layers (and standard LoRA, as `scratch`); the embeddings, final
+        # norm and LM head are the base model's, loaded below.
         model = RecursiveForCausalLM(config).to(dtype)
-    model.tie_weights()
+    else:
+        # Every tensor is overwritten below: skip the random init (most of a conversion's
+        # time otherwise). It also skips tying, which init_weights does after initialising.
+        with no_init_weights():
+            model = RecursiveForCausalLM(config).to(dtype)
+        model.tie_weights()
     torch.manual_seed(seed)  # the LoRA's random draws, however the model was built
 
     originals = base.get_submodule(family.layers_path)
@@ -95,6 +115,8 @@ def convert(base: PreTrainedModel, *, loops: int, init: str = "stepwise", sharin
     stray = [k for k in missing if not k.startswith(layers_prefix)] + list(unexpected)
     if stray:
         raise RuntimeError(f"state dicts of base and recursive model disagree outside the layers: {stray[:5]}")
+    if init == "scratch-layers":
+        return model
 
     # Shared slots: the mean of their source layers (a single layer unless `average`).
     for block, sources in zip(model.recursive_block, config.init_sources):
@@ -104,6 +126,15 @@ def convert(base: PreTrainedModel, *, loops: int, init: str = "stepwise", sharin
                 tensor.copy_(source_sds[0][name])
             else:
                 tensor.copy_(torch.stack([sd[name].float() for sd in source_sds]).mean(0))
+        if norm_init != "average" and len(sources) > 1:  # a shared slot (middle's own first/last are not)
+            for path, norm in block.named_modules():
+                if not is_norm(norm):
+                    continue
+                for name, tensor in norm.named_parameters(recurse=False):
+                    if norm_init == "first":
+                        tensor.copy_(originals[sources[0]].get_submodule(path).get_parameter(name))
+                    else:  # unit: scale by 1, no shift
+                        tensor.fill_(1.0 - family.norm_weight_offset if name == "weight" else 0.0)
 
     # Each depth: its own norms and biases.
     for layer in model.depth_layers:

@@ -18,6 +18,8 @@ def describe(model: nn.Module) -> str:
         lines.append(
             f"recursive {c.text_config.model_type}: L={len(c.layer_map)} depths = K={c.num_slots} shared layers "
             f"x B={c.num_loops} loops, sharing={c.sharing}, init={c.init}"
+            + (f", stepwise_rule={c.stepwise_rule}" if c.stepwise_rule != "ends" else "")
+            + (f", norm_init={c.norm_init}" if c.norm_init != "average" else "")
         )
         lines.append(
             f"relaxation: rank attn={c.lora_rank_attn} mlp={c.lora_rank_mlp}, lora_init={c.lora_init}, "

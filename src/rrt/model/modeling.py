@@ -58,6 +58,8 @@ class RecursiveConfig(PreTrainedConfig):
     layer_map: list[int] | None = None  # depth -> shared slot
     init: str = "stepwise"
     init_sources: list[list[int]] | None = None  # slot -> original layers it was built from
+    stepwise_rule: str = "ends"  # stepwise init: "ends" (first and last kept) or "start" (every B-th from 0)
+    norm_init: str = "average"  # average init: shared norms averaged, the first source's, or unit
     lora_rank_attn: int | str = 0  # int or "full"
     lora_rank_mlp: int | str = 0
     lora_alpha: float | None = None  # LoRA output scale alpha/r; None: scale 1

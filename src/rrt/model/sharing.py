@@ -6,7 +6,7 @@ import random
 
 import numpy as np
 
-from ..settings import INITS, SHARINGS
+from ..settings import INITS, SHARINGS, STEPWISE_RULES
 
 
 def depth_to_slot(num_layers: int, num_loops: int, sharing: str = "cycle") -> list[int]:
@@ -14,9 +14,18 @@ def depth_to_slot(num_layers: int, num_loops: int, sharing: str = "cycle") -> li
 
     cycle    (paper Eq. 2): the block 0..K-1 is repeated B times -> l mod K
     sequence: each shared layer runs B times in a row           -> l // B
+    middle:   the first and last depths keep their own layers (slots 0 and K'+1); the
+              L-2 depths between them cycle over K' = (L-2)/B shared slots 1..K'
     """
     if num_loops < 1:
         raise ValueError(f"loops must be >= 1, got {num_loops}")
+    if sharing == "middle":
+        inner = num_layers - 2
+        if inner < num_loops or inner % num_loops:
+            raise ValueError(f"loops={num_loops} does not divide the {inner} middle layers of the base model "
+                             f"(middle sharing keeps the first and last of its {num_layers} layers unique)")
+        k = inner // num_loops
+        return [0] + [1 + l % k for l in range(inner)] + [k + 1]
     if num_layers % num_loops:
         raise ValueError(f"loops={num_loops} does not divide the {num_layers} layers of the base model")
     k = num_layers // num_loops
@@ -27,31 +36,47 @@ def depth_to_slot(num_layers: int, num_loops: int, sharing: str = "cycle") -> li
     raise ValueError(f"sharing must be one of {SHARINGS}, got {sharing!r}")
 
 
-def stepwise_indices(num_layers: int, num_slots: int) -> list[int]:
-    """Original layers at fixed intervals, first and last kept: round(linspace(0, L-1, K)).
+def stepwise_indices(num_layers: int, num_slots: int, rule: str = "ends") -> list[int]:
+    """Original layers at fixed intervals.
 
-    Python's round (banker's rounding) is the rule, e.g. L=18, K=9 -> [0,2,4,6,8,11,13,15,17].
+    ends  (the paper's "fixed-ends", the default): first and last kept, round(linspace(0, L-1, K));
+          Python's round (banker's rounding) is the rule, e.g. L=18, K=9 -> [0,2,4,6,8,11,13,15,17].
+    start (the paper's "fixed-start"): every B-th layer from layer 0, B = L/K: [0, B, 2B, ...].
     """
-    return [round(float(x)) for x in np.linspace(0, num_layers - 1, num_slots)]
+    if rule == "ends":
+        return [round(float(x)) for x in np.linspace(0, num_layers - 1, num_slots)]
+    if rule == "start":
+        return list(range(0, num_layers, num_layers // num_slots))[:num_slots]
+    raise ValueError(f"stepwise_rule must be one of {STEPWISE_RULES}, got {rule!r}")
 
 
-def init_sources(layer_map: list[int], init: str, seed: int = 0) -> list[list[int]] | None:
+def init_sources(layer_map: list[int], init: str, seed: int = 0, *, sharing: str = "cycle",
+                 stepwise_rule: str = "ends") -> list[list[int]] | None:
     """For each shared slot, the original layers whose weights initialise it (averaged if
-    several). None for `scratch` (random weights)."""
+    several). None for `scratch` and `scratch-layers` (random weights). With `middle`
+    sharing the first and last slots take the first and last original layers and the rule
+    applies to the middle layers and slots alone."""
+    if stepwise_rule not in STEPWISE_RULES:
+        raise ValueError(f"stepwise_rule must be one of {STEPWISE_RULES}, got {stepwise_rule!r}")
+    if init in ("scratch", "scratch-layers"):
+        return None
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if sharing == "middle":
+        last = len(layer_map) - 1
+        inner = [slot - 1 for slot in layer_map[1:last]]
+        return [[0]] + [[1 + i for i in sources] for sources in init_sources(inner, init, seed,
+                                                                               stepwise_rule=stepwise_rule)] + [[last]]
     num_layers = len(layer_map)
     num_slots = max(layer_map) + 1
     if init == "stepwise":
-        return [[i] for i in stepwise_indices(num_layers, num_slots)]
+        return [[i] for i in stepwise_indices(num_layers, num_slots, stepwise_rule)]
     if init == "average":
         return [[l for l in range(num_layers) if layer_map[l] == k] for k in range(num_slots)]
     if init == "lower":
         return [[k] for k in range(num_slots)]
-    if init == "random":
-        picked = sorted(random.Random(seed).sample(range(num_layers), num_slots))
-        return [[i] for i in picked]
-    if init == "scratch":
-        return None
-    raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    picked = sorted(random.Random(seed).sample(range(num_layers), num_slots))  # random
+    return [[i] for i in picked]
 
 
 def loop_index(layer_map: list[int], depth: int) -> int:

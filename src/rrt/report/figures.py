@@ -11,6 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
+from ..variants import CONVERT_COLUMNS  # noqa: E402
+
 FIGURES = ["accuracy_vs_params.png", "init_comparison.png", "relaxed_rank.png", "loss_curves.png"]
 
 
@@ -38,6 +40,10 @@ def make_figures(summary: pd.DataFrame, variants: pd.DataFrame, curves: pd.DataF
     several_bases = data["base"].nunique() > 1
     # Early-exit rows train more (or other) exits than their init's row: not init or rank points.
     plain = data["early_exit"].eq("-") & data["parent"].eq("-") if "early_exit" in data else True
+    # Ablation rows (an ablation column set, middle sharing) are other settings of an init or
+    # rank: the figures compare today's defaults, the tables list every row.
+    ablated = data[[c for c in (*CONVERT_COLUMNS, "kd_loss") if c in data]].ne("-").any(axis=1)
+    plain = plain & ~ablated & (data["sharing"].ne("middle") if "sharing" in data else True)
 
     def save(fig, name):
         save_figure(fig, out / name)

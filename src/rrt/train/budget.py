@@ -107,21 +107,23 @@ def _layer_linears(text) -> list[tuple[str, int, int]]:
     return [(p, m.in_features, m.out_features) for p, m in layer.named_modules() if isinstance(m, nn.Linear)]
 
 
-def activation_bytes_per_depth(text, rank: int | str = 0) -> int:
+def activation_bytes_per_depth(text, rank: int | str = 0, rank_mlp: int | str | None = None) -> int:
     """Bytes autograd keeps per token for one depth (see the module docstring), its LoRA
-    of rank `rank` on every linear included."""
+    of rank `rank` on every linear included (`rank_mlp`, when given, on the MLP's)."""
     family = family_of(text)
     dims = _dims(text)
     c_d, c_q, c_kv, c_ffn = family.activation_coeffs
     total = c_d * dims["d"] + c_q * dims["d_q"] + c_kv * dims["d_kv"] + c_ffn * dims["d_ffn"]
-    if rank == "full" or rank:
-        for path, fan_in, fan_out in _layer_linears(text):
-            r = resolve_rank(rank, fan_in, fan_out)
+    for path, fan_in, fan_out in _layer_linears(text):
+        group_rank = rank_mlp if rank_mlp is not None and family.module_group(path) == "mlp" else rank
+        if group_rank == "full" or group_rank:
+            r = resolve_rank(group_rank, fan_in, fan_out)
             total += 2 * r + (2 * fan_in if path.rsplit(".", 1)[-1] in family.reads_residual else 0)
     return total
 
 
-def model_size(text, kind: str, loops: int = 1, sharing: str = "cycle", rank: int | str = 0) -> dict:
+def model_size(text, kind: str, loops: int = 1, sharing: str = "cycle", rank: int | str = 0,
+               rank_mlp: int | str | None = None) -> dict:
     """Counts of one variant's model, built on the meta device: params, non_embedding,
     embedding, lora (unique), n_layers, n_head, n_eff (compute params, `compute_params`),
     depths (L_eff), d_attn (per depth), act_depth (activation bytes per token per depth),
@@ -136,9 +138,10 @@ def model_size(text, kind: str, loops: int = 1, sharing: str = "cycle", rank: in
     lora = 0
     if kind == "recursive":
         rank = parse_rank(rank)
+        rank_mlp = rank if rank_mlp is None else parse_rank(rank_mlp)
         lora = rank
         config = RecursiveConfig(text_config=text, num_loops=loops, sharing=sharing,
-                                 lora_rank_attn=rank, lora_rank_mlp=rank)
+                                 lora_rank_attn=rank, lora_rank_mlp=rank_mlp)
         with torch.device("meta"):
             model = RecursiveForCausalLM(config)
     else:
@@ -150,7 +153,7 @@ def model_size(text, kind: str, loops: int = 1, sharing: str = "cycle", rank: in
         "params": counts["total"], "non_embedding": counts["non_embedding"], "embedding": counts["embedding"],
         "lora": counts["lora"], "n_layers": compute["layers"], "n_head": compute["head"], "n_eff": compute["total"],
         "depths": text.num_hidden_layers, "d_attn": dims["d_q"], "hidden": dims["d"], "vocab": dims["vocab"],
-        "act_depth": activation_bytes_per_depth(text, lora),
+        "act_depth": activation_bytes_per_depth(text, lora, rank_mlp if kind == "recursive" else None),
         "final_bytes": family.final_bytes * dims["d"],
     }
 
@@ -249,22 +252,22 @@ def plan_budget(config: dict, variants: Experiment | pd.DataFrame, *, gpu: str |
     configs = dict(base_configs or {})
     sizes: dict[tuple, dict] = {}
 
-    def size_of(base: str, kind: str, loops: int = 1, sharing: str = "cycle", rank="0") -> dict:
-        key = (base, kind, loops, sharing if kind == "recursive" else "-", rank if kind == "recursive" else "0")
+    def size_of(base: str, kind: str, loops: int = 1, sharing: str = "cycle", rank="0", rank_mlp=None) -> dict:
+        key = (base, kind, loops, *((sharing, rank, rank_mlp) if kind == "recursive" else ("-", "0", None)))
         if key not in sizes:
             if base not in configs:
                 if base not in (config.get("base_models") or {}):
                     raise UsageError(f"variant base {base!r} is not in base_models")
                 configs[base] = base_config(config["base_models"][base])
             try:
-                sizes[key] = model_size(configs[base], kind, loops, sharing, rank)
+                sizes[key] = model_size(configs[base], kind, loops, sharing, rank, rank_mlp)
             except ValueError as e:
                 raise UsageError(f"base model {base!r}: {e}") from None
         return sizes[key]
 
     rows = []
     for v in variants:
-        size = size_of(v.base, v.kind, v.loops, v.sharing, v.rank)
+        size = size_of(v.base, v.kind, v.loops, v.sharing, *v.ranks)  # attention's rank, MLP's
         teacher = size_of(v.base, "original") if v.kd else None
         out = {
             "variant": v.name, "kind": v.kind, "base": v.base, "loops": v.loops, "rank": v.rank,

@@ -7,6 +7,7 @@ GEMMA = Family(
     **LLAMA_LAYOUT,
     activation_coeffs=(26, 4, 4, 8),  # measured; the breakdown is Llama's (llama.py)
     final_bytes=10,  # RMSNorm: its fp32 input and output (4 + 4), and the bf16 head input (2)
+    norm_weight_offset=1.0,  # (1 + w) RMSNorms
     hub_shapes={
         # d 2048, ffn 16384, 18 layers, 8 heads / 1 KV head of 256, vocab 256000, tied head:
         # 2.51B (1.98B non-embedding)

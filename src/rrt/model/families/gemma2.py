@@ -9,5 +9,6 @@ GEMMA2 = Family(
     # s² term). Llama's breakdown (llama.py) with four RMSNorms of the fp32 residual: 42·d.
     activation_coeffs=(42, 4, 4, 8),
     final_bytes=10,  # RMSNorm: its fp32 input and output (4 + 4), and the bf16 head input (2)
+    norm_weight_offset=1.0,  # (1 + w) RMSNorms
     hub_shapes={},
 )

@@ -22,5 +22,6 @@ GEMMA3 = Gemma3Family(
     # output add 8·d_q and 8·d_kv.
     activation_coeffs=(42, 12, 12, 8),
     final_bytes=10,  # RMSNorm: its fp32 input and output (4 + 4), and the bf16 head input (2)
+    norm_weight_offset=1.0,  # (1 + w) RMSNorms
     hub_shapes={},
 )

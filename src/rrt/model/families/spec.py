@@ -50,6 +50,10 @@ class Family:
     reads_residual: frozenset[str]  # linears that read the normalised residual (their LoRA keeps a bf16 copy)
     # config.json fields of the family's hub models that `rrt plan` sizes offline ({hub id: fields})
     hub_shapes: dict[str, dict] = field(hash=False)
+    # --- conversion ---
+    # A norm scales by (norm_weight_offset + weight): 0 for Llama's RMSNorm and LayerNorm,
+    # 1 for Gemma's (1 + w) RMSNorm; `norm_init="unit"` sets weight = 1 - offset.
+    norm_weight_offset: float = 0.0
 
     def __post_init__(self):
         coeffs = self.activation_coeffs
