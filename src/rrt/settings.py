@@ -352,6 +352,9 @@ class WorkflowConfig(Section):
         **NO_META, "workflow": True, "help": "the pretrained models the variants start from, by name"})
     paper_reference: str | None = setting(None, "TSV of the paper's numbers (`config/paper_reference.tsv`): one row "
                                                 "per `paper_ref`, for the comparison table")
+    paper_throughput: str | None = setting(None, "TSV of the paper's throughput numbers "
+                                                 "(`config/paper_throughput.tsv`): one row per `paper_ref`, for the "
+                                                 "simulated-vs-measured throughput table")
     data: DataSettings = setting(DataSettings, "")
     train: TrainSettings = setting(TrainSettings, "")
     eval: EvalSettings = setting(EvalSettings, "")

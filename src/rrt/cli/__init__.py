@@ -305,6 +305,11 @@ def _report_commands(sub) -> None:
     p.add_argument("--throughput-dir", default=None,
                    help="`rrt throughput` results (<variant>.json of the variants with throughput true): adds "
                         "throughput.csv/.md and throughput_accuracy.png")
+    p.add_argument("--simulate-dir", default=None,
+                   help="`rrt simulate` results (<variant>.json of the variants with throughput true): adds "
+                        "throughput_simulated.csv/.md (simulated beside measured, from --throughput-dir)")
+    p.add_argument("--paper-throughput", default=None,
+                   help="TSV of the paper's throughput numbers (config/paper_throughput.tsv), for the simulated table")
     p.add_argument("--train-settings", default=None,
                    help="JSON of the workflow's train settings: the report states the choices the paper leaves open")
     p.add_argument("--resolved-config", metavar="JSON", default=None,
