@@ -2,6 +2,7 @@
 computed by hand, the exit settings read from an eval JSON, the decode-time measurement on
 a tiny model, and `rrt simulate`."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -145,3 +146,38 @@ def test_rrt_simulate_writes_every_exit_setting(models, tmp_path, capsys):
                               "--heldout-set", "wiki", "--prefix-tokens", "4", "--new-tokens", "3", "--max-batch", "1",
                               "--out", str(out)])
     assert "2 exits for a model of 1 loops" in line and not out.exists()
+
+
+def test_report_table_puts_simulated_measured_and_paper_side_by_side(tmp_path):
+    import pandas as pd
+
+    from rrt.report.simulated import COLUMNS, simulated_table
+
+    for d in ("sim", "tp", "eval"):
+        (tmp_path / d).mkdir()
+    sim = {"device": "cpu", "dtype": "float32", "model": {"loops": 2, "max_batch": 4},
+           "settings": [{"exit": e, "mean_loops": m, "acc_avg": a, "depth_wise_tokens_per_s": r, "x_vanilla": xv,
+                         "x_sequence_wise": xs}
+                        for e, m, a, r, xv, xs in (("none", 2.0, 0.5, 10.0, 1.2, 1.0), ("oracle", 1.4, 0.5, 14.0, 1.7, 1.4),
+                                                   ("max_prob:0.5", 1.6, 0.45, 12.0, 1.5, 1.2))]}
+    (tmp_path / "sim/ee.json").write_text(json.dumps(sim))
+    measured = {"model": "m", "original": "o", "settings": [
+        {"setting": "hf_original", "tokens_per_s": 5.0, "speedup": 1.0},
+        {"setting": "depthwise", "tokens_per_s": 6.0, "speedup": 1.2},
+        {"setting": "exit_max_prob_0.5", "tokens_per_s": 7.0, "speedup": 1.4}]}
+    (tmp_path / "tp/ee.json").write_text(json.dumps(measured))
+    (tmp_path / "eval/ee.json").write_text(json.dumps({"params": {"non_embedding": 1234}}))
+    variants = pd.DataFrame({"variant": ["ee", "other"], "base": ["b", "b"], "rank": [0, 0],
+                             "throughput": [True, False], "paper_ref": ["rec_stepwise_b2", "-"]})
+    paper = pd.read_csv(Path(__file__).resolve().parents[1] / "config/paper_throughput.tsv", sep="\t")
+    table = simulated_table(variants, tmp_path / "sim", tmp_path / "tp", tmp_path / "eval", paper)
+    assert list(table.columns) == COLUMNS and list(table["exit"]) == ["none", "oracle", "max_prob:0.5"]
+    assert list(table["sim_x_vanilla"]) == [1.2, 1.7, 1.5] and list(table["acc_avg"]) == [50.0, 50.0, 45.0]
+    assert table["measured_x_vanilla"].tolist()[::2] == [1.2, 1.4] and pd.isna(table["measured_x_vanilla"][1])
+    assert table["measured_x_sequence_wise"].isna().all()  # not the original's own job
+    assert (table["paper_x_vanilla"] == 2.66).all() and (table["paper_x_sequence_wise"] == 1.88).all()
+    assert (table["non_embedding_params"] == 1234).all() and (table["batch"] == 4).all()
+    # the original's own job: its engine run is its sequence-wise batching
+    (tmp_path / "tp/ee.json").write_text(json.dumps({**measured, "original": "m"}))
+    own = simulated_table(variants, tmp_path / "sim", tmp_path / "tp", tmp_path / "eval", paper)
+    assert own["measured_x_sequence_wise"].tolist()[::2] == [1.0, pytest.approx(7 / 6)]

@@ -39,6 +39,7 @@ def run(tmp_path_factory):
     config = yaml.safe_load((ROOT / ".test/config/config.yaml").read_text())
     config["variants"] = str(ROOT / ".test/config/variants.tsv")
     config["paper_reference"] = str(ROOT / "config/paper_reference.tsv")
+    config["paper_throughput"] = str(ROOT / "config/paper_throughput.tsv")
     (work / "test.yaml").write_text(yaml.safe_dump(config))
     (work / "config").mkdir()  # the Snakefile's own configfile, relative to -d
     (work / "config/config.yaml").write_text((ROOT / "config/config.yaml").read_text())
