@@ -6,8 +6,8 @@ Measurement (`decode_costs`): dummy prompts (seeded random ids, as the paper's d
 inputs) of `prefix` tokens, `batch` at once, decoded `new_tokens` greedy tokens in the
 depth-wise engine without exits, so all rows move in lockstep and each engine step is one
 loop block (the K shared layers) over `batch` rows; a plain model is one block of all its
-layers. The block time is (time to decode N tokens - time to decode 1) / ((N - 1) · loops):
-the prefill and the first token cancel. Batch sizes 1, 2, 4, ... up to the largest that
+layers. The block time is the mean of the engine's (N - 1) · loops decoding steps, each
+timed (the prefill and the first token are not). Batch sizes 1, 2, 4, ... up to the largest that
 fits a memory budget (weights + KV cache, `rrt.serve.throughput.batch_within`) or a cap.
 
 Simulation: a request is the list of its tokens' exit loops (1..loops; a plain model's
@@ -135,27 +135,38 @@ def batch_sizes(max_batch: int) -> list[int]:
     return sizes + [max_batch]
 
 
-def _timed_decode(model, prompts: list[list[int]], new_tokens: int) -> float:
+def _decode_steps(model, prompts: list[list[int]], new_tokens: int) -> list[float]:
+    """Seconds of each engine step while the prompts decode together (their prefill and first
+    token untimed): every step is one loop block over all of them."""
     engine = DepthwiseEngine(model, max_batch=len(prompts), max_len=len(prompts[0]) + new_tokens)
-    _sync(model)
-    start = time.perf_counter()
+    step, spent = engine._step, []
+
+    def timed(rows):
+        _sync(model)
+        start = time.perf_counter()
+        out = step(rows)
+        _sync(model)
+        spent.append(time.perf_counter() - start)
+        return out
+
+    engine._step = timed  # this engine only: it times what `generate` does, changing nothing
     engine.generate(prompts, new_tokens)
-    _sync(model)
-    return time.perf_counter() - start
+    return spent
 
 
 def block_ms(model, batch: int, prefix: int, new_tokens: int, seed: int = 0) -> float:
-    """Ms of one engine step (one loop block over `batch` rows), from dummy prompts."""
+    """Mean ms of one engine step (one loop block over `batch` rows) decoding dummy prompts."""
     if new_tokens < 2:
         raise ValueError("timing a decoding step needs new_tokens >= 2")
     vocab = model.get_input_embeddings().num_embeddings
-    rng = np.random.default_rng(seed)
-    prompts = rng.integers(0, vocab, (batch, prefix)).tolist()
+    prompts = np.random.default_rng(seed).integers(0, vocab, (batch, prefix)).tolist()
     loops = getattr(model.config, "num_loops", 1) if model.config.model_type == "recursive" else 1
-    _timed_decode(model, prompts, 2)  # warm-up
-    first = _timed_decode(model, prompts, 1)
-    full = _timed_decode(model, prompts, new_tokens)
-    return 1000 * max(full - first, 0.0) / ((new_tokens - 1) * loops)
+    _decode_steps(model, prompts, 2)  # warm-up
+    steps = _decode_steps(model, prompts, new_tokens)
+    if len(steps) != (new_tokens - 1) * loops:
+        raise RuntimeError(f"{len(steps)} engine steps for {new_tokens - 1} tokens of {loops} loops: the rows did "
+                           "not move in lockstep")
+    return 1000 * sum(steps) / len(steps)
 
 
 def decode_costs(model, *, prefix: int, new_tokens: int, max_batch: int, memory_bytes: int | None = None,
