@@ -136,10 +136,11 @@ def test_rrt_simulate_writes_every_exit_setting(models, tmp_path, capsys):
     assert result["model"]["loops"] == 2 and result["original"]["loops"] == 1
     assert result["model"]["batches"] == result["original"]["batches"] == [1, 2]
     none = result["settings"][0]
-    assert none["mean_loops"] == 2 and none["sequence_wise_tokens_per_s"] == pytest.approx(none["depth_wise_tokens_per_s"])
+    assert none["mean_loops"] == 2
+    assert none["sequence_wise_tokens_per_s"] == pytest.approx(none["depth_wise_tokens_per_s"])
     assert result["settings"][1]["mean_loops"] == pytest.approx(1.3)
-    assert none["x_vanilla"] == pytest.approx(none["depth_wise_tokens_per_s"] / result["original"]["vanilla_tokens_per_s"],
-                                              rel=1e-3)
+    vanilla = result["original"]["vanilla_tokens_per_s"]
+    assert none["x_vanilla"] == pytest.approx(none["depth_wise_tokens_per_s"] / vanilla, rel=1e-3)
     # a model whose loops do not match the eval's exits is refused in one line, nothing written
     out.unlink()
     line = cli_error(capsys, ["simulate", "--model", str(tmp_path / "base"), "--eval", str(tmp_path / "eval.json"),
@@ -158,7 +159,8 @@ def test_report_table_puts_simulated_measured_and_paper_side_by_side(tmp_path):
     sim = {"device": "cpu", "dtype": "float32", "model": {"loops": 2, "max_batch": 4},
            "settings": [{"exit": e, "mean_loops": m, "acc_avg": a, "depth_wise_tokens_per_s": r, "x_vanilla": xv,
                          "x_sequence_wise": xs}
-                        for e, m, a, r, xv, xs in (("none", 2.0, 0.5, 10.0, 1.2, 1.0), ("oracle", 1.4, 0.5, 14.0, 1.7, 1.4),
+                        for e, m, a, r, xv, xs in (("none", 2.0, 0.5, 10.0, 1.2, 1.0),
+                                                   ("oracle", 1.4, 0.5, 14.0, 1.7, 1.4),
                                                    ("max_prob:0.5", 1.6, 0.45, 12.0, 1.5, 1.2))]}
     (tmp_path / "sim/ee.json").write_text(json.dumps(sim))
     measured = {"model": "m", "original": "o", "settings": [
@@ -181,3 +183,24 @@ def test_report_table_puts_simulated_measured_and_paper_side_by_side(tmp_path):
     (tmp_path / "tp/ee.json").write_text(json.dumps({**measured, "original": "m"}))
     own = simulated_table(variants, tmp_path / "sim", tmp_path / "tp", tmp_path / "eval", paper)
     assert own["measured_x_sequence_wise"].tolist()[::2] == [1.0, pytest.approx(7 / 6)]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--eval", "{d}/missing.json"], "--eval {d}/missing.json: not a readable JSON file"),
+    (["--new-tokens", "1"], "--new-tokens must be >= 2"),
+    (["--memory-mb", "0"], "--memory-mb must be > 0"),
+    (["--memory-mb", "0.01"], "does not hold the model's weights"),
+    (["--heldout-set", "fiction"], "held-out set 'fiction' was not evaluated at every exit"),
+])
+def test_rrt_simulate_bad_input_is_one_line(models, tmp_path, capsys, argv, match):
+    _, recursive = models
+    recursive.save_pretrained(tmp_path / "rec")
+    (tmp_path / "eval.json").write_text(json.dumps(_eval_json()))
+    args = {"--model": str(tmp_path / "rec"), "--eval": str(tmp_path / "eval.json"), "--out": str(tmp_path / "o.json"),
+            "--prefix-tokens": "4", "--new-tokens": "3", "--max-batch": "1", "--requests": "2"}
+    extra = [a.format(d=tmp_path) for a in argv]
+    for flag in [a for a in extra if a in args]:
+        args.pop(flag)
+    line = cli_error(capsys, ["simulate", *[x for kv in args.items() for x in kv], *extra])
+    assert match.format(d=tmp_path) in line
+    assert not (tmp_path / "o.json").exists()

@@ -275,7 +275,8 @@ def _serve_commands(sub) -> None:
                    help="the model's `rrt eval` JSON: its accuracy and, from its \"exits\", the oracle and threshold "
                         "exit distributions")
     s.add_argument("--heldout-set", default=None,
-                   help="the held-out set whose exit distributions are used (default: the first evaluated at every exit)")
+                   help="the held-out set whose exit distributions are used (default: the first one evaluated at "
+                        "every exit)")
     s.add_argument("--exit-thresholds", action="append", metavar="CRITERION=T1,T2,...",
                    help="also simulate exiting at these thresholds (each one the eval scored); repeatable")
     s.add_argument("--out", required=True, help="JSON result (written atomically)")

@@ -129,6 +129,10 @@ def simulate(requests: list[list[int]], costs: StepCosts) -> dict:
 
 
 # --- measurement ------------------------------------------------------------------------
+def _loops(model) -> int:
+    return model.config.num_loops if model.config.model_type == "recursive" else 1
+
+
 def batch_sizes(max_batch: int) -> list[int]:
     """1, 2, 4, ... below max_batch, then max_batch."""
     sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch]
@@ -160,7 +164,7 @@ def block_ms(model, batch: int, prefix: int, new_tokens: int, seed: int = 0) -> 
         raise ValueError("timing a decoding step needs new_tokens >= 2")
     vocab = model.get_input_embeddings().num_embeddings
     prompts = np.random.default_rng(seed).integers(0, vocab, (batch, prefix)).tolist()
-    loops = getattr(model.config, "num_loops", 1) if model.config.model_type == "recursive" else 1
+    loops = _loops(model)
     _decode_steps(model, prompts, 2)  # warm-up
     steps = _decode_steps(model, prompts, new_tokens)
     if len(steps) != (new_tokens - 1) * loops:
@@ -174,7 +178,7 @@ def decode_costs(model, *, prefix: int, new_tokens: int, max_batch: int, memory_
     """StepCosts of `model` at batch sizes up to the largest within `memory_bytes` (weights +
     KV cache of prefix + new_tokens tokens) and `max_batch`; and a JSON-ready record."""
     cap = max_batch if memory_bytes is None else batch_within(model, memory_bytes, prefix + new_tokens, max_batch)
-    loops = getattr(model.config, "num_loops", 1) if model.config.model_type == "recursive" else 1
+    loops = _loops(model)
     sizes, times = batch_sizes(cap), []
     for b in sizes:
         times.append(block_ms(model, b, prefix, new_tokens, seed))
@@ -186,19 +190,15 @@ def decode_costs(model, *, prefix: int, new_tokens: int, max_batch: int, memory_
     return costs, record
 
 
-def costs_from(record: dict) -> StepCosts:
-    return StepCosts(record["batches"], record["block_ms"], record["loops"])
-
-
-def _sorted_ms(times: list[float]) -> list[float]:
+def _monotone(times: list[float]) -> list[float]:
     """Never let a larger batch cost less than a smaller one (timer noise at tiny sizes)."""
     return [max(times[:i + 1]) for i in range(len(times))]
 
 
 def exits_from_eval(result: dict, heldout: str, thresholds: dict[str, list[float]]) -> list[dict]:
-    """The exit settings of one eval JSON: "none" (every token runs every loop; the model's
-    own accuracy; `exit_at` None), "oracle" (the first loop whose argmax equals the final one's, measured on
-    held-out set `heldout`; accuracy unchanged, the greedy tokens are the final ones), and
+    """The exit settings of one eval JSON: "none" (every token runs every loop, `exit_at`
+    None; the model's own accuracy), "oracle" (the first loop whose argmax equals the final
+    one's, on held-out set `heldout`; the model's accuracy: it serves the final tokens), and
     each threshold in `thresholds` that the held-out set was also scored at (its exit
     distribution there; its accuracy from the task rerun at that threshold, if any)."""
     acc = result.get("acc_avg")
@@ -240,8 +240,8 @@ def simulate_throughput(model, original, settings: list[dict], *, prefix: int, n
         progress("model:")
         costs, measured = decode_costs(model, prefix=prefix, new_tokens=new_tokens, max_batch=max_batch,
                                        memory_bytes=memory_bytes, seed=seed, progress=progress)
-    reference_costs = StepCosts(reference_costs.batches, _sorted_ms(reference_costs.block_ms), reference_costs.loops)
-    costs = StepCosts(costs.batches, _sorted_ms(costs.block_ms), costs.loops)
+    reference_costs = StepCosts(reference_costs.batches, _monotone(reference_costs.block_ms), reference_costs.loops)
+    costs = StepCosts(costs.batches, _monotone(costs.block_ms), costs.loops)
     base = simulate(draw_requests(requests, new_tokens, [1.0], seed), reference_costs)
     rows = []
     for s in settings:
