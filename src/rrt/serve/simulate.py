@@ -165,7 +165,7 @@ def block_ms(model, batch: int, prefix: int, new_tokens: int, seed: int = 0) -> 
     vocab = model.get_input_embeddings().num_embeddings
     prompts = np.random.default_rng(seed).integers(0, vocab, (batch, prefix)).tolist()
     loops = _loops(model)
-    _decode_steps(model, prompts, 2)  # warm-up
+    _decode_steps(model, prompts, min(new_tokens, 4))  # warm-up: the first steps at a new shape are slow
     steps = _decode_steps(model, prompts, new_tokens)
     if len(steps) != (new_tokens - 1) * loops:
         raise RuntimeError(f"{len(steps)} engine steps for {new_tokens - 1} tokens of {loops} loops: the rows did "
