@@ -139,7 +139,8 @@ def test_aggregate_rule_declares_the_benchmarks_it_reads(tmp_path):
     out = subprocess.run([snakemake, "--rulegraph", "-s", str(root / "Snakefile"), "-d", str(tmp_path),
                           "--configfile", str(root / ".test/config/config.yaml"), "--config",
                           f"variants={root}/.test/config/variants.tsv",
-                          f"paper_reference={root}/config/paper_reference.tsv"],
+                          f"paper_reference={root}/config/paper_reference.tsv",
+                          f"paper_throughput={root}/config/paper_throughput.tsv"],
                          cwd=root, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     labels = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', out.stdout, re.M))

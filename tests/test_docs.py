@@ -164,7 +164,7 @@ EXPECT = {
     "make rerun VARIANT=rec-average": ("done", {"uptrain": 1, "evaluate": 1}, {"rec-average"}),
     "make rerun VARIANT=rec-average STEP=evaluate": ("done", {"evaluate": 1}, {"rec-average"}),
     "make rerun VARIANT=rec-stepwise-ee SNAKEMAKE_ARGS=-n":
-        ("done", {"uptrain": 1, "evaluate": 1, "throughput": 1}, {"rec-stepwise-ee"}),
+        ("done", {"uptrain": 1, "evaluate": 1, "throughput": 1, "simulate": 1}, {"rec-stepwise-ee"}),
     ".venv/bin/snakemake --cores 2 results/eval/rec-average.json":
         ("fresh", {"base_model": 1, "corpus": 1, "tokenize_shard": 1, "tokenize": 1, "convert": 1, "uptrain": 1,
                    "evaluate": 1}, {"rec-average"}),
@@ -321,7 +321,7 @@ def test_rerun_forces_the_steps_file_and_names_bad_input(monkeypatch):
     rerun_args = load_rerun_script().rerun_args
     assert rerun_args("rec-stepwise-ee", "uptrain", "config/config.yaml") == [
         "results/eval/rec-stepwise-ee.json", "results/throughput/rec-stepwise-ee.json",
-        "--forcerun", "results/train/rec-stepwise-ee/final"]
+        "results/simulate/rec-stepwise-ee.json", "--forcerun", "results/train/rec-stepwise-ee/final"]
     assert rerun_args("rec-average", "convert", "config/config.yaml") == [
         "results/eval/rec-average.json", "--forcerun", "results/models/init/rec-average"]
     assert rerun_args("full-original", "evaluate", "config/config.yaml")[-2:] == [

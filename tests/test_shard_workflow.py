@@ -24,6 +24,7 @@ def configure(work, **data):
     config = yaml.safe_load((ROOT / ".test/config/config.yaml").read_text())
     config["variants"] = str(ROOT / ".test/config/variants.tsv")
     config["paper_reference"] = str(ROOT / "config/paper_reference.tsv")
+    config["paper_throughput"] = str(ROOT / "config/paper_throughput.tsv")
     config["data"].update(data)
     (work / "test.yaml").write_text(yaml.safe_dump(config))
 

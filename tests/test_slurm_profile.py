@@ -77,14 +77,14 @@ def test_the_literal_command_plans_the_paper_experiment(tmp_path):
     planned = jobs(text)
     counts = {rule: sum(j["rule"] == rule for j in planned) for rule in {j["rule"] for j in planned}}
     assert counts["uptrain"] == 87 and counts["evaluate"] == 90 and counts["base_model"] == 3
-    assert counts["throughput"] == 8  # config/paper_variants.tsv's rows with throughput true
+    assert counts["throughput"] == counts["simulate"] == 8  # config/paper_variants.tsv's rows with throughput true
     for job in planned:
         sbatch = submit_string(job)
         assert f"-t {job['resources']['runtime']}" in sbatch and "--mem " in sbatch
         if job["rule"] == "uptrain":
             assert "--gpus=8" in sbatch and "--cpus-per-task=64" in sbatch and "-t 1440" in sbatch
             assert "--mem 480000" in sbatch and "--nodes" not in sbatch and "--ntasks" not in sbatch
-        elif job["rule"] in ("evaluate", "throughput"):  # the throughput stage runs where evaluation does
+        elif job["rule"] in ("evaluate", "throughput", "simulate"):  # the throughput stages run where evaluation does
             assert "--gpus=1" in sbatch and "-t 240" in sbatch
         else:
             assert "gpu" not in sbatch

@@ -39,6 +39,7 @@ def run(tmp_path_factory):
     config = yaml.safe_load((ROOT / ".test/config/config.yaml").read_text())
     config["variants"] = str(ROOT / ".test/config/variants.tsv")
     config["paper_reference"] = str(ROOT / "config/paper_reference.tsv")
+    config["paper_throughput"] = str(ROOT / "config/paper_throughput.tsv")
     (work / "test.yaml").write_text(yaml.safe_dump(config))
     (work / "config").mkdir()  # the Snakefile's own configfile, relative to -d
     (work / "config/config.yaml").write_text((ROOT / "config/config.yaml").read_text())
@@ -174,6 +175,31 @@ def test_throughput_stage_for_the_variants_asking(run):
     at = result["exits"]["task_thresholds"]["max_prob"][0]
     exit_row = table[table.setting == f"exit_max_prob_{thresholds[0]:g}"].iloc[0]
     assert exit_row.acc_avg == pytest.approx(100 * at["acc_avg"]) and 0 <= exit_row.agreement_with_no_exit <= 100
+
+
+def test_simulated_throughput_beside_measured_and_the_papers(run):
+    """The paper's procedure for the same variants: step times measured at batch 1, 2, 4, 8
+    for the variant and the original, exits from the eval JSON (none, oracle, each task
+    threshold), and the table pairs each with the measured setting and the paper's row."""
+    work, config = run
+    variants = pd.read_csv(config["variants"], sep="\t")
+    asking = list(variants.variant[variants.throughput])
+    assert sorted(p.stem for p in (work / "results/simulate").iterdir()) == sorted(asking)
+    sim = json.loads((work / "results/simulate/rec-stepwise-ee.json").read_text())
+    assert sim["model"]["batches"] == sim["original"]["batches"] == [1, 2, 4, 8]
+    assert sim["model"]["loops"] == 2 and sim["original"]["loops"] == 1 and sim["heldout_set"] == "wiki"
+    thresholds = config["eval"]["exit_task_thresholds"]["max_prob"]
+    assert [s["exit"] for s in sim["settings"]] == ["none", "oracle"] + [f"max_prob:{t:g}" for t in thresholds]
+    oracle = json.loads((work / "results/eval/rec-stepwise-ee.json").read_text())["exits"]["ppl"]["wiki"]["oracle"]
+    assert sim["settings"][1]["exit_at"] == oracle["exit_at"]
+    table = pd.read_csv(work / "results/tables/throughput_simulated.csv")
+    assert list(dict.fromkeys(table.variant)) == asking
+    ee = table[table.variant == "rec-stepwise-ee"].set_index("exit")
+    measured = json.loads((work / "results/throughput/rec-stepwise-ee.json").read_text())["settings"]
+    assert ee.loc["none", "measured_x_vanilla"] == next(s["speedup"] for s in measured if s["setting"] == "depthwise")
+    assert math.isnan(ee.loc["oracle", "measured_tokens_per_s"])
+    assert (table.paper_x_vanilla == 2.66).all() and (table.paper_x_sequence_wise == 1.88).all()
+    assert (work / "results/tables/throughput_simulated.md").is_file()
 
 
 def test_second_run_does_nothing_and_one_variant_reruns_alone(run):

@@ -29,13 +29,16 @@ def test_config(tmp_path):
     config = yaml.safe_load((ROOT / ".test/config/config.yaml").read_text())
     config["variants"] = str(ROOT / ".test/config/variants.tsv")
     config["paper_reference"] = str(ROOT / "config/paper_reference.tsv")
+    config["paper_throughput"] = str(ROOT / "config/paper_throughput.tsv")
     return config
 
 
 def test_test_config_builds_the_whole_dag(tmp_path, test_config):
     code, text = dry_run(tmp_path, test_config)
     assert code == 0, text[-2000:]
-    for rule, count in (("convert", 8), ("reduce", 1), ("uptrain", 11), ("evaluate", 12), ("aggregate", 1)):
+    # simulate: the paper's throughput procedure, one job per variant with throughput true
+    for rule, count in (("convert", 8), ("reduce", 1), ("uptrain", 11), ("evaluate", 12), ("throughput", 2),
+                        ("simulate", 2), ("aggregate", 1)):
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
 
 

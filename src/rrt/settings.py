@@ -249,6 +249,20 @@ class EarlyExitSettings(Section):
 
 
 @dataclass
+class SimulateSettings(Section):
+    prefix_tokens: int = setting(16, "dummy prompt tokens per sequence when timing decoding steps (paper: 512)", min=1)
+    new_tokens: int = setting(8, "tokens decoded when timing a step, and the longest simulated request (paper: 2048)",
+                              min=2)
+    max_batch: int = setting(8, "largest batch size timed and served in flight (timed at 1, 2, 4, ... and this)",
+                             min=1)
+    memory_mb: float | None = setting(None, "memory budget (weights + KV cache) that caps each model's batch: a "
+                                            "smaller model fits more sequences (paper: one A100 40GB, 40960); none: "
+                                            "max_batch alone", above=0)
+    requests: int = setting(64, "simulated requests, each of a seeded uniform length in 1..new_tokens", min=1)
+    seed: int = setting(0, "seed of the dummy prompts, request lengths and exit draws")
+
+
+@dataclass
 class ThroughputSettings(Section):
     heldout: str | None = setting(None, "held-out set (a name in `data.heldout`) the throughput prompts are cut "
                                         "from; none: the first one")
@@ -265,6 +279,10 @@ class ThroughputSettings(Section):
                                        "cache) the original holds at `max_batch`: the paper's \"max batch\" "
                                        "comparison (`false`: every setting at `max_batch`)")
     seed: int = setting(0, "seed of the prompt lengths")
+    simulate: SimulateSettings = setting(SimulateSettings, "the paper's procedure (`rrt simulate`): decoding "
+                                                           "steps timed at each batch size, then vanilla, sequence-"
+                                                           "wise and depth-wise batching simulated with the "
+                                                           "evaluation's exits")
 
 
 @dataclass
@@ -340,6 +358,9 @@ class WorkflowConfig(Section):
         **NO_META, "workflow": True, "help": "the pretrained models the variants start from, by name"})
     paper_reference: str | None = setting(None, "TSV of the paper's numbers (`config/paper_reference.tsv`): one row "
                                                 "per `paper_ref`, for the comparison table")
+    paper_throughput: str | None = setting(None, "TSV of the paper's throughput numbers "
+                                                 "(`config/paper_throughput.tsv`): one row per `paper_ref`, for the "
+                                                 "simulated-vs-measured throughput table")
     data: DataSettings = setting(DataSettings, "")
     train: TrainSettings = setting(TrainSettings, "")
     eval: EvalSettings = setting(EvalSettings, "")

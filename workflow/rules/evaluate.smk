@@ -65,3 +65,38 @@ rule throughput:
         "--max-batch {params.cfg[max_batch]} --exit-kv {params.cfg[exit_kv]} --seed {params.cfg[seed]} "
         "--{params.memory}same-memory "
         "{params.exits} > {log} 2>&1"
+
+
+rule simulate:
+    """The paper's throughput procedure for the variants whose `throughput` column is true:
+    decoding steps timed at each batch size on dummy inputs (the model and its full-size
+    original side by side), then vanilla, continuous sequence-wise and depth-wise batching
+    simulated with the exits the evaluation measured (oracle; early-exit variants also each
+    task threshold) (`rrt simulate`)."""
+    input:
+        model=final_dir,
+        original=lambda wc: base_dir(variant(wc).base),
+        eval="results/eval/{variant}.json",
+    output:
+        "results/simulate/{variant}.json",
+    params:
+        cfg=config["throughput"]["simulate"],
+        memory=optional_args(memory_mb=config["throughput"]["simulate"]["memory_mb"]),
+        exits=lambda wc: throughput_exit_args(wc.variant),
+        heldout=throughput_heldout(),
+    log:
+        "results/logs/simulate/{variant}.log",
+    benchmark:
+        "results/benchmarks/simulate/{variant}.tsv"
+    priority: chain_priority
+    threads: threads_of("evaluate")
+    resources:
+        **resources_of("evaluate"),
+    conda:
+        "../../envs/eval.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} rrt simulate --model {input.model} --original {input.original} "
+        "--eval {input.eval} --heldout-set {params.heldout} --out {output} "
+        "--prefix-tokens {params.cfg[prefix_tokens]} --new-tokens {params.cfg[new_tokens]} "
+        "--max-batch {params.cfg[max_batch]} --requests {params.cfg[requests]} --seed {params.cfg[seed]} "
+        "{params.memory} {params.exits} > {log} 2>&1"

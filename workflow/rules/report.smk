@@ -19,6 +19,8 @@ rule aggregate:
         evals=expand("results/eval/{variant}.json", variant=VARIANTS.index),
         train=[f"results/train/{v}/train_summary.json" for v in VARIANTS.index if needs_training(v)],
         throughput=expand("results/throughput/{variant}.json", variant=throughput_variants()),
+        simulate=expand("results/simulate/{variant}.json", variant=throughput_variants()),
+        paper_throughput=config["paper_throughput"] or [],
         variants=config["variants"],
         paper=config["paper_reference"] or [],
         benchmarks=benchmark_files(),
@@ -57,10 +59,15 @@ rule aggregate:
         throughput_table=report("results/tables/throughput.csv", caption="../report/throughput.rst",
                                 category="1. Results", labels={"table": "throughput"}),
         throughput_md="results/tables/throughput.md",
+        throughput_simulated=report("results/tables/throughput_simulated.csv",
+                                    caption="../report/throughput_simulated.rst", category="1. Results",
+                                    labels={"table": "throughput: simulated vs measured vs paper"}),
+        throughput_simulated_md="results/tables/throughput_simulated.md",
         fig_throughput=report("results/figures/throughput_accuracy.png", caption="../report/throughput_accuracy.rst",
                               category="2. Figures", labels={"figure": "throughput vs accuracy"}),
     params:
         paper=optional_args(paper=config["paper_reference"]),
+        paper_throughput=optional_args(paper_throughput=config["paper_throughput"]),
         train_settings=lambda wc: train_settings_json(),
     log:
         "results/logs/aggregate.log",
@@ -71,7 +78,8 @@ rule aggregate:
         "../../envs/report.yaml"
     shell:
         "rrt aggregate --variants {input.variants} {params.paper} --eval-dir results/eval "
-        "--train-dir results/train --throughput-dir results/throughput --tables results/tables "
+        "--train-dir results/train --throughput-dir results/throughput --simulate-dir results/simulate "
+        "{params.paper_throughput} --tables results/tables "
         "--figures results/figures --benchmarks results/benchmarks --train-settings '{params.train_settings}' "
         "--resolved-config {input.config} "
         "> {log} 2>&1"

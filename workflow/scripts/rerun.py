@@ -1,5 +1,5 @@
 """The Snakemake arguments that rerun one variant and only its jobs (`make rerun`):
-its evaluation (and throughput, for rows with `throughput` true) as targets, then
+its evaluation (and throughput and its simulation, for rows with `throughput` true) as targets, then
 `--forcerun` the one file the chosen step makes, so that step and what follows it run
 again and nothing else: neither the other variants nor, for an early-exit row, its parent.
 Targets come first: `--forcerun` takes several values and would swallow them.
@@ -38,7 +38,8 @@ def rerun_args(name: str, step: str, config_file: str) -> list[str]:
         forced = f"results/train/{name}/final"
     else:
         forced = f"results/eval/{name}.json"
-    targets = [f"results/eval/{name}.json"] + ([f"results/throughput/{name}.json"] if row.throughput else [])
+    served = [f"results/throughput/{name}.json", f"results/simulate/{name}.json"] if row.throughput else []
+    targets = [f"results/eval/{name}.json", *served]
     return [*targets, "--forcerun", forced]
 
 

@@ -272,6 +272,32 @@ def _serve_commands(sub) -> None:
     t.add_argument("--seed", type=int, default=THROUGHPUT["seed"], help="seed of the prompt lengths")
     t.add_argument("--device", default="auto", help="auto (cuda if there is one, in bf16; else cpu, fp32), cpu, cuda")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sim = THROUGHPUT["simulate"]
+    s = _command(sub, "simulate", "serve:simulate",
+                 help="the paper's throughput procedure: decoding steps timed at each batch size (dummy inputs), then "
+                      "vanilla, sequence-wise and depth-wise batching simulated with the evaluation's exits, as JSON")
+    s.add_argument("--model", required=True, help="HF model directory (base or recursive)")
+    s.add_argument("--original", default=None,
+                   help="the full-size original (speed-ups are over its simulated rates in this run); default: --model")
+    s.add_argument("--eval", required=True,
+                   help="the model's `rrt eval` JSON: its accuracy and, from its \"exits\", the oracle and threshold "
+                        "exit distributions")
+    s.add_argument("--heldout-set", default=None,
+                   help="the held-out set whose exit distributions are used (default: the first one evaluated at "
+                        "every exit)")
+    s.add_argument("--exit-thresholds", action="append", metavar="CRITERION=T1,T2,...",
+                   help="also simulate exiting at these thresholds (each one the eval scored); repeatable")
+    s.add_argument("--out", required=True, help="JSON result (written atomically)")
+    s.add_argument("--prefix-tokens", type=int, default=sim["prefix_tokens"])
+    s.add_argument("--new-tokens", type=int, default=sim["new_tokens"],
+                   help="tokens decoded when timing a step; the longest simulated request")
+    s.add_argument("--max-batch", type=int, default=sim["max_batch"], help="largest batch timed and served in flight")
+    s.add_argument("--memory-mb", type=float, default=sim["memory_mb"],
+                   help="memory budget (weights + KV cache) capping each model's batch; default: --max-batch alone")
+    s.add_argument("--requests", type=int, default=sim["requests"], help="simulated requests")
+    s.add_argument("--seed", type=int, default=sim["seed"])
+    s.add_argument("--device", default="auto", help="auto (cuda if there is one, in bf16; else cpu, fp32), cpu, cuda")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
 def _report_commands(sub) -> None:
@@ -288,6 +314,11 @@ def _report_commands(sub) -> None:
     p.add_argument("--throughput-dir", default=None,
                    help="`rrt throughput` results (<variant>.json of the variants with throughput true): adds "
                         "throughput.csv/.md and throughput_accuracy.png")
+    p.add_argument("--simulate-dir", default=None,
+                   help="`rrt simulate` results (<variant>.json of the variants with throughput true): adds "
+                        "throughput_simulated.csv/.md (simulated beside measured, from --throughput-dir)")
+    p.add_argument("--paper-throughput", default=None,
+                   help="TSV of the paper's throughput numbers (config/paper_throughput.tsv), for the simulated table")
     p.add_argument("--train-settings", default=None,
                    help="JSON of the workflow's train settings: the report states the choices the paper leaves open")
     p.add_argument("--resolved-config", metavar="JSON", default=None,

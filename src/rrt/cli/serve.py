@@ -1,4 +1,4 @@
-"""Handler of `rrt generate`."""
+"""Handlers of `rrt generate`, `rrt throughput` and `rrt simulate`."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ from ..io import atomic_write_text
 from ..model.load import load_config_dir, load_model_dir
 from ..serve.engine import DepthwiseEngine
 from ..serve.hf import hf_generate
+from ..serve.simulate import exits_from_eval, simulate_throughput
 from ..serve.throughput import heldout_prompts, measure_throughput
 from ..settings import EXIT_CRITERIA
 from . import checks
@@ -140,4 +141,47 @@ def throughput(args) -> None:
         raise UsageError(f"--model {args.model}: {e}") from None
     result |= {"model": str(args.model), "original": str(args.original or args.model), "heldout": str(args.heldout)}
     atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+    print(f"written to {args.out}")
+
+
+def simulate(args) -> None:
+    for flag, path in (("--original", args.original), ("--model", args.model)):
+        if path is not None:
+            load_config_dir(path, flag)
+            checks.check_weights(path, flag)
+    checks.output_file(args.out, "--out")
+    for flag, value, low in (("--prefix-tokens", args.prefix_tokens, 1), ("--new-tokens", args.new_tokens, 2),
+                             ("--max-batch", args.max_batch, 1), ("--requests", args.requests, 1)):
+        checks.at_least(flag, value, low)
+    if args.memory_mb is not None and not args.memory_mb > 0:
+        raise UsageError(f"--memory-mb must be > 0, got {args.memory_mb}")
+    try:
+        result = json.loads(Path(args.eval).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"--eval {args.eval}: not a readable JSON file ({e.__class__.__name__})") from None
+    thresholds = parse_thresholds(args.exit_thresholds, "--exit-thresholds", {})
+    sets = list(((result.get("exits") or {}).get("ppl") or {}))
+    heldout = args.heldout_set or (sets[0] if sets else None)
+    try:
+        settings = exits_from_eval(result, heldout, thresholds)
+    except ValueError as e:
+        raise UsageError(f"--eval {args.eval}: {e}") from None
+    if args.threads is not None:
+        checks.at_least("--threads", args.threads, 1)
+        torch.set_num_threads(args.threads)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    model = load_model_dir(args.model, "--model", dtype=dtype).to(device).eval()
+    same = args.original is None or Path(args.original).resolve() == Path(args.model).resolve()
+    original = None if same else load_model_dir(args.original, "--original", dtype=dtype).to(device).eval()
+    memory = None if args.memory_mb is None else int(args.memory_mb * 2**20)
+    try:
+        out = simulate_throughput(model, original, settings, prefix=args.prefix_tokens, new_tokens=args.new_tokens,
+                                  max_batch=args.max_batch, memory_bytes=memory, requests=args.requests,
+                                  seed=args.seed)
+    except ValueError as e:  # exits that do not fit the model, a budget below the weights, a refused model
+        raise UsageError(f"--model {args.model}: {e}") from None
+    out |= {"model_dir": str(args.model), "original_dir": str(args.original or args.model), "eval": str(args.eval),
+            "heldout_set": heldout}
+    atomic_write_text(args.out, json.dumps(out, indent=1) + "\n")
     print(f"written to {args.out}")

@@ -16,6 +16,7 @@ from ..variants import Experiment, read_variants
 from .coverage import coverage_table
 from .early_exit import exit_figures, exit_table, read_exits, threshold_table
 from .figures import make_figures
+from .simulated import simulated_table
 from .throughput import FIGURE as THROUGHPUT_FIGURE
 from .throughput import throughput_figure, throughput_table
 
@@ -174,7 +175,8 @@ def write_throughput(variants: pd.DataFrame, throughput_dir: Path, eval_dir: Pat
 
 
 def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_dir, bench_dir=None,
-              train_settings: dict | None = None, throughput_dir=None, config: dict | None = None) -> pd.DataFrame:
+              train_settings: dict | None = None, throughput_dir=None, config: dict | None = None,
+              simulate_dir=None, paper_throughput_tsv=None) -> pd.DataFrame:
     """Every table and figure of the report. `config`: the workflow's resolved config, which
     the variants are checked against and which says which of them train."""
     variants = read_variants(variants_tsv)
@@ -192,6 +194,10 @@ def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_
     _write(coverage_table(variants, paper, Path(eval_dir)), tables_dir / "paper_coverage")
     if throughput_dir is not None:
         write_throughput(variants, Path(throughput_dir), Path(eval_dir), tables_dir, figures_dir)
+    if simulate_dir is not None:
+        theirs = pd.read_csv(paper_throughput_tsv, sep="\t") if paper_throughput_tsv else None
+        _write(simulated_table(variants, Path(simulate_dir), throughput_dir, Path(eval_dir), theirs),
+               tables_dir / "throughput_simulated")
     if bench_dir is not None:
         _write(stage_times(Path(bench_dir)), tables_dir / "stage_times")
     return summary
