@@ -55,10 +55,11 @@ def test_local_mirror_dag_with_2_and_4_shards(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     mirror = dict(source="hub", heldout=["slimpajama", "redpajama", "pg19"], slimpajama=where.slimpajama,
-                  redpajama=where.redpajama, pg19=where.pg19, tokens_per_file=120, max_train_tokens=None)
+                  redpajama=where.redpajama, pg19=where.pg19, tokens_per_file=240, max_train_tokens=None)
     configure(work, shards=2, **mirror)
     log = run(work)
-    # 512 tokens x 1.1 / 120 per file: the first 5 of the 5 train files, by (n, chunk)
+    # 1,024 tokens (rec-stepwise's 512, then rec-stepwise-ee's 512 new ones) x 1.1 / 240 per
+    # file: the first 5 of the 5 train files, by (n, chunk)
     assert "--files 5 --shard 0 --shards 2" in log
     assert sorted(p.name for p in (work / "results/data/shards/tiny").iterdir()) == ["0-of-2", "1-of-2"]
     stats = json.loads((work / TARGET / "stats.json").read_text())

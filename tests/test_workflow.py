@@ -235,7 +235,9 @@ def test_interrupted_uptraining_resumes_on_rerun(run):
 
     work, config = run
     out = work / "results/train/rec-average"
-    longer = {**config["train"], "tokens": 64 * config["train"]["batch_tokens"], "save_steps": 2}
+    # 32 steps: every default-budget row gets them, and rec-stepwise-ee's new data (its
+    # parent's 32 steps, then its own) must still fit the test's data.max_train_tokens
+    longer = {**config["train"], "tokens": 32 * config["train"]["batch_tokens"], "save_steps": 2}
     (work / "longer.yaml").write_text(yaml.safe_dump({"train": longer}))
     cmd = [SNAKEMAKE, "--forcerun", "uptrain", "--cores", "1", "-s", str(ROOT / "Snakefile"), "-d", str(work),
            "--configfile", str(work / "test.yaml"), str(work / "longer.yaml"), "--",
@@ -256,6 +258,6 @@ def test_interrupted_uptraining_resumes_on_rerun(run):
     rerun = subprocess.run(cmd[:1] + ["--rerun-incomplete"] + cmd[3:], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["resumed_from_step"] >= saved[0] and summary["steps"] == 64
+    assert summary["resumed_from_step"] >= saved[0] and summary["steps"] == 32
     loss = pd.read_csv(out / "loss.csv")
-    assert list(loss.step) == list(range(1, 65))  # the history before the interruption is kept
+    assert list(loss.step) == list(range(1, 33))  # the history before the interruption is kept
