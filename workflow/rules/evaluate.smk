@@ -10,7 +10,7 @@ rule evaluate:
     params:
         ppl=lambda wc, input: " ".join(f"--ppl {s}={input.data}/heldout_{s}" for s in heldout_sets()),
         # the keys this job uses (a whole-section param would rerun every job when one key changes)
-        eval_cfg={k: config["eval"][k] for k in ("source", "batch_size", "prompt_format")},
+        eval_cfg={k: config["eval"][k] for k in ("source", "batch_size", "prompt_format", "precision")},
         tasks=",".join(config["eval"]["tasks"]) or "none",
         limit=optional_args(limit=config["eval"]["limit"]),
         exits=lambda wc: exit_eval_args(wc.variant),
@@ -28,7 +28,7 @@ rule evaluate:
         "OMP_NUM_THREADS={threads} rrt eval --model {input.model} --out {output} {params.ppl} "
         "--tasks {params.tasks} --source {params.eval_cfg[source]} {params.limit} "
         "--batch-size {params.eval_cfg[batch_size]} --prompt-format {params.eval_cfg[prompt_format]} "
-        "--workdir results/eval/tasks {params.exits} > {log} 2>&1"
+        "--precision {params.eval_cfg[precision]} --workdir results/eval/tasks {params.exits} > {log} 2>&1"
 
 
 rule throughput:

@@ -31,6 +31,7 @@ from ..settings import (
     LORA_INITS,
     NORM_INITS,
     PLAN,
+    PRECISIONS,
     REDUCED_INITS,
     SERVE,
     SHARINGS,
@@ -212,6 +213,9 @@ def _eval_commands(sub) -> None:
                         "or a warm datasets cache: unset HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)")
     e.add_argument("--limit", type=int, default=EVAL["limit"], help="first N items per task (default: all)")
     e.add_argument("--batch-size", type=int, default=EVAL["batch_size"])
+    e.add_argument("--precision", default=EVAL["precision"], choices=PRECISIONS,
+                   help="auto: bf16 on a GPU, fp32 on a CPU; bf16: also on a CPU with native bf16 matmuls "
+                        "(AVX512-BF16, AMX; else fp32 with a warning); fp32")
     e.add_argument("--prompt-format", action="append", metavar="[TASK=]FORMAT",
                    help=f"embedded prompt format (default {EVAL['prompt_format']}), e.g. rc_5shot or "
                         "hellaswag=rc_5shot; repeatable")

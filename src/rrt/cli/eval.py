@@ -121,5 +121,5 @@ def evaluate(args) -> None:
         raise UsageError("--exit-thresholds and --exit-task-thresholds need --exits")
     result = evaluate_model(args.model, args.out, ppl, tasks, args.source, args.limit, args.batch_size,
                             args.workdir, formats, default, exits=args.exits, exit_thresholds=thresholds,
-                            exit_task_thresholds=task_thresholds)
+                            exit_task_thresholds=task_thresholds, precision=args.precision)
     print(json.dumps({k: v for k, v in result.items() if k.startswith(("ppl_", "acc_"))}, indent=1))

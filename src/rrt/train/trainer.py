@@ -10,8 +10,8 @@ What the paper fixes and what this module adds where it is silent:
   (micro-batch x block length x accumulation x ranks) and the run about `max_tokens`.
 - All parameters are trained: for a RecursiveForCausalLM the shared block and every
   depth's LoRA, for a plain model everything.
-- fp32 on CPU (bf16 matmuls are ~30x slower on the CPUs we run on), bf16 mixed precision
-  on GPU; DeepSpeed when a config is given.
+- `precision` (`rrt.model.precision`): by default bf16 mixed precision on a GPU and fp32 on
+  a CPU; `bf16` also on a CPU with native bf16 matmuls. DeepSpeed when a config is given.
 - With a teacher: loss = (1 - kd_weight) * CE + kd_weight * KD, KD from `rrt.kd` on the
   predicted positions. The paper does not state its mix; kd_weight = 1 is pure KD.
 - Memory switches for paper scale (they change no number, only memory for time):
@@ -52,6 +52,7 @@ from transformers.utils import logging as hf_logging
 from ..data.blocks import TokenBlocks, blocks_left_after, is_block_dir
 from ..model import modeling  # noqa: F401  registers the recursive model type
 from ..model.exits import exit_depths
+from ..model.precision import use_bf16
 from ..settings import TrainSettings
 from .checkpoints import (
     CHECKPOINTS,
@@ -212,12 +213,14 @@ def _single_process_env() -> None:
 
 
 # --- the run ----------------------------------------------------------------------------
-def _resolve_bf16(bf16) -> bool:
-    if bf16 == "auto":
-        return torch.cuda.is_available()
+def _resolve_bf16(bf16, precision: str) -> bool:
+    """bf16 mixed precision or fp32: `bf16` (True/False) when given, else the settings'
+    `precision` on this run's device (`rrt.model.precision`)."""
+    if bf16 is None:
+        return use_bf16(precision, "cuda" if torch.cuda.is_available() else "cpu")
     if isinstance(bf16, bool):
         return bf16
-    raise ValueError(f"bf16 must be True, False or 'auto', got {bf16!r}")
+    raise ValueError(f"bf16 must be True, False or None (the settings' precision), got {bf16!r}")
 
 
 def _vocab(model) -> int:
@@ -260,7 +263,7 @@ def _training_args(out_dir: Path, config: dict, micro: int, accum: int, steps: i
 
 def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *, teacher_dir=None,
           keep_checkpoints: bool = False, time_limit_minutes: float | None = None, requeue: bool = False,
-          callbacks=(), bf16="auto", progress: bool = True) -> dict:
+          callbacks=(), bf16: bool | None = None, progress: bool = True) -> dict:
     """Uptrain the model in `model_dir` on the packed blocks in `data_dir`; write `out_dir`.
 
     `settings` is the workflow's `train` section (`rrt.settings.TrainSettings`, checked when
@@ -307,7 +310,7 @@ def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *
     steps = num_steps(max_tokens, step_tokens)
     if settings.data_after:
         data = _new_blocks(data, settings.data_after, config["seed"], step_tokens, block, steps * step_tokens // block)
-    use_bf16 = _resolve_bf16(bf16)
+    use_bf16 = _resolve_bf16(bf16, settings.precision)
     config.update(warmup_steps=warmup_steps_for(steps, settings.warmup_steps, settings.warmup_ratio),
                   warmup_ratio=None if settings.warmup_steps is not None else settings.warmup_ratio,
                   bf16=use_bf16, world_size=world, model_dir=str(Path(model_dir).resolve()),
