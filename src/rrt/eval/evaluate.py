@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from ..data.tokenizer import prefix_token
 from ..errors import UsageError, first_line
-from ..io import atomic_write_json
+from ..io import atomic_write_json, check_finite
 from ..model.exits import exit_depths, read_at_exit, read_when_confident
 from ..model.load import load_model_dir
 from ..model.params import count_params
@@ -85,8 +85,10 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
     With `exits`, also "exits": {"loops", "depths", "ppl": {set: `exit_perplexity` with
     `exit_thresholds`}, "tasks": [accuracies read at each exit], "task_thresholds":
     {criterion: [accuracies with each token read at its confident exit, per threshold of
-    `exit_task_thresholds`]}} (`exit_tasks`)."""
+    `exit_task_thresholds`]}} (`exit_tasks`). A NaN or infinite metric is a NonFiniteError
+    naming it (e.g. `ppl_wikitext`), raised as soon as it is measured; nothing is written."""
     ppl_sets, tasks = dict(ppl_sets or {}), list(tasks or [])
+    failed = f"evaluation of {model_dir} (nothing written to {out_json})"  # a NaN or infinite metric
     start = time.perf_counter()
     model, tokenizer = _load(model_dir, need_tokenizer=bool(tasks))
     prefix = prefix_token(tokenizer) if tokenizer is not None else None
@@ -105,6 +107,8 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
             result["ppl"][name] = perplexity(model, path, batch_size, prefix)
         result[f"ppl_{name}"] = result["ppl"][name]["ppl"]
         seconds[f"ppl_{name}"] = time.perf_counter() - t
+        check_finite({f"ppl_{name}": result[f"ppl_{name}"], "ppl": result["ppl"], "exits": result.get("exits")},
+                     failed)  # at once: the tasks would take long and change nothing
     if tasks:
         # With exits the tasks run 1 + (loops - 1) + thresholds times: the depths run once,
         # every rerun only reads the kept hidden states out (`ExitStates`; same logits).
@@ -123,5 +127,6 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
             seconds["task_exits"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - start
     result["seconds"] = seconds
+    check_finite(result, failed)
     atomic_write_json(out_json, result)
     return result
