@@ -271,3 +271,17 @@ def test_tokens_without_a_fingerprint_load_with_a_warning(root, tmp_path, capsys
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warnings == [f"warning: --ppl wiki={held} records no tokenizer fingerprint (tokenized before it was "
                         "recorded): its tokens are not checked against --model's tokenizer"]
+
+
+def test_the_gather_step_refuses_shards_of_another_tokenizer(root, tmp_path, capsys):
+    """`rrt tokenize` writes held-out sets with its --tokenizer: shards made by another one
+    are refused (one line naming both), nothing written."""
+    gemma_tok = bos_tokenizer(tmp_path / "gemma-tok")
+    out = tmp_path / "tokens"
+    line = cli_error(capsys, ["tokenize", "--corpus", str(root / "corpus"), "--shard-dirs", str(root / "shard-0-of-1"),
+                              "--tokenizer", str(gemma_tok), "--out", str(out), "--block-size", str(BLOCK)])
+    theirs = tokenizer_fingerprint(AutoTokenizer.from_pretrained(root / "tok"))
+    assert line == (f"rrt tokenize: error: the shards were tokenized by {root / 'tok'} ({theirs[:19]}…), not by "
+                    f"{gemma_tok} ({tokenizer_fingerprint(AutoTokenizer.from_pretrained(gemma_tok))[:19]}…): its "
+                    "held-out sets would not match")
+    assert not out.exists()

@@ -79,6 +79,7 @@ class DocumentTokenizer:
         self.separator = document_separator(self.hf)
         self.dtype = token_dtype(len(self.hf))
         self._rust = self.hf.backend_tokenizer
+        self.fingerprint = tokenizer_fingerprint(self.hf)  # once: a 256k vocabulary takes seconds
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
         out = []
@@ -91,6 +92,6 @@ class DocumentTokenizer:
         return out
 
     def describe(self) -> dict:
-        return {"name": self.hf.name_or_path, "vocab_size": len(self.hf), "fingerprint": tokenizer_fingerprint(self.hf),
+        return {"name": self.hf.name_or_path, "vocab_size": len(self.hf), "fingerprint": self.fingerprint,
                 "dtype": self.dtype.name,
                 "separator": {"token": self.hf.convert_ids_to_tokens(self.separator), "id": self.separator}}
