@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rrt.cli import main
+from rrt.data.shards import write_mirror
 from rrt.data.tokenizer import tokenizer_fingerprint
 from rrt.errors import NonFiniteError
 from rrt.eval.evaluate import evaluate_model
@@ -52,7 +53,6 @@ def root(tmp_path_factory):
     rng = torch.Generator().manual_seed(0)
     docs = [("s", words(*torch.randint(0, 50, (int(torch.randint(8, 20, (1,), generator=rng)),),
                                       generator=rng).tolist())) for _ in range(120)]
-    from rrt.data.shards import write_mirror
     write_mirror(root / "mirror", docs[:100], files=2, chunks=1)
     corpus = make_corpus_dir(root / "corpus", wiki=docs[100:])
     tokenize_n(root, root / "mirror", corpus, tok, 1, BLOCK)  # root/tokens-1/{train,heldout_wiki}

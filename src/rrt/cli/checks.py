@@ -1,5 +1,6 @@
 """Checks shared by the handlers: numbers, output paths, weights files, tokens of the
-model's own tokenizer, and removing what a failed command created. Every failure is a `UsageError` naming the flag and the value."""
+model's own tokenizer, and removing what a failed command created. Every failure is a
+`UsageError` naming the flag and the value."""
 from __future__ import annotations
 
 import contextlib
