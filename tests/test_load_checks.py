@@ -285,3 +285,17 @@ def test_the_gather_step_refuses_shards_of_another_tokenizer(root, tmp_path, cap
                     f"{gemma_tok} ({tokenizer_fingerprint(AutoTokenizer.from_pretrained(gemma_tok))[:19]}…): its "
                     "held-out sets would not match")
     assert not out.exists()
+
+
+def test_weights_the_config_does_not_use_load_with_a_warning(root, tmp_path, capsys):
+    """Extra tensors (a config with fewer LoRA modules than its weights) do not change the
+    model the config describes: it loads, and one warning line names them."""
+    shutil.copytree(root / "rec", tmp_path / "extra")
+    tensors = load_file(tmp_path / "extra" / "model.safetensors")
+    tensors["base.model.layers.0.linears.extra.lora_A"] = torch.zeros(2, 2)
+    save_file(tensors, tmp_path / "extra" / "model.safetensors", metadata={"format": "pt"})
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "extra")]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: model {tmp_path / 'extra'}: 1 tensors in its weights are not in its config, ignored "
+        "(base.model.layers.0.linears.extra.lora_A)"]
