@@ -1,5 +1,6 @@
 """Errors every layer may raise. `UsageError` is bad input from the user (a flag, a file,
-a config value): the CLI prints it as one line and exits 2. `Paused` is not a failure: a
+a config value): the CLI prints it as one line and exits 2. `NonFiniteError`: a metric
+that came out NaN or infinite (exit 1, like any other failure). `Paused` is not a failure: a
 long job stopped on purpose with its state saved; the CLI exits 75 (EX_TEMPFAIL)."""
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ def first_line(e: BaseException) -> str:
     theirs), or its type name when it has none."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+class NonFiniteError(ValueError):
+    """A number that came out NaN or infinite where a result must be finite (a perplexity,
+    an accuracy, a loss): an error naming it, never a value written as a result."""
 
 
 class Paused(Exception):

@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import secrets
 import shutil
 from pathlib import Path
+
+from .errors import NonFiniteError
 
 
 def atomic_write_text(path: str | Path, text: str, durable: bool = False) -> None:
@@ -45,8 +48,39 @@ def _create_temp(path: Path) -> tuple[int, Path]:
             continue
 
 
+def non_finite(data, where: str = "") -> list[tuple[str, float]]:
+    """(key path, value) of every NaN or infinite float in nested dicts and lists, in
+    order; paths read like `ppl.wikitext.ppl` or `exits.ppl.x.exits[1].nll`."""
+    if isinstance(data, float):
+        return [] if math.isfinite(data) else [(where or "the value", data)]
+    if isinstance(data, dict):
+        return [bad for k, v in data.items() for bad in non_finite(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(data, (list, tuple)):
+        return [bad for i, v in enumerate(data) for bad in non_finite(v, f"{where}[{i}]")]
+    return []
+
+
+def check_finite(data, what: str) -> None:
+    """NonFiniteError naming the first NaN or infinite number in `data` (of `what`), and
+    how many there are."""
+    bad = non_finite(data)
+    if bad:
+        key, value = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise NonFiniteError(f"{what}: {key} is {value}{more}; a result must be a finite number")
+
+
+def json_text(data, what: str = "JSON") -> str:
+    """`data` as strict JSON (indent 1, newline-terminated): NaN and infinities, which
+    json.dumps would write as the non-JSON tokens NaN/Infinity, are a NonFiniteError
+    naming the key."""
+    check_finite(data, what)
+    return json.dumps(data, indent=1, allow_nan=False) + "\n"
+
+
 def atomic_write_json(path: str | Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    """Strict JSON (`json_text`), atomically; nothing is written when a number is not finite."""
+    atomic_write_text(path, json_text(data, str(path)))
 
 
 @contextlib.contextmanager
@@ -80,7 +114,7 @@ def durable_write_text(path: str | Path, text: str) -> None:
 
 
 def durable_write_json(path: str | Path, data) -> None:
-    durable_write_text(path, json.dumps(data, indent=1) + "\n")
+    durable_write_text(path, json_text(data, str(path)))
 
 
 def file_sha256(path: str | Path, fsync: bool = False, chunk: int = 1 << 22) -> tuple[int, str]:

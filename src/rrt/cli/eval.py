@@ -100,6 +100,7 @@ def evaluate(args) -> None:
     ppl = _parse_pairs(args.ppl, "--ppl")
     for name, path in ppl.items():
         _check_ppl_set(name, path)
+        checks.same_tokenizer(args.model, "--model", path, f"--ppl {name}={path}")
     tasks = parse_tasks(args.tasks)
     formats, default = _parse_prompt_formats(args.prompt_format, tasks, args.source)
     if args.limit is not None and args.limit < 1:

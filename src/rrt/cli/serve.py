@@ -9,7 +9,7 @@ import torch
 from transformers import AutoTokenizer
 
 from ..errors import UsageError
-from ..io import atomic_write_text
+from ..io import atomic_write_json, atomic_write_text
 from ..model.load import load_config_dir, load_model_dir
 from ..serve.engine import DepthwiseEngine
 from ..serve.hf import hf_generate
@@ -140,7 +140,7 @@ def throughput(args) -> None:
     except ValueError as e:  # the engine refuses the model (family, sharing)
         raise UsageError(f"--model {args.model}: {e}") from None
     result |= {"model": str(args.model), "original": str(args.original or args.model), "heldout": str(args.heldout)}
-    atomic_write_text(args.out, json.dumps(result, indent=1) + "\n")
+    atomic_write_json(args.out, result)
     print(f"written to {args.out}")
 
 
@@ -183,5 +183,5 @@ def simulate(args) -> None:
         raise UsageError(f"--model {args.model}: {e}") from None
     out |= {"model_dir": str(args.model), "original_dir": str(args.original or args.model), "eval": str(args.eval),
             "heldout_set": heldout}
-    atomic_write_text(args.out, json.dumps(out, indent=1) + "\n")
+    atomic_write_json(args.out, out)
     print(f"written to {args.out}")

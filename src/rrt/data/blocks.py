@@ -88,6 +88,17 @@ def is_block_dir(path) -> bool:
     return (Path(path) / INDEX).is_file()
 
 
+def recorded_tokenizer(split_dir) -> dict | None:
+    """The tokenizer a split or store written by `rrt tokenize` records (its index.json,
+    else its manifest.json: name, vocab_size, fingerprint, ...; no fingerprint in those
+    written before it was recorded); None for a directory that is neither (a `datasets` one)."""
+    for name in (INDEX, "manifest.json"):
+        path = Path(split_dir) / name
+        if path.is_file():
+            return json.loads(path.read_text()).get("tokenizer") or {}
+    return None
+
+
 class TokenBlocks(torch.utils.data.Dataset):
     """The blocks of a split directory (`index.json`), each {"input_ids": LongTensor[S]};
     stores are memory-mapped on first use (so the object pickles cheaply to workers)."""

@@ -1,6 +1,9 @@
 """Documents to token ids: the document separator, the id dtype, batched encoding."""
 from __future__ import annotations
 
+import hashlib
+import json
+
 import numpy as np
 from transformers import AutoTokenizer
 
@@ -40,6 +43,28 @@ def prefix_token(tokenizer) -> int | None:
     return ids[0] if ids and ids[0] == tokenizer.bos_token_id else None
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    """"sha256:<hex>" of what maps text to ids: the backend tokenizer's model (vocabulary
+    with its merges or scores, unknown token, byte fallback) and its added tokens (id,
+    content, special), serialised canonically. Two tokenizers with the same vocabulary size
+    but other tokens differ; saving and reloading one does not change it (its truncation,
+    padding and decoder are not part of it). Recorded in every token store's manifest
+    (`DocumentTokenizer.describe`), so a model is never fed another tokenizer's ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        model = dict(state["model"])
+        if isinstance(model.get("merges"), list):  # "a b" (older tokenizers) and ["a", "b"] alike
+            model["merges"] = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model["merges"]]
+        added = sorted((t["id"], t["content"], bool(t.get("special"))) for t in state.get("added_tokens", []))
+    else:  # a tokenizer without a Rust backend: its vocabulary and added tokens
+        model = {"vocab": sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])}
+        added = sorted((i, str(t), True) for t, i in getattr(tokenizer, "added_tokens_encoder", {}).items())
+    text = json.dumps({"model": model, "added_tokens": added}, sort_keys=True, ensure_ascii=False,
+                      separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def token_dtype(vocab_size: int):
     """uint16 when every id fits (SmolLM2 49k, Llama 32k, GPT-NeoX 50k), else uint32 (Gemma 256k)."""
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
@@ -54,6 +79,7 @@ class DocumentTokenizer:
         self.separator = document_separator(self.hf)
         self.dtype = token_dtype(len(self.hf))
         self._rust = self.hf.backend_tokenizer
+        self.fingerprint = tokenizer_fingerprint(self.hf)  # once: a 256k vocabulary takes seconds
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
         out = []
@@ -66,5 +92,6 @@ class DocumentTokenizer:
         return out
 
     def describe(self) -> dict:
-        return {"name": self.hf.name_or_path, "vocab_size": len(self.hf), "dtype": self.dtype.name,
+        return {"name": self.hf.name_or_path, "vocab_size": len(self.hf), "fingerprint": self.fingerprint,
+                "dtype": self.dtype.name,
                 "separator": {"token": self.hf.convert_ids_to_tokens(self.separator), "id": self.separator}}

@@ -39,6 +39,10 @@ def tokenize_corpus(corpus_dir, tokenizer_dir, shard_dirs, out_dir, block_size: 
     stats = {"block_size": block_size, "tokenizer": str(tokenizer_dir), **tokenizer.describe(), "splits": {}}
     with atomic_output_dir(out_dir) as tmp:
         train = gather_shards(shard_dirs, tmp / "train", block_size, max_train_tokens)
+        made_by = train["tokenizer"].get("fingerprint")  # None: shards written before it was recorded
+        if made_by is not None and made_by != tokenizer.fingerprint:
+            raise ValueError(f"the shards were tokenized by {train['tokenizer']['name']} ({made_by[:19]}…), not by "
+                             f"{tokenizer_dir} ({tokenizer.fingerprint[:19]}…): its held-out sets would not match")
         stats["splits"]["train"] = _split_stats(train)
         if train["blocks"] == 0:
             raise ValueError(f"train has {train['stream_tokens']} tokens, less than one block of {block_size}")

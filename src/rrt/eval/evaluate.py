@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from ..data.tokenizer import prefix_token
 from ..errors import UsageError, first_line
-from ..io import atomic_write_json
+from ..io import atomic_write_json, check_finite
 from ..model.exits import exit_depths, read_at_exit, read_when_confident
 from ..model.load import load_model_dir
 from ..model.params import count_params
@@ -89,9 +89,12 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
     With `exits`, also "exits": {"loops", "depths", "ppl": {set: `exit_perplexity` with
     `exit_thresholds`}, "tasks": [accuracies read at each exit], "task_thresholds":
     {criterion: [accuracies with each token read at its confident exit, per threshold of
-    `exit_task_thresholds`]}} (`exit_tasks`). `precision` (auto | bf16 | fp32,
-    `rrt.model.precision`) is recorded as "precision": the one the run used (bf16 or fp32)."""
+    `exit_task_thresholds`]}} (`exit_tasks`). A NaN or infinite metric is a NonFiniteError
+    naming it (e.g. `ppl_wikitext`), raised as soon as it is measured; nothing is written.
+    `precision` (auto | bf16 | fp32, `rrt.model.precision`) is recorded as "precision": the one
+    the run used (bf16 or fp32)."""
     ppl_sets, tasks = dict(ppl_sets or {}), list(tasks or [])
+    failed = f"evaluation of {model_dir} (nothing written to {out_json})"  # a NaN or infinite metric
     start = time.perf_counter()
     model, tokenizer, bf16 = _load(model_dir, need_tokenizer=bool(tasks), precision=precision)
     with autocast(bf16 and not torch.cuda.is_available()):  # a GPU model is in bf16 itself
@@ -99,8 +102,7 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
         seconds = {"load": time.perf_counter() - start}
         result = {"model": str(model_dir), "source": source, "limit": limit, "device": str(next(model.parameters()).device),
                   "torch_threads": torch.get_num_threads(), "params": count_params(model), "prefix_token": prefix,
-                  "precision": "bf16" if bf16 else "fp32",
-                  "ppl": {}}
+                  "precision": "bf16" if bf16 else "fp32", "ppl": {}}
         if exits:
             result["exits"] = {"loops": len(exit_depths(model)), "depths": exit_depths(model), "ppl": {}}
         for name, path in ppl_sets.items():
@@ -112,6 +114,8 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
                 result["ppl"][name] = perplexity(model, path, batch_size, prefix)
             result[f"ppl_{name}"] = result["ppl"][name]["ppl"]
             seconds[f"ppl_{name}"] = time.perf_counter() - t
+            check_finite({f"ppl_{name}": result[f"ppl_{name}"], "ppl": result["ppl"], "exits": result.get("exits")},
+                         failed)  # at once: the tasks would take long and change nothing
         if tasks:
             # With exits the tasks run 1 + (loops - 1) + thresholds times: the depths run once,
             # every rerun only reads the kept hidden states out (`ExitStates`; same logits).
@@ -130,5 +134,6 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
                 seconds["task_exits"] = time.perf_counter() - t
         seconds["total"] = time.perf_counter() - start
         result["seconds"] = seconds
+        check_finite(result, failed)
         atomic_write_json(out_json, result)
         return result

@@ -16,6 +16,7 @@ Parameter names in a checkpoint:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 
@@ -29,6 +30,7 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.configuration_utils import SubConfigSpec
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .binding import SharedSlot
@@ -227,6 +229,28 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
                 nn.init.zeros_(module.bias)
         else:
             self.base._init_weights(module)
+
+    def _initialize_missing_keys(self, is_quantized: bool) -> None:
+        """`from_pretrained` of a checkpoint that lacks some tensors (a partial copy, another
+        config): transformers initialises the missing ones through `_init_weights`, but hands
+        every module inside `self.base` to the base family's own, which knows no DepthLinear
+        and would leave its LoRA as uninitialised memory (NaN logits). Here each depth's
+        incomplete LoRA pair gets B = 0 (with a fresh Kaiming A), so that depth runs its
+        shared layer unchanged, and a missing own bias is zero (`DepthLinear.fill_missing`);
+        missing norms and shared weights get the family's init. The load still reports them
+        as missing; `rrt` refuses such a directory (`rrt.model.load.load_model_dir`). Loading
+        only: a model built fresh initialised its DepthLinears when they were made."""
+        super()._initialize_missing_keys(is_quantized)
+        depth_linears = [m for m in self.modules() if isinstance(m, DepthLinear)]
+        gathered = contextlib.nullcontext()
+        if is_deepspeed_zero3_enabled() and not is_quantized:  # partitioned parameters: as transformers does
+            import deepspeed
+
+            gathered = deepspeed.zero.GatheredParameters([p for m in depth_linears for p in m.parameters()],
+                                                         modifier_rank=0)
+        with gathered:
+            for module in depth_linears:
+                module.fill_missing()
 
     def _set_gradient_checkpointing(self, *args, **kwargs):
         super()._set_gradient_checkpointing(*args, **kwargs)

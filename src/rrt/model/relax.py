@@ -135,6 +135,21 @@ class DepthLinear(nn.Module):
         nn.init.zeros_(self.lora_B)
 
     @torch.no_grad()
+    def fill_missing(self) -> None:
+        """After a load that did not hold all of this depth's tensors (those transformers did
+        not load lack its `_is_hf_initialized` flag): an incomplete LoRA pair gets the
+        standard init (`reset_lora`: B zero, so B @ A = 0 and the depth runs its slot's shared
+        linear as it is; a loaded half is dropped, alone it means nothing), a missing own bias
+        zero. Never left as the uninitialised memory the loader allocated."""
+        def loaded(p):
+            return getattr(p, "_is_hf_initialized", False)
+
+        if self.rank > 0 and not (loaded(self.lora_A) and loaded(self.lora_B)):
+            self.reset_lora()
+        if self.bias is not None and not loaded(self.bias):
+            nn.init.zeros_(self.bias)
+
+    @torch.no_grad()
     def set_factors(self, us: torch.Tensor, vh: torch.Tensor) -> None:
         """LoRA from a factorisation of the residual: scale * B @ A == us @ vh."""
         self.lora_B.copy_(us / self.scale)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import shutil
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def summary_of(trainer, config: dict, *, steps, micro, accum, block, seconds, se
         "tokens_per_step": micro * accum * block * config["world_size"], "micro_batch_size": micro,
         "gradient_accumulation": accum, "block_size": block, "planned_steps": steps,
         "seconds": round(seconds, 3), "session_tokens": session_tokens,
-        "tokens_per_second": session_tokens / seconds if seconds > 0 else math.nan,
+        "tokens_per_second": session_tokens / seconds if seconds > 0 else None,
         "resumed_from_step": step_of(resume) if resume else None,
         "final_loss": last.get("loss"), "final_ce": last.get("ce"), "final_kd": last.get("kd"),
         "threads": torch.get_num_threads(), "device": str(trainer.args.device), "config": config,

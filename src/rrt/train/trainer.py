@@ -40,7 +40,6 @@ from pathlib import Path
 import torch
 from datasets import load_from_disk
 from transformers import (
-    AutoModelForCausalLM,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -52,6 +51,7 @@ from transformers.utils import logging as hf_logging
 from ..data.blocks import TokenBlocks, blocks_left_after, is_block_dir
 from ..model import modeling  # noqa: F401  registers the recursive model type
 from ..model.exits import exit_depths
+from ..model.load import load_model_dir
 from ..model.precision import use_bf16
 from ..settings import TrainSettings
 from .checkpoints import (
@@ -230,7 +230,7 @@ def _vocab(model) -> int:
 def _load_teacher(teacher_dir, dtype, student_vocab: int):
     """The teacher, once: eval mode, frozen, in the compute dtype (the Trainer moves it to
     the training device)."""
-    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=dtype).eval().requires_grad_(False)
+    teacher = load_model_dir(teacher_dir, "--teacher", dtype=dtype).eval().requires_grad_(False)
     if _vocab(teacher) != student_vocab:
         raise ValueError(f"teacher {teacher_dir} has vocab {_vocab(teacher)}, the student {student_vocab}")
     return teacher
@@ -327,7 +327,7 @@ def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *
     resume = find_resume(out_dir / CHECKPOINTS, run)  # refuses checkpoints of other settings
     record_run(out_dir, run)
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = load_model_dir(model_dir, "--model", dtype=torch.float32)  # refuses weights not covering the config
     weights = exit_weights_for(config["exit_weights"], len(exit_depths(model))) \
         if config["exit_weights"] is not None else None
     teacher = None
