@@ -321,8 +321,6 @@ def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *
     if is_main_process():  # leftovers of a run killed while saving its final model
         shutil.rmtree(out_dir / FINAL_TMP, ignore_errors=True)
     run = run_settings(config)
-    resume = find_resume(out_dir / CHECKPOINTS, run)  # refuses checkpoints of other settings
-    record_run(out_dir, run)
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     weights = exit_weights_for(config["exit_weights"], len(exit_depths(model))) \
@@ -330,7 +328,12 @@ def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *
     teacher = None
     if teacher_dir:
         teacher = _load_teacher(teacher_dir, torch.bfloat16 if use_bf16 else torch.float32, _vocab(model))
+    # After the TrainingArguments (they start torch.distributed under torchrun or DeepSpeed) and
+    # after loading the models (made first, under ZeRO-3 they would load partitioned): with
+    # several ranks rank 0 alone checks the checkpoints and tells the others.
     args = _training_args(out_dir, config, micro, accum, steps, use_bf16)
+    resume = find_resume(out_dir / CHECKPOINTS, run)  # refuses checkpoints of other settings
+    record_run(out_dir, run)
     stop = StopBeforeLimit(deadline(time_limit_minutes, started), settings.stop_margin_s)
     trainer = UptrainTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
                              teacher=teacher, kd_kind=config["kd_kind"], kd_weight=config["kd_weight"],
