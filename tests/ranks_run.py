@@ -19,6 +19,14 @@ import torch
 BLOCK = 16
 
 
+def settings_for(steps: int, deepspeed=None):
+    """The run's TrainSettings (also what a test's one-rank reference runs)."""
+    from rrt.settings import TrainSettings
+
+    return TrainSettings(tokens=steps * 4 * BLOCK, batch_tokens=4 * BLOCK, micro_batch_size=1, lr=1e-2, save_steps=1,
+                         warmup_steps=1, seed=3, deepspeed=None if deepspeed is None else str(deepspeed))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("model")
@@ -30,7 +38,6 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
 
-    from rrt.settings import TrainSettings
     from rrt.train import checkpoints
     from rrt.train.trainer import train
 
@@ -48,9 +55,40 @@ def main() -> None:
             return write_manifest(checkpoint, run, step)
 
         checkpoints.write_manifest = killed_before_the_manifest
-    settings = TrainSettings(tokens=args.steps * 4 * BLOCK, batch_tokens=4 * BLOCK, micro_batch_size=1, lr=1e-2,
-                             save_steps=1, warmup_steps=1, seed=3, deepspeed=args.deepspeed)
-    train(args.model, args.data, args.out, settings, progress=False)
+    train(args.model, args.data, args.out, settings_for(args.steps, args.deepspeed), progress=False)
+
+
+def verdict_on_rank(rank: int, init_file: str, cases: list, out: str) -> None:
+    """One of 2 gloo ranks (started by torch.multiprocessing): `find_resume` for each
+    (checkpoints, run) case; writes what it returned or raised, what it printed and which
+    files it verified or hashed to OUT/rank<rank>.json."""
+    import json
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from rrt.train import checkpoints
+
+    os.environ["RANK"] = str(rank)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    verified, hashed = [], []
+    verify, file_sha256 = checkpoints.verify, checkpoints.file_sha256
+    checkpoints.verify = lambda path: (verified.append(Path(path).name), verify(path))[1]
+    checkpoints.file_sha256 = lambda path, *a, **k: (hashed.append(str(path)), file_sha256(path, *a, **k))[1]
+    results = []
+    for directory, run in cases:
+        printed = []
+        try:
+            found = checkpoints.find_resume(Path(directory), run, log=printed.append)
+            result = {"found": None if found is None else str(found)}
+        except ValueError as e:
+            result = {"refused": str(e)}
+        results.append({**result, "printed": printed, "verified": verified[:], "hashed": hashed[:]})
+        verified.clear()
+        hashed.clear()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
