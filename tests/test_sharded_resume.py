@@ -22,6 +22,8 @@ from . import ranks_run
 from .test_train import models, one_thread, read_csv, save_blocks, weights  # noqa: F401  fixtures
 
 RUN = {"lr": 0.01, "world_size": 2, "deepspeed": "/configs/zero.json"}
+REPO = Path(__file__).resolve().parents[1]
+ZERO = {2: REPO / "workflow/deepspeed/zero2.json", 3: REPO / "workflow/deepspeed/zero3.json"}
 
 
 def _zero_checkpoint(path: Path, step: int, stage: int, world: int = 2) -> Path:
@@ -116,9 +118,22 @@ def test_rank_0_checks_once_and_the_other_rank_takes_its_verdict(tmp_path):
     assert sorted(p.name for p in refused.iterdir()) == ["checkpoint-2", "checkpoint-3"]
 
 
+def test_zero3_refuses_a_recursive_model_in_one_line(models, tmp_path, monkeypatch):
+    """ZeRO-3 cannot partition a recursive model's shared block (it runs through per-depth
+    views, not the registered module): refused before any training, not an AttributeError
+    (`ds_id`) from DeepSpeed's hooks at the first step."""
+    _, rec = models
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(name, "")  # recorded, so that the one-process world train() declares
+        monkeypatch.delenv(name)  # for DeepSpeed is undone after the test
+    data = save_blocks(tmp_path / "data", 8)
+    with pytest.raises(ValueError, match=r"^DeepSpeed ZeRO-3 \(.*zero3\.json\) cannot train a recursive model: .*use "
+                                         r"ZeRO-2$"):
+        train(rec, data, tmp_path / "out", ranks_run.settings_for(2, ZERO[3]), progress=False)
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
 # --- slow: real 2-rank DeepSpeed jobs, SIGKILLed as a whole -----------------------------------
-REPO = Path(__file__).resolve().parents[1]
-ZERO = {2: REPO / "workflow/deepspeed/zero2.json", 3: REPO / "workflow/deepspeed/zero3.json"}
 STEPS = 4
 
 

@@ -211,6 +211,10 @@ def _single_process_env() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
+def _zero_stage(config_path) -> int:
+    return json.loads(Path(config_path).read_text()).get("zero_optimization", {}).get("stage", 0)
+
+
 # --- the run ----------------------------------------------------------------------------
 def _resolve_bf16(bf16) -> bool:
     if bf16 == "auto":
@@ -323,6 +327,9 @@ def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *
     run = run_settings(config)
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if deepspeed and isinstance(model, modeling.RecursiveForCausalLM) and _zero_stage(deepspeed) == 3:
+        raise ValueError(f"DeepSpeed ZeRO-3 ({deepspeed}) cannot train a recursive model: its shared block runs at "
+                         f"each depth through views ZeRO-3's partitioning hooks do not know; use ZeRO-2")
     weights = exit_weights_for(config["exit_weights"], len(exit_depths(model))) \
         if config["exit_weights"] is not None else None
     teacher = None
