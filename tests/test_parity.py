@@ -8,7 +8,7 @@ silently break the GPU path's numbers.
 - bf16 autocast: within BF16_REL of fp32;
 - DeepSpeed ZeRO-2 and ZeRO-3 on 2 ranks: the same 4e-6, in the slow stage
   (tests/test_sharded_resume.py: a 2-rank DeepSpeed job takes ~30 s on a busy 2-core
-  machine, most of it importing DeepSpeed in both ranks).
+  machine, about half of it importing torch, transformers and DeepSpeed in both ranks).
 """
 import os
 import subprocess
