@@ -60,8 +60,9 @@ def main() -> None:
 
 def verdict_on_rank(rank: int, init_file: str, cases: list, out: str) -> None:
     """One of 2 gloo ranks (started by torch.multiprocessing): `find_resume` for each
-    (checkpoints, run) case; writes what it returned or raised, what it printed and which
-    files it verified or hashed to OUT/rank<rank>.json."""
+    (checkpoints, run, io_error) case (io_error: reading a checkpoint fails with OSError);
+    writes what it returned or raised, what it printed and which files it verified or hashed
+    to OUT/rank<rank>.json."""
     import json
     from datetime import timedelta
 
@@ -74,16 +75,26 @@ def verdict_on_rank(rank: int, init_file: str, cases: list, out: str) -> None:
                             timeout=timedelta(seconds=60))
     verified, hashed = [], []
     verify, file_sha256 = checkpoints.verify, checkpoints.file_sha256
+    io_error = False
+
+    def hashing(path, *args, **kwargs):
+        hashed.append(str(path))
+        if io_error:
+            raise OSError(f"{path}: Input/output error")
+        return file_sha256(path, *args, **kwargs)
+
     checkpoints.verify = lambda path: (verified.append(Path(path).name), verify(path))[1]
-    checkpoints.file_sha256 = lambda path, *a, **k: (hashed.append(str(path)), file_sha256(path, *a, **k))[1]
+    checkpoints.file_sha256 = hashing
     results = []
-    for directory, run in cases:
+    for directory, run, io_error in cases:
         printed = []
         try:
             found = checkpoints.find_resume(Path(directory), run, log=printed.append)
             result = {"found": None if found is None else str(found)}
         except ValueError as e:
             result = {"refused": str(e)}
+        except (OSError, RuntimeError) as e:
+            result = {"failed": f"{type(e).__name__}: {e}"}
         results.append({**result, "printed": printed, "verified": verified[:], "hashed": hashed[:]})
         verified.clear()
         hashed.clear()

@@ -88,7 +88,8 @@ def test_rank_0_checks_once_and_the_other_rank_takes_its_verdict(tmp_path):
     """2 gloo ranks call find_resume: rank 0 verifies (checkpoint-3 fails on rank 1's shard,
     checkpoint-2 passes, each file hashed once), removes the damaged one and says so; rank 1
     reads and hashes nothing and returns the same checkpoint. A rerun with other settings is
-    refused on both ranks with rank 0's message, and nothing is removed."""
+    refused on both ranks with rank 0's message, and nothing is removed. An I/O error on
+    rank 0 fails both ranks (rank 1 does not wait forever)."""
     import torch.multiprocessing as mp
 
     resumable, refused = tmp_path / "resumable", tmp_path / "refused"
@@ -99,7 +100,7 @@ def test_rank_0_checks_once_and_the_other_rank_takes_its_verdict(tmp_path):
     damaged.write_bytes(b"x" * damaged.stat().st_size)
     files2 = sorted(json.loads((resumable / "checkpoint-2" / MANIFEST).read_text())["files"])
 
-    cases = [(str(resumable), RUN), (str(refused), {**RUN, "lr": 0.02})]
+    cases = [(str(resumable), RUN, False), (str(refused), {**RUN, "lr": 0.02}, False), (str(refused), RUN, True)]
     mp.spawn(ranks_run.verdict_on_rank, args=(str(tmp_path / "rendezvous"), cases, str(tmp_path)), nprocs=2)
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
 
@@ -116,6 +117,11 @@ def test_rank_0_checks_once_and_the_other_rank_takes_its_verdict(tmp_path):
     assert rank0[1]["refused"] == rank1[1]["refused"] == message
     assert rank1[1]["verified"] == [] and rank1[1]["hashed"] == []
     assert sorted(p.name for p in refused.iterdir()) == ["checkpoint-2", "checkpoint-3"]
+
+    assert rank0[2]["failed"].startswith("OSError: ") and rank0[2]["failed"].endswith(": Input/output error")
+    assert rank1[2]["failed"] == f"RuntimeError: rank 0 could not choose a checkpoint in {refused}: " \
+        + rank0[2]["failed"]
+    assert rank1[2]["hashed"] == []
 
 
 def test_zero3_refuses_a_recursive_model_in_one_line(models, tmp_path, monkeypatch):
