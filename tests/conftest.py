@@ -152,9 +152,10 @@ def train_settings_in(line: str) -> dict:
 # the next file in this order. The longest files (whole Snakemake runs, training) go first,
 # then the rest by number of tests, so no worker is left alone with a long file at the end.
 # (from `pytest --durations`: the workflow run ~260 s, lm_eval on exports ~180 s, shard jobs
-# ~190 s, early-exit training ~100 s, under load)
+# ~190 s, early-exit training ~100 s, the parity runs ~75 s, under load)
 LONGEST_FIRST = ("test_workflow.py", "test_shard_workflow.py", "test_export.py", "test_exits.py",
-                 "test_exit_eval.py", "test_checkpoints.py", "test_train.py", "test_time_limit.py")
+                 "test_exit_eval.py", "test_checkpoints.py", "test_parity.py", "test_train.py", "test_time_limit.py",
+                 "test_sharded_resume.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -10,11 +10,16 @@ writing:
      "files": {"model.safetensors": {"size": 538090408, "sha256": "…"}, "optimizer.pt": …, …}}
 
 `files` lists every file of the checkpoint (relative POSIX paths, sub-directories included:
-DeepSpeed's global_step*/), the manifest itself excepted. A rerun resumes from the newest
+DeepSpeed's global_step*/), the manifest itself excepted. Under DeepSpeed ZeRO every rank
+writes its own shards there (`zero_pp_rank_<r>_mp_rank_00_optim_states.pt`, and with ZeRO-3
+`…_model_states.pt`): a checkpoint is complete only with every rank's (a rank that wrote to
+a disk rank 0 does not see is caught here, not at the resume). A rerun resumes from the newest
 checkpoint whose files all match their manifest (`find_resume`): a damaged or cut-off one is
 skipped with one printed line saying why, and the run falls back to the previous one (or
 starts from scratch, saying so). The manifest's `run` is the source of truth for the
 settings: a rerun with other settings is refused, whatever train_config.json says.
+With several ranks, rank 0 alone reads and hashes the checkpoints and the other ranks wait
+for its verdict (a torch.distributed broadcast): the files are read once, not once per rank.
 Rotation (the newest `KEEP` complete checkpoints are kept) happens after the manifest is
 written, so the previous complete checkpoint is never deleted before the new one is
 complete.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -94,6 +100,22 @@ def _required(run: dict) -> list[tuple[str, ...]]:
             ("trainer_state.json",)]
 
 
+# DeepSpeed ZeRO's per-rank files: the optimizer shard (stages 1-3; `bf16_` with its bf16
+# optimizer) and, with ZeRO-3, the model-state shard. Data-parallel rank, then model-parallel.
+_ZERO_SHARD = re.compile(r"(?:^|/)(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_(optim|model)_states\.pt$")
+
+
+def _missing_shards(files, world: int) -> list[str]:
+    """The per-rank ZeRO shards a checkpoint lacks: once one rank's shard of a kind is there,
+    every rank's must be (`world` ranks, no gaps). A non-ZeRO checkpoint has none to lack."""
+    ranks: dict[str, set[int]] = {}
+    for name in files:
+        if m := _ZERO_SHARD.search(name):
+            ranks.setdefault(m.group(2), set()).add(int(m.group(1)))
+    return [f"rank {r}'s ZeRO {kind}-state shard" for kind, seen in sorted(ranks.items())
+            for r in range(world) if r not in seen]
+
+
 def write_manifest(checkpoint: Path, run: dict, step: int) -> dict:
     """Hash every file of `checkpoint` (flushing it to disk) and write its manifest, last and
     durably. Refuses a checkpoint that lacks something a resume needs."""
@@ -103,8 +125,10 @@ def write_manifest(checkpoint: Path, run: dict, step: int) -> dict:
         size, digest = file_sha256(checkpoint / name, fsync=True)
         files[name] = {"size": size, "sha256": digest}
     missing = [group[0] for group in _required(run) if not any(g in files for g in group)]
+    missing += _missing_shards(files, run.get("world_size") or 1)
     if missing:
-        raise RuntimeError(f"{checkpoint} lacks {', '.join(missing)}: not marking it complete")
+        raise RuntimeError(f"{checkpoint} lacks {', '.join(missing)}: not marking it complete "
+                           f"(is it on a filesystem every rank writes to?)")
     for folder in sorted({(checkpoint / n).parent for n in files} | {checkpoint}):
         fsync_dir(folder)
     manifest = {"format": MANIFEST_FORMAT, "step": step, "run": run, "files": files}
@@ -142,6 +166,8 @@ def verify(checkpoint: Path) -> tuple[dict | None, str | None]:
     for group in _required(manifest["run"]):
         if not any(g in files for g in group):
             return None, f"{group[0]} is not in {MANIFEST}"
+    if shards := _missing_shards(files, manifest["run"].get("world_size") or 1):
+        return None, f"{shards[0]} is not in {MANIFEST}"
     for name, entry in files.items():  # sizes first: cheap, and catch truncation
         path = checkpoint / name
         if not path.is_file():
@@ -161,14 +187,46 @@ def _differs(before: dict, run: dict) -> str | None:
     return changed[0] if changed else None
 
 
+def _several_ranks() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def find_resume(checkpoints: Path, run: dict | None = None, log=print, clean: bool = True) -> Path | None:
     """The checkpoint to resume from: the newest complete one (`verify`), walking newest
     first. Each one skipped gets one line through `log` (rank 0 only) saying which and why;
     with none left the run starts from scratch (and says so). With `run`, the settings of
     the one found must be those of `run`, else ValueError naming the first differing key.
     With `clean`, rank 0 then removes the skipped (newer) ones: the run writes those steps
-    again. Nothing is removed when it refuses."""
-    checkpoints = Path(checkpoints)
+    again. Nothing is removed when it refuses.
+
+    With several ranks (torch.distributed initialised) every rank must call it: rank 0
+    decides and broadcasts its verdict, the others wait for it without reading a file and
+    return the same checkpoint or raise the same refusal."""
+    if not _several_ranks():
+        return _find_resume(Path(checkpoints), run, log, clean)
+    verdict: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            found = _find_resume(Path(checkpoints), run, log, clean)
+            verdict = [("found", None if found is None else str(found))]
+        except ValueError as e:
+            verdict = [("refused", str(e))]
+            dist.broadcast_object_list(verdict, src=0)
+            raise
+        except BaseException as e:  # the others must not wait for a verdict that never comes
+            verdict = [("failed", f"{type(e).__name__}: {e}")]
+            dist.broadcast_object_list(verdict, src=0)
+            raise
+    dist.broadcast_object_list(verdict, src=0)
+    kind, value = verdict[0]
+    if kind == "refused":
+        raise ValueError(value)
+    if kind == "failed":
+        raise RuntimeError(f"rank 0 could not choose a checkpoint in {checkpoints}: {value}")
+    return None if value is None else Path(value)
+
+
+def _find_resume(checkpoints: Path, run: dict | None, log, clean: bool) -> Path | None:
     main = is_main_process()
     skipped, found = [], None
     for path in reversed(_candidates(checkpoints)):

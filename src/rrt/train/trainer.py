@@ -212,6 +212,10 @@ def _single_process_env() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
+def _zero_stage(config_path) -> int:
+    return json.loads(Path(config_path).read_text()).get("zero_optimization", {}).get("stage", 0)
+
+
 # --- the run ----------------------------------------------------------------------------
 def _resolve_bf16(bf16, precision: str) -> bool:
     """bf16 mixed precision or fp32: `bf16` (True/False) when given, else the settings'
@@ -324,16 +328,22 @@ def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *
     if is_main_process():  # leftovers of a run killed while saving its final model
         shutil.rmtree(out_dir / FINAL_TMP, ignore_errors=True)
     run = run_settings(config)
-    resume = find_resume(out_dir / CHECKPOINTS, run)  # refuses checkpoints of other settings
-    record_run(out_dir, run)
 
     model = load_model_dir(model_dir, "--model", dtype=torch.float32)  # refuses weights not covering the config
+    if deepspeed and isinstance(model, modeling.RecursiveForCausalLM) and _zero_stage(deepspeed) == 3:
+        raise ValueError(f"DeepSpeed ZeRO-3 ({deepspeed}) cannot train a recursive model: its shared block runs at "
+                         f"each depth through views ZeRO-3's partitioning hooks do not know; use ZeRO-2")
     weights = exit_weights_for(config["exit_weights"], len(exit_depths(model))) \
         if config["exit_weights"] is not None else None
     teacher = None
     if teacher_dir:
         teacher = _load_teacher(teacher_dir, torch.bfloat16 if use_bf16 else torch.float32, _vocab(model))
+    # After the TrainingArguments (they start torch.distributed under torchrun or DeepSpeed) and
+    # after loading the models (made first, under ZeRO-3 they would load partitioned): with
+    # several ranks rank 0 alone checks the checkpoints and tells the others.
     args = _training_args(out_dir, config, micro, accum, steps, use_bf16)
+    resume = find_resume(out_dir / CHECKPOINTS, run)  # refuses checkpoints of other settings
+    record_run(out_dir, run)
     stop = StopBeforeLimit(deadline(time_limit_minutes, started), settings.stop_margin_s)
     trainer = UptrainTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
                              teacher=teacher, kd_kind=config["kd_kind"], kd_weight=config["kd_weight"],
