@@ -9,9 +9,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from rrt.settings import SettingError, resolve_config
+from rrt.settings import TENSORBOARD_DIR, SettingError, resolve_config
 from rrt.train.budget import model_counts, train_flops_per_token
-from rrt.train.monitor import TENSORBOARD_DIR
 
 from .conftest import cli_error
 from .test_train import (  # noqa: F401  models, one_thread: fixtures

@@ -70,7 +70,7 @@ def test_summary_has_every_variant_with_sizes_and_scores(run):
     assert {"base_model", "corpus", "tokenize", "convert", "reduce"} <= set(stages.index)
     assert sorted(p.name for p in (work / "results/figures").iterdir()) == [
         "accuracy_vs_params.png", "exit_rates.png", "exit_tradeoff.png", "init_comparison.png", "loss_curves.png",
-        "relaxed_rank.png", "throughput_accuracy.png"]
+        "relaxed_rank.png", "throughput_accuracy.png", "train_throughput.png"]
 
 
 def test_eval_json_matches_an_independent_perplexity(run):

@@ -79,6 +79,7 @@ TOKENIZE_TOKENS_PER_S_PER_CORE = 580_000
 # Where a run's training scalars go (`rrt.train.monitor`): TensorBoard event files under the
 # run's directory, Weights & Biases (when installed; WANDB_MODE=offline honoured), or nowhere.
 REPORT_TO = ("tensorboard", "wandb", "none")
+TENSORBOARD_DIR = "tensorboard"  # the event files' folder in the run's directory (the report reads them)
 
 
 

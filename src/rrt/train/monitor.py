@@ -31,11 +31,8 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
-from ..settings import GPU_SPECS, TrainSettings
+from ..settings import GPU_SPECS, TENSORBOARD_DIR, TrainSettings
 from .budget import model_counts, train_flops_per_token
-
-TENSORBOARD_DIR = "tensorboard"  # under the run's out_dir
-
 
 def gpu_peak_flops() -> tuple[float | None, str]:
     """(bf16 dense peak FLOP/s of this process's GPU, its name), or (None, why) when no
