@@ -7,10 +7,12 @@ import sys
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from transformers import AutoModelForCausalLM, TrainerCallback
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback, TrainerState
 
 from rrt.settings import TENSORBOARD_DIR, SettingError, resolve_config
 from rrt.train.budget import model_counts, train_flops_per_token
+from rrt.train.monitor import RunMonitor, gpu_peak_flops
 
 from .conftest import cli_error
 from .test_train import (  # noqa: F401  models, one_thread: fixtures
@@ -71,6 +73,33 @@ def test_event_files_carry_every_logged_step(models, tmp_path, capsys):
         match = LINE.match(line)
         assert float(match.group(2)) == pytest.approx(loss, abs=5e-5)
         assert int(match.group(3).replace(",", "")) == round(tokens_per_s)
+
+
+@pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12),
+                                        ("NVIDIA A100-SXM4-80GB", 312e12), ("Tesla V100-SXM2-32GB", None)])
+def test_mfu_divides_by_the_gpus_known_peak(monkeypatch, capsys, name, peak):
+    """On a GPU of known peak, MFU = model FLOP/s / (ranks × peak): 2 ranks at 1,000 tokens/s
+    and 6e9 FLOPs per token on H100s are 6e12 / (2 × 989e12) = 0.30%."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: name)
+    assert gpu_peak_flops() == (peak, name)
+    monitor = RunMonitor(6e9, world_size=2, peak_flops=peak, device=name)
+    state = TrainerState(global_step=0, max_steps=10, num_input_tokens_seen=0)
+    monitor.on_train_begin(None, state, None)
+    monitor.start_time = monitor.last_time = monitor.last_time - 2.0  # two seconds ago
+    state.global_step, state.num_input_tokens_seen = 4, 2000
+    logs = {"loss": 1.5}
+    monitor.on_log(None, state, None, logs=logs)
+    assert logs["tokens_per_s"] == pytest.approx(1000, rel=1e-3)
+    assert logs["model_flops_per_s"] == pytest.approx(6e12, rel=1e-3)
+    assert logs["eta_s"] == pytest.approx(6 * 2.0 / 4, rel=1e-3)  # 6 steps left at 0.5 s each
+    line = capsys.readouterr().out.strip()
+    if peak is None:
+        assert "mfu" not in logs and f"(no MFU: no known peak for {name})" in line
+    else:
+        assert logs["mfu"] == pytest.approx(6e12 / (2 * peak), rel=1e-3)
+        assert f"6 TFLOP/s model (MFU {logs['mfu']:.1%})" in line
+    assert line.startswith("step 4/10 loss 1.5000 | 1,000 tokens/s | ") and line.endswith("| ETA 0:00:03")
 
 
 class CrashAtStepEnd(TrainerCallback):

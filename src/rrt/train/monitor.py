@@ -4,7 +4,7 @@
     model_flops_per_s   tokens_per_s × training FLOPs per token (`rrt plan`'s model,
                         rrt.train.budget: recomputation, teacher and exits included)
     mfu                 model_flops_per_s / (world size × the GPU's bf16 dense peak), only on a
-                        GPU whose peak is known (settings.GPU_SPECS: H100, A100). A CPU has no
+                        GPU whose peak is known (settings.GPU_SPECS: H100 and H200, A100). A CPU has no
                         peak we could state honestly (it depends on its vector units, clock and
                         threads), so a CPU run reports the achieved model FLOP/s alone.
     eta_s               steps left × the mean seconds per step of this session
@@ -34,15 +34,21 @@ from transformers.integrations import TensorBoardCallback
 from ..settings import GPU_SPECS, TENSORBOARD_DIR, TrainSettings
 from .budget import model_counts, train_flops_per_token
 
+# A GPU's name (lower case) -> its entry in settings.GPU_SPECS. The H200 is the H100's
+# compute die with more memory: the same 989 TFLOP/s bf16 dense.
+PEAK_OF = {"h100": "h100", "h200": "h100", "a100": "a100"}
+
+
 def gpu_peak_flops() -> tuple[float | None, str]:
-    """(bf16 dense peak FLOP/s of this process's GPU, its name), or (None, why) when no
-    peak is known: a CPU run, or a GPU that is not in settings.GPU_SPECS."""
+    """(bf16 dense peak FLOP/s of this process's GPU, its name), or (None, its name) when no
+    peak is known: a CPU run ("cpu"), or a GPU that PEAK_OF does not name. The peaks are the
+    SXM parts' (a PCIe H100 is slower: its MFU reads low)."""
     if not torch.cuda.is_available():
         return None, "cpu"
     name = torch.cuda.get_device_name()
-    for key, spec in GPU_SPECS.items():
-        if key in name.lower():
-            return spec["peak_tflops"] * 1e12, name
+    for part, spec in PEAK_OF.items():
+        if part in name.lower():
+            return GPU_SPECS[spec]["peak_tflops"] * 1e12, name
     return None, name
 
 
