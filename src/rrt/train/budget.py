@@ -271,14 +271,14 @@ def plan_budget(config: dict, variants: Experiment | pd.DataFrame, *, gpu: str |
     world = nodes * max(per_node, 1)
     runtime, margin, block = float(resources["runtime"]), float(train["stop_margin_s"]), data["block_size"]
     try:
-        micro, accum, _ = plan_batches(int(train["batch_tokens"]), block, int(train["micro_batch_size"]), world)
+        micro, _, step_tokens = plan_batches(int(train["batch_tokens"]), block, int(train["micro_batch_size"]),
+                                             world)
     except ValueError as e:
         raise UsageError(f"train.batch_tokens: {e}") from None
     if micro < train["micro_batch_size"]:
         notes.append(f"micro-batch {micro}, not train.micro_batch_size {train['micro_batch_size']}: "
                      f"one optimizer step of train.batch_tokens needs fewer blocks per GPU")
     micro_tokens = micro * block
-    step_tokens = micro * accum * block * world
     gbps = PlanSettings.from_dict(config.get("plan") or {}, "plan").internode_gbps
     value_bytes = 2 if train.get("deepspeed") else 4  # what ZeRO-2 (bf16) or DDP (fp32 grads) sends
     checkpointing = bool(train["gradient_checkpointing"])

@@ -70,9 +70,9 @@ class RunMonitor(TrainerCallback):
     before the reporting callbacks, which read the same `logs` dict."""
 
     def __init__(self, flops_per_token: float, world_size: int = 1, peak_flops: float | None = None,
-                 device: str = "cpu", show: bool = True):
+                 device: str = "cpu"):
         self.flops_per_token, self.world_size = flops_per_token, world_size
-        self.peak_flops, self.device, self.show = peak_flops, device, show
+        self.peak_flops, self.device = peak_flops, device
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start_time = self.last_time = time.perf_counter()
@@ -93,8 +93,7 @@ class RunMonitor(TrainerCallback):
         if self.peak_flops:
             logs["mfu"] = logs["model_flops_per_s"] / (self.world_size * self.peak_flops)
         logs["eta_s"] = eta
-        if self.show:
-            tqdm.write(self.line(state, logs))
+        tqdm.write(self.line(state, logs))  # beside the progress bar, not through it
 
     def line(self, state, logs) -> str:
         """The progress line, e.g. `step 8/32 loss 9.8123 | 1,234 tokens/s | 5.67 GFLOP/s model
