@@ -58,6 +58,39 @@ def test_summary_table(results):
         assert (results / "figures" / name).stat().st_size > 1000
 
 
+def test_training_throughput_from_the_event_files(results):
+    """The report reads each uptraining's TensorBoard scalars back as TensorBoard shows them:
+    `rec` was killed after logging step 3 and resumed from step 2 (its writer purges from
+    step 3), so step 3 appears once, with the resumed session's value; `rel` wrote none."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from rrt.report.aggregate import training_speed
+    from rrt.report.figures import throughput_over_steps
+    from rrt.settings import TENSORBOARD_DIR
+    from rrt.variants import read_variants
+
+    logs = results / "train" / "rec" / TENSORBOARD_DIR
+    first = SummaryWriter(str(logs), purge_step=1)
+    for step, tokens_per_s in ((1, 100.0), (2, 110.0), (3, 999.0)):
+        first.add_scalar("train/tokens_per_s", tokens_per_s, step)
+        first.add_scalar("train/model_flops_per_s", 2e6 * tokens_per_s, step)
+    first.close()
+    resumed = SummaryWriter(str(logs), purge_step=3)
+    for step, tokens_per_s in ((3, 120.0), (4, 130.0)):
+        resumed.add_scalar("train/tokens_per_s", tokens_per_s, step)
+        resumed.add_scalar("train/model_flops_per_s", 2e6 * tokens_per_s, step)
+    resumed.close()
+
+    speed = training_speed(read_variants(results / "variants.tsv").reset_index(drop=True), results / "train")
+    assert speed["variant"].unique().tolist() == ["rec"] and "mfu" not in speed
+    assert speed["step"].tolist() == [1, 2, 3, 4]
+    assert speed["tokens_per_s"].tolist() == [100.0, 110.0, 120.0, 130.0]
+    assert speed["model_flops_per_s"].tolist() == pytest.approx([2e8, 2.2e8, 2.4e8, 2.6e8], rel=1e-6)
+    throughput_over_steps(speed, results / "speed.png")
+    throughput_over_steps(pd.DataFrame(), results / "none.png")  # no event files: a note, not an error
+    assert (results / "speed.png").stat().st_size > (results / "none.png").stat().st_size > 1000
+
+
 def test_paper_comparison(results):
     aggregate(results / "variants.tsv", results / "paper.tsv", results / "eval", results / "train", results / "tables", results / "figures")
     table = pd.read_csv(results / "tables/paper_comparison.csv").set_index("variant")

@@ -246,6 +246,64 @@ def test_no_gpus_plans_for_one():
     assert "planned for 1 GPU" in budget.format_plan(table)
 
 
+# --- several nodes ----------------------------------------------------------------------------
+TINY_LLAMA = LlamaConfig(vocab_size=64, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True)
+
+
+def _multi_node(nodes: int, gbps: float | None = None, deepspeed: str | None = "zero2.json"):
+    config = {"base_models": {"t": {"source": "tiny"}},
+              "data": {"block_size": 16, "heldout": ["a"], "heldout_max_tokens": 100},
+              "train": {"tokens": 1280, "batch_tokens": 128, "micro_batch_size": 1, "deepspeed": deepspeed},
+              "resources": {"train": {"nodes": nodes, "gpus": 8 // nodes, "runtime": 60}}}
+    if gbps is not None:
+        config["plan"] = {"internode_gbps": gbps}
+    variants = _variants(("full", "full", "t", "-", 1, "-", "0", False, "default"))
+    return budget.plan_budget(config, variants, base_configs={"t": TINY_LLAMA})
+
+
+def test_internode_traffic_by_hand():
+    """A 1-layer llama (P = 64·8 tied embedding + 4·8·8 attention + 3·8·16 MLP + 3·8 norms =
+    1,176) on 2 nodes x 4 GPUs (G = 8), ZeRO-2 in bf16: each node sends
+    2·(G−1)/G·P·2 = 2·7/8·1176·2 = 4,116 bytes per step; at 400 Gb/s that is
+    4116·8 / 400e9 = 8.232e-8 s. A step of 128 tokens (one 16-token block per GPU) at
+    3·(2·(640 + 512) + 2·1·16·8) = 7,680 FLOPs per token takes 128·7680 / (8 · 989e12 · 0.4)
+    = 3.1062e-10 s of compute: communication bounds the step, 265.0 times longer."""
+    row = _multi_node(2).iloc[0]
+    assert row.params == 1176 and row.n_eff == 640 + 512
+    assert budget.train_flops_per_token(budget.model_size(TINY_LLAMA, "full"), 16, checkpointing=False,
+                                        chunked=False) == 7680
+    assert budget.internode_bytes_per_step(1176, 2, 4, 2) == 4116
+    assert row.comm_gb_per_step * 1e9 == pytest.approx(4116)
+    assert row.comm_s == pytest.approx(8.232e-8)
+    assert row.step_s == pytest.approx(128 * 7680 / (8 * 989e12 * 0.4))
+    assert row.step_s == pytest.approx(3.1062e-10, rel=1e-4)
+    compute_hours = 1280 * 7680 / (989e12 * 0.4) / 3600 / 8
+    assert row.gpu_hours == pytest.approx(compute_hours * 8)
+    assert row.wall_hours == pytest.approx(compute_hours * 8.232e-8 / (128 * 7680 / (8 * 989e12 * 0.4)))
+    assert row.wall_hours / compute_hours == pytest.approx(265.0, abs=0.05)
+    assert row.warning == "inter-node traffic 8.23e-08 s/step > compute 3.11e-10 s/step at 400 Gb/s per node"
+    # Without DeepSpeed, DDP all-reduces the fp32 gradients: twice the bytes.
+    assert _multi_node(2, deepspeed=None).iloc[0].comm_gb_per_step * 1e9 == pytest.approx(8232)
+    # Links fast enough (4116·8 / 3.1062e-10 s = 1.06e5 Gb/s and above): compute bounds the step.
+    fast = _multi_node(2, gbps=2e5).iloc[0]
+    assert fast.comm_s == pytest.approx(4116 * 8 / 2e14) and fast.comm_s < fast.step_s
+    assert fast.wall_hours == pytest.approx(compute_hours) and fast.warning == ""
+    # 4 nodes x 2 GPUs: the same G = 8, so the same bytes per node; one node: none.
+    assert _multi_node(4).iloc[0].comm_gb_per_step * 1e9 == pytest.approx(4116)
+    one = _multi_node(1).iloc[0]
+    assert one.comm_gb_per_step == 0 and one.comm_s == 0 and one.wall_hours == pytest.approx(compute_hours)
+    assert budget.internode_bytes_per_step(1176, 1, 8, 2) == 0
+
+
+def test_format_plan_shows_the_multi_node_view():
+    text = budget.format_plan(_multi_node(2))
+    assert "between nodes: 400 Gb/s per node (plan.internode_gbps)" in text
+    assert "comm-s" in text.splitlines()[4] and "8.23e-08" in text
+    assert "warning: 1 variant(s) flagged" in text
+    assert "comm-s" not in budget.format_plan(_multi_node(1))  # one node: no inter-node columns
+
+
 # --- the command ----------------------------------------------------------------------------
 def test_rrt_plan_on_the_shipped_configs():
     """`rrt plan` prints a row per variant of the paper and the embedded configs (in parallel:
@@ -297,5 +355,8 @@ def test_bad_config_values_name_the_key(tmp_path, capsys):
     path = tmp_path / "c.yaml"
     path.write_text("variants: config/variants.tsv\nbase_models: {g: {source: embedded}}\nplan: {mfu: 2}\n")
     assert f"{path}: plan.mfu must be in (0, 1], got 2.0" in cli_error(capsys, ["plan", "--config", str(path)])
+    path.write_text("variants: config/variants.tsv\nbase_models: {g: {source: embedded}}\nplan: {internode_gbps: 0}\n")
+    assert f"{path}: plan.internode_gbps must be a finite number > 0, got 0.0" in cli_error(
+        capsys, ["plan", "--config", str(path)])
     path.write_text(f"variants: {tmp_path / 'none.tsv'}\nbase_models: {{g: {{source: embedded}}}}\n")
     assert "none.tsv does not exist" in cli_error(capsys, ["plan", "--config", str(path)])

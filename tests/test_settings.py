@@ -48,6 +48,7 @@ def test_schema_lists_are_the_settings():
     assert tuple(props["eval"]["properties"]["source"]["enum"]) == settings.EVAL_SOURCES
     assert tuple(props["data"]["properties"]["source"]["enum"]) == settings.DATA_SOURCES
     assert tuple(props["plan"]["properties"]["gpu"]["enum"]) == tuple(settings.GPU_SPECS)
+    assert tuple(props["train"]["properties"]["report_to"]["enum"]) == settings.REPORT_TO
     base = props["base_models"]["additionalProperties"]["properties"]["source"]["enum"]
     assert tuple(base) == settings.BASE_SOURCES
     recipe = props["early_exit"]["properties"]["recipes"]["additionalProperties"]["properties"]

@@ -70,7 +70,7 @@ def test_summary_has_every_variant_with_sizes_and_scores(run):
     assert {"base_model", "corpus", "tokenize", "convert", "reduce"} <= set(stages.index)
     assert sorted(p.name for p in (work / "results/figures").iterdir()) == [
         "accuracy_vs_params.png", "exit_rates.png", "exit_tradeoff.png", "init_comparison.png", "loss_curves.png",
-        "relaxed_rank.png", "throughput_accuracy.png"]
+        "relaxed_rank.png", "throughput_accuracy.png", "train_throughput.png"]
 
 
 def test_eval_json_matches_an_independent_perplexity(run):
@@ -96,6 +96,17 @@ def test_uptraining_logged_every_step_and_kd(run):
     kd = pd.read_csv(work / "results/train/rec-stepwise-kd/loss.csv")
     assert "kd" in kd.columns and (kd.kd > 0).all()
     assert not (work / "results/train/rec-stepwise/checkpoints").exists()  # removed once final exists
+    # Watching it: one line per logged step in the rule's log, the same steps in TensorBoard.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = (work / "results/logs/uptrain/rec-stepwise.log").read_text().replace("\r", "\n")
+    lines = [line for line in log.splitlines() if line.startswith("step ")]
+    assert [int(line.split()[1].split("/")[0]) for line in lines] == list(loss.step), lines
+    assert all(" tokens/s | " in line and " | ETA " in line for line in lines)
+    events = EventAccumulator(str(work / "results/train/rec-stepwise/tensorboard"))
+    events.Reload()
+    for tag in ("train/loss", "train/tokens_per_s", "train/model_flops_per_s", "train/eta_s"):
+        assert [e.step for e in events.Scalars(tag)] == list(loss.step), tag
 
 
 def test_ablation_rows_run_end_to_end(run):

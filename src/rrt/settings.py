@@ -79,6 +79,11 @@ GPU_SPECS = {
 # by bench/tokenization.py with Gemma's tokenizer on a 2-core cloud VM (README, "Measured").
 TOKENIZE_TOKENS_PER_S_PER_CORE = 580_000
 
+# Where a run's training scalars go (`rrt.train.monitor`): TensorBoard event files under the
+# run's directory, Weights & Biases (when installed; WANDB_MODE=offline honoured), or nowhere.
+REPORT_TO = ("tensorboard", "wandb", "none")
+TENSORBOARD_DIR = "tensorboard"  # the event files' folder in the run's directory (the report reads them)
+
 
 
 # --- the sections ------------------------------------------------------------------------------
@@ -182,7 +187,13 @@ class TrainSettings(Section):
                                       min=0, below=1, length=2, expect="two numbers B1,B2 in [0, 1)")
     save_steps: int = setting(100, "checkpoint interval in optimizer steps; an interrupted job resumes from the last "
                                    "checkpoint", min=1)
-    log_steps: int = setting(1, "loss.csv interval in optimizer steps", min=1)
+    log_steps: int = setting(1, "loss.csv interval in optimizer steps; also of the progress line in the job's log "
+                                "(tokens/s, model FLOP/s or MFU, ETA) and of the `report_to` scalars", min=1)
+    report_to: str = setting("tensorboard", "where the training scalars go at every logged step (loss, lr, tokens/s, "
+                                            "model FLOP/s, MFU where the GPU's peak is known, ETA): `tensorboard` "
+                                            "(event files in `results/train/<variant>/tensorboard`), `wandb` (needs "
+                                            "the `wandb` package; `WANDB_MODE=offline` honoured) or `none`",
+                             choices=REPORT_TO)
     seed: int = setting(0, "data order and initialisation seed")
     gradient_checkpointing: bool = setting(False, "recompute each depth's activations in backward: less memory, "
                                                   "~30% more time (on in `config/paper.yaml`)")
@@ -309,6 +320,9 @@ class PlanSettings(Section):
                                "or `a100` (312 TFLOP/s, 80 GB); the workflow ignores it", choices=tuple(GPU_SPECS))
     mfu: float = setting(0.4, "model FLOPs utilisation `rrt plan` assumes (its FLOPs include recomputation)",
                          above=0, max=1)
+    internode_gbps: float = setting(400.0, "inter-node bandwidth per node (Gb/s) that `rrt plan` sets the gradient "
+                                           "traffic of `resources.train.nodes` > 1 against: one InfiniBand NDR port "
+                                           "(a rail-optimised 8-GPU node with one NDR port per GPU: 3200)", above=0)
 
 
 # Resources per rule group: Snakemake resources the SLURM plugin maps itself. `runtime` is

@@ -46,6 +46,8 @@ rule aggregate:
                         category="2. Figures", labels={"figure": "relaxation rank"}),
         fig_loss=report("results/figures/loss_curves.png", caption="../report/loss_curves.rst",
                         category="2. Figures", labels={"figure": "training loss"}),
+        fig_speed=report("results/figures/train_throughput.png", caption="../report/train_throughput.rst",
+                         category="2. Figures", labels={"figure": "training throughput"}),
         early_exit=report("results/tables/early_exit.csv", caption="../report/early_exit.rst",
                           category="1. Results", labels={"table": "early exit: every exit"}),
         early_exit_md="results/tables/early_exit.md",

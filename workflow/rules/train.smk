@@ -6,7 +6,9 @@ rule uptrain:
     so an interrupted job resumes from the last one when rerun. On SLURM, a run longer than
     the job's `runtime` checkpoints `stop_margin_s` before the limit and requeues its job,
     which continues from there (Snakemake sees one job). `rrt launch` starts the processes
-    (torchrun per node, srun across nodes) from the allocation."""
+    (torchrun per node, srun across nodes) from the allocation. The log has one line per
+    logged step (loss, tokens/s, model FLOP/s or MFU, ETA); `train.report_to: tensorboard`
+    also writes them to results/train/{variant}/tensorboard (`tensorboard --logdir results/train`)."""
     input:
         model=init_dir,
         data=lambda wc: f"results/data/tokens/{variant(wc).base}",

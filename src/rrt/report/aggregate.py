@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..io import atomic_write_text
-from ..settings import TASKS
+from ..settings import TASKS, TENSORBOARD_DIR
 from ..variants import Experiment, read_variants
 from .coverage import coverage_table
 from .early_exit import exit_figures, exit_table, read_exits, threshold_table
@@ -131,6 +131,33 @@ def loss_curves(variants: pd.DataFrame, train_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+SPEED_TAGS = {"train/tokens_per_s": "tokens_per_s", "train/model_flops_per_s": "model_flops_per_s",
+              "train/mfu": "mfu"}
+
+
+def training_speed(variants: pd.DataFrame, train_dir: Path) -> pd.DataFrame:
+    """Per trained variant and logged step, the tokens/s, model FLOP/s and MFU (where logged)
+    its uptraining wrote to TensorBoard (train_dir/<variant>/tensorboard, `train.report_to:
+    tensorboard`), read as TensorBoard reads them: a resumed run's steps once. Empty when no
+    variant has event files (or tensorboard is not installed)."""
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        return pd.DataFrame()
+    frames = []
+    for v in variants.itertuples():
+        logs = train_dir / v.variant / TENSORBOARD_DIR
+        if v.kind == "original" or not any(logs.glob("events.out.tfevents.*")):
+            continue
+        events = EventAccumulator(str(logs), size_guidance={"scalars": 0})  # 0: keep every step
+        events.Reload()
+        columns = {name: pd.Series({e.step: e.value for e in events.Scalars(tag)}, dtype=float)
+                   for tag, name in SPEED_TAGS.items() if tag in events.Tags()["scalars"]}
+        if "tokens_per_s" in columns:
+            frames.append(pd.DataFrame(columns).rename_axis("step").reset_index().assign(variant=v.variant, base=v.base))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
 def stage_times(bench_dir: Path) -> pd.DataFrame:
     """Per rule, from Snakemake's `benchmark:` files (bench_dir/<rule>.tsv, <rule>/<job>.tsv
     or <rule>/<base>/<job>.tsv): jobs, total / mean / max seconds and peak memory. Job-seconds add
@@ -189,7 +216,8 @@ def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_
     _write(summary, tables_dir / "summary")
     paper = pd.read_csv(paper_tsv, sep="\t") if paper_tsv else pd.DataFrame({"paper_ref": []})
     _write(compare_with_paper(summary, variants, paper, train_settings), tables_dir / "paper_comparison")
-    make_figures(summary, variants, loss_curves(variants, Path(train_dir)), figures_dir)
+    make_figures(summary, variants, loss_curves(variants, Path(train_dir)), figures_dir,
+                 training_speed(variants, Path(train_dir)))
     write_early_exit(variants, Path(eval_dir), paper, tables_dir, figures_dir)
     _write(coverage_table(variants, paper, Path(eval_dir)), tables_dir / "paper_coverage")
     if throughput_dir is not None:

@@ -1,5 +1,5 @@
 """The report's figures (seaborn): accuracy vs size (paper Fig. 1), initialisation methods,
-relaxation rank, training loss curves."""
+relaxation rank, training loss curves, training throughput over the steps."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +13,8 @@ import seaborn as sns  # noqa: E402
 
 from ..variants import CONVERT_COLUMNS  # noqa: E402
 
-FIGURES = ["accuracy_vs_params.png", "init_comparison.png", "relaxed_rank.png", "loss_curves.png"]
+FIGURES = ["accuracy_vs_params.png", "init_comparison.png", "relaxed_rank.png", "loss_curves.png",
+           "train_throughput.png"]
 
 
 def first_ppl_column(summary: pd.DataFrame) -> str | None:
@@ -29,9 +30,11 @@ def save_figure(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def make_figures(summary: pd.DataFrame, variants: pd.DataFrame, curves: pd.DataFrame, out: Path) -> None:
+def make_figures(summary: pd.DataFrame, variants: pd.DataFrame, curves: pd.DataFrame, out: Path,
+                 speed: pd.DataFrame | None = None) -> None:
     """Every figure separates base models (and loop counts where they vary) rather than
-    averaging across them."""
+    averaging across them. `speed`: the uptrainings' logged tokens/s, model FLOP/s and MFU per
+    step (`aggregate.training_speed`)."""
     sns.set_theme(style="whitegrid", context="notebook")
     data = variants.drop(columns=["base"]).merge(summary, on="variant")
     data["non_embedding_M"] = data["non_embedding_params"] / 1e6
@@ -89,3 +92,29 @@ def make_figures(summary: pd.DataFrame, variants: pd.DataFrame, curves: pd.DataF
         sns.lineplot(data=curves, x=x, y="loss", hue="variant", style="base" if several_bases else None, ax=ax)
     ax.set(ylabel="training loss", title="uptraining")
     save(fig, "loss_curves.png")
+
+    # 5. Training throughput over the steps (the event files `tensorboard --logdir results/train` shows)
+    throughput_over_steps(speed if speed is not None else pd.DataFrame(), out / "train_throughput.png")
+
+
+def throughput_over_steps(speed: pd.DataFrame, path: Path) -> None:
+    """Tokens/s of each uptraining at every logged step, beside its MFU where the GPU's peak
+    was known, else its model FLOP/s; a note instead when no run wrote event files."""
+    several = not speed.empty and speed["base"].nunique() > 1
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if speed.empty:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no TensorBoard event files\n(train.report_to: none)", ha="center", va="center",
+                    transform=ax.transAxes)
+            ax.set_axis_off()
+    else:
+        style = "base" if several else None
+        sns.lineplot(data=speed, x="step", y="tokens_per_s", hue="variant", style=style, ax=axes[0], legend=False)
+        axes[0].set(ylabel="tokens/s (all ranks)", title="uptraining throughput")
+        mfu = "mfu" in speed and speed["mfu"].notna().any()
+        y = "mfu" if mfu else "model_flops_per_s"
+        sns.lineplot(data=speed, x="step", y=y, hue="variant", style=style, ax=axes[1])
+        axes[1].set(ylabel="MFU" if mfu else "model FLOP/s (no known peak: no MFU)",
+                    title="model FLOPs utilisation" if mfu else "achieved model FLOP/s")
+        axes[1].legend(fontsize=7)
+    save_figure(fig, path)

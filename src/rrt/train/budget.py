@@ -28,8 +28,25 @@ With checkpointing and chunked loss (the paper config) the recomputation is one 
 forward: 4·F (+ the teacher). Total = T × that, T = the variant's `tokens` (`default`:
 train.tokens); `original` variants and 0-token ones train nothing (0).
 GPU-hours = FLOPs / (peak · mfu) / 3600, the mfu applied to all FLOPs above (recomputation
-included); wall-clock hours = GPU-hours / (nodes · gpus); SLURM jobs = ceil(wall minutes /
+included); compute hours = GPU-hours / (nodes · gpus); SLURM jobs = ceil(wall minutes /
 (runtime − stop margin)), runtime = resources.train.runtime, margin = train.stop_margin_s.
+
+Several nodes (resources.train.nodes = N > 1, G = N·g GPUs): every optimizer step moves the
+gradients and parameters between nodes. With DeepSpeed ZeRO-2 (train.deepspeed) each step
+reduce-scatters the gradients (every GPU keeps the reduced 1/G it updates) and all-gathers
+the updated parameters; without it, DDP all-reduces the gradients, which NCCL does as the same
+reduce-scatter plus all-gather. In a ring over the G GPUs each GPU sends (G−1)/G of the
+tensor per collective, and each node's ring neighbour across the boundary is on the next
+node, so each node sends over its inter-node links, per step:
+    bytes/node/step = 2 · (G−1)/G · P · b     (0 on one node)
+b = 2 with DeepSpeed (its bf16 engine reduces and gathers bf16 tensors), 4 without (DDP
+all-reduces the fp32 gradients of the autocast run). At plan.internode_gbps Gb/s per node
+    comm s/step = bytes/node/step · 8 / (internode_gbps · 1e9)
+against  compute s/step = step tokens · FLOPs per token / (G · peak · mfu).
+Both overlap (ZeRO's overlap_comm, DDP's bucketed all-reduce during backward): a step takes
+the longer of the two, so wall-clock hours = compute hours · max(1, comm / compute), and the
+variant is flagged when communication exceeds compute. Latency and intra-node (NVLink)
+traffic are not counted.
 
 Memory per GPU (GB = 1e9 bytes), as `rrt train` runs: fp32 weights under bf16 autocast,
 AdamW, DeepSpeed ZeRO-2 over G = nodes·gpus GPUs when train.deepspeed is set (without it,
@@ -81,7 +98,7 @@ from ..model.modeling import RecursiveConfig, RecursiveForCausalLM
 from ..model.params import compute_params, count_params
 from ..model.relax import resolve_rank
 from ..model.shapes import base_config
-from ..settings import EARLY_EXIT, PLAN, DataSettings, TrainResources, TrainSettings
+from ..settings import EARLY_EXIT, PLAN, DataSettings, PlanSettings, TrainResources, TrainSettings
 from ..variants import Experiment
 from .checkpoints import KEEP
 from .plan import plan_batches
@@ -190,6 +207,24 @@ def logits_bytes(vocab: int, tokens: int, chunk: int | None, teacher: bool, exit
     return tokens * vocab * 4 * 3 * (2 if teacher else 1) * exits
 
 
+def model_counts(model) -> dict:
+    """The counts `train_flops_per_token` reads, from a model in memory (the trainer's
+    running FLOPs estimate, `rrt.train.monitor`): the same as `model_size` gives for it."""
+    text = model.config.get_text_config()
+    compute = compute_params(model)
+    return {"n_layers": compute["layers"], "n_head": compute["head"], "n_eff": compute["total"],
+            "depths": text.num_hidden_layers, "d_attn": _dims(text)["d_q"]}
+
+
+def internode_bytes_per_step(params: int, nodes: int, gpus_per_node: int, bytes_per_value: int) -> float:
+    """Bytes each node sends to other nodes per optimizer step: a ring reduce-scatter of the
+    gradients and all-gather of the parameters over all G GPUs (module docstring)."""
+    if nodes <= 1:
+        return 0.0
+    world = nodes * gpus_per_node
+    return 2 * (world - 1) / world * params * bytes_per_value
+
+
 def jobs_needed(wall_hours: float, runtime_min: float, stop_margin_s: float) -> float:
     """Time-limited jobs a run of `wall_hours` needs: each does runtime − margin minutes of
     work. NaN when the margin leaves no time; 0 for no work."""
@@ -236,13 +271,16 @@ def plan_budget(config: dict, variants: Experiment | pd.DataFrame, *, gpu: str |
     world = nodes * max(per_node, 1)
     runtime, margin, block = float(resources["runtime"]), float(train["stop_margin_s"]), data["block_size"]
     try:
-        micro, _, _ = plan_batches(int(train["batch_tokens"]), block, int(train["micro_batch_size"]), world)
+        micro, _, step_tokens = plan_batches(int(train["batch_tokens"]), block, int(train["micro_batch_size"]),
+                                             world)
     except ValueError as e:
         raise UsageError(f"train.batch_tokens: {e}") from None
     if micro < train["micro_batch_size"]:
         notes.append(f"micro-batch {micro}, not train.micro_batch_size {train['micro_batch_size']}: "
                      f"one optimizer step of train.batch_tokens needs fewer blocks per GPU")
     micro_tokens = micro * block
+    gbps = PlanSettings.from_dict(config.get("plan") or {}, "plan").internode_gbps
+    value_bytes = 2 if train.get("deepspeed") else 4  # what ZeRO-2 (bf16) or DDP (fp32 grads) sends
     checkpointing = bool(train["gradient_checkpointing"])
     chunk = train.get("loss_chunk_tokens")
     zero = world if train.get("deepspeed") else 1
@@ -277,12 +315,17 @@ def plan_budget(config: dict, variants: Experiment | pd.DataFrame, *, gpu: str |
         }
         warnings = []
         if v.trains:
-            flops = v.tokens * train_flops_per_token(size, block, checkpointing=checkpointing, chunked=bool(chunk),
-                                                     teacher=teacher, exits=v.exits)
-            gpu_hours = flops / (spec["peak_tflops"] * 1e12 * mfu) / 3600
-            wall = gpu_hours / world
-            jobs = jobs_needed(wall, runtime, margin)
+            per_token = train_flops_per_token(size, block, checkpointing=checkpointing, chunked=bool(chunk),
+                                              teacher=teacher, exits=v.exits)
+            flops = v.tokens * per_token
+            gpu_flops_per_s = spec["peak_tflops"] * 1e12 * mfu
+            gpu_hours = flops / gpu_flops_per_s / 3600
             p = size["params"]
+            step_s = step_tokens * per_token / (world * gpu_flops_per_s)
+            comm_bytes = internode_bytes_per_step(p, nodes, max(per_node, 1), value_bytes)
+            comm_s = comm_bytes * 8 / (gbps * 1e9)
+            wall = gpu_hours / world * max(1.0, comm_s / step_s)  # the slower of the two bounds a step
+            jobs = jobs_needed(wall, runtime, margin)
             memory = {
                 "mem_weights_gb": 4 * p / GB,
                 "mem_grads_gb": 4 * p / zero / GB,
@@ -300,12 +343,16 @@ def plan_budget(config: dict, variants: Experiment | pd.DataFrame, *, gpu: str |
                 warnings.append(f"peak {memory['mem_peak_gb']:.0f} GB > {spec['memory_gb']} GB")
             if math.isnan(jobs):
                 warnings.append(f"runtime {runtime:g} min <= stop margin {margin / 60:g} min")
+            if comm_s > step_s:
+                warnings.append(f"inter-node traffic {comm_s:.3g} s/step > compute {step_s:.3g} s/step "
+                                f"at {gbps:g} Gb/s per node")
         else:
-            flops = gpu_hours = wall = jobs = checkpoint_gb = 0.0
+            flops = gpu_hours = wall = jobs = checkpoint_gb = step_s = comm_bytes = comm_s = 0.0
             memory = dict.fromkeys(("mem_weights_gb", "mem_grads_gb", "mem_optimizer_gb", "mem_teacher_gb",
                                     "mem_activations_gb", "mem_activations_checkpointed_gb", "mem_logits_gb",
                                     "mem_peak_gb"), math.nan)
-        rows.append({**out, "flops": flops, "gpu_hours": gpu_hours, "wall_hours": wall, "jobs": jobs, **memory,
+        rows.append({**out, "flops": flops, "gpu_hours": gpu_hours, "wall_hours": wall, "jobs": jobs,
+                     "step_s": step_s, "comm_gb_per_step": comm_bytes / GB, "comm_s": comm_s, **memory,
                      "checkpoint_gb": checkpoint_gb, "warning": "; ".join(warnings)})
     table = pd.DataFrame(rows, columns=COLUMNS)
 
@@ -319,13 +366,15 @@ def plan_budget(config: dict, variants: Experiment | pd.DataFrame, *, gpu: str |
         "nodes": nodes, "gpus_per_node": max(per_node, 1), "gpus": world, "runtime_min": runtime,
         "stop_margin_s": margin, "block_size": block, "micro_batch": micro,
         "gradient_checkpointing": checkpointing, "loss_chunk_tokens": chunk, "zero_partitions": zero,
+        "step_tokens": step_tokens, "internode_gbps": gbps, "comm_bytes_per_value": value_bytes,
         "data": disk, "notes": notes,
     })
     return table
 
 
 COLUMNS = ["variant", "kind", "base", "loops", "rank", "kd", "tokens", "params", "params_non_embedding", "params_lora",
-           "n_eff", "depths", "flops", "gpu_hours", "wall_hours", "jobs", "mem_weights_gb", "mem_grads_gb",
+           "n_eff", "depths", "flops", "gpu_hours", "wall_hours", "jobs", "step_s", "comm_gb_per_step", "comm_s",
+           "mem_weights_gb", "mem_grads_gb",
            "mem_optimizer_gb", "mem_teacher_gb", "mem_activations_gb", "mem_activations_checkpointed_gb",
            "mem_logits_gb", "mem_peak_gb", "checkpoint_gb", "warning"]
 
@@ -368,14 +417,23 @@ def format_plan(table: pd.DataFrame, title: str = "") -> str:
         f"per GPU: micro-batch {a['micro_batch']} x {a['block_size']} tokens, gradient checkpointing "
         f"{'on' if a['gradient_checkpointing'] else 'off'}, {chunk}, "
         + (f"ZeRO-2 over {a['zero_partitions']} GPUs" if a["zero_partitions"] > 1 else "no ZeRO partitioning"),
-        "",
     ]
+    several = a["nodes"] > 1
+    if several:
+        lines.append(
+            f"between nodes: {a['internode_gbps']:g} Gb/s per node (plan.internode_gbps); per step each node sends "
+            f"2·(G−1)/G·P·{a['comm_bytes_per_value']} bytes (gradients reduce-scattered, parameters all-gathered"
+            f"{', bf16' if a['comm_bytes_per_value'] == 2 else ', fp32 DDP all-reduce'}) while the GPUs compute "
+            f"{a['step_tokens']:,} tokens; the longer of the two bounds the step")
+    lines.append("")
     shown = pd.DataFrame({
         "variant": table["variant"], "kind": table["kind"],
         "T(B)": table["tokens"] / 1e9, "P(B)": table["params"] / 1e9,
         "P_ne(B)": table["params_non_embedding"] / 1e9, "N_eff(B)": table["n_eff"] / 1e9,
         "EFLOP": table["flops"] / 1e18, "GPU-h": table["gpu_hours"], "wall-h": table["wall_hours"],
         "jobs": table["jobs"],
+        **({"step-s": table["step_s"], "comm GB": table["comm_gb_per_step"], "comm-s": table["comm_s"]}
+           if several else {}),
         "w": table["mem_weights_gb"], "g+opt": table["mem_grads_gb"] + table["mem_optimizer_gb"],
         "teach": table["mem_teacher_gb"],
         "act": table["mem_activations_checkpointed_gb" if a["gradient_checkpointing"] else "mem_activations_gb"],
@@ -386,7 +444,8 @@ def format_plan(table: pd.DataFrame, title: str = "") -> str:
     })
     billions = lambda v: "-" if math.isnan(v) else f"{v:.3f}" if v >= 0.01 else f"{v:.3g}"  # noqa: E731
     formats = {"T(B)": _human, "P(B)": billions, "P_ne(B)": billions, "N_eff(B)": billions,
-               "EFLOP": _human, "GPU-h": _human, "wall-h": _human, "jobs": _num(".0f"), "ckpt GB": _human}
+               "EFLOP": _human, "GPU-h": _human, "wall-h": _human, "jobs": _num(".0f"), "ckpt GB": _human,
+               "step-s": _num(".3g"), "comm GB": _num(".3g"), "comm-s": _num(".3g")}
     formatters = {c: formats.get(c, _human) for c in shown.columns if c not in ("variant", "kind", "warning")}
     lines.append(shown.to_string(index=False, formatters=formatters, justify="right", na_rep="-"))
     trained = table["flops"] > 0

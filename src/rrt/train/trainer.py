@@ -27,6 +27,9 @@ What the paper fixes and what this module adds where it is silent:
   and a rerun with other settings is refused rather than silently mixed.
 - Outputs: out/final (model + tokenizer, renamed into place last, so its existence means the
   run is complete and a rerun only removes what a kill after that rename left), out/loss.csv, out/train_summary.json.
+- Watching (`monitor.py`): every logged step's tokens/s, model FLOP/s (MFU on a GPU of known
+  peak) and ETA, as one line in the log and, per `report_to`, in out/tensorboard (HF's
+  TensorBoardCallback; a resumed run's events continue) or W&B.
 """
 from __future__ import annotations
 
@@ -68,6 +71,7 @@ from .checkpoints import (
 from .early_exit import early_exit_losses
 from .early_exit import exit_weights as exit_weights_for
 from .losses import lm_losses
+from .monitor import check_report_to, monitor_callbacks
 from .outputs import FINAL_TMP, finish, summary_of
 from .plan import blocks_drawn, num_steps, plan_batches, run_config, validate_run, warmup_steps_for
 from .time_limit import Paused, StopBeforeLimit, deadline, pause, record_session
@@ -305,6 +309,7 @@ def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *
         summary = out_dir / "train_summary.json"
         return json.loads(summary.read_text()) if summary.is_file() else {}
     config = validate_run(run_config(settings, model_dir, data_dir, teacher_dir, bf16, progress))
+    check_report_to(settings.report_to)
     max_tokens, batch_tokens, deepspeed = settings.tokens, settings.batch_tokens, settings.deepspeed
     data, block = load_blocks(data_dir)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -350,7 +355,9 @@ def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *
                              kd_temperature=config["kd_temperature"], loss_chunk_tokens=settings.loss_chunk_tokens,
                              exit_weights=weights, exit_kd_weight=config["exit_kd_weight"],
                              callbacks=[ManifestCallback(run)] + list(callbacks)
-                               + ([] if keep_checkpoints else [NoLastCheckpoint()]) + [stop])
+                               + ([] if keep_checkpoints else [NoLastCheckpoint()]) + [stop]
+                               + monitor_callbacks(model, teacher, block, settings, len(weights or ()), world,
+                                                   out_dir))
     _swap_progress_bar(trainer)
 
     start_tokens = tokens_in_checkpoint(resume)
