@@ -64,6 +64,8 @@ from .checkpoints import (
     step_of,
     tokens_in_checkpoint,
 )
+from .dlt import check_run as check_dlt
+from .dlt import setup as setup_dlt
 from .early_exit import early_exit_losses
 from .early_exit import exit_weights as exit_weights_for
 from .losses import lm_losses
@@ -305,6 +307,8 @@ def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *
     if len(data) < micro * world:
         raise ValueError(f"{data_dir} holds {len(data)} blocks, fewer than one micro-batch ({micro} x {world} ranks)")
     steps = num_steps(max_tokens, step_tokens)
+    if settings.dlt.enabled:
+        check_dlt(settings.dlt, world_size=world, deepspeed=deepspeed, early_exit=settings.early_exit)
     if settings.data_after:
         data = _new_blocks(data, settings.data_after, config["seed"], step_tokens, block, steps * step_tokens // block)
     use_bf16 = _resolve_bf16(bf16)
@@ -325,6 +329,9 @@ def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *
     record_run(out_dir, run)
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    dlt = None  # Dynamic Layer Tying (dlt.py): its agent reties the model as it trains
+    if settings.dlt.enabled:
+        model, dlt = setup_dlt(settings.dlt, model, model_dir, data, out_dir, resume)
     weights = exit_weights_for(config["exit_weights"], len(exit_depths(model))) \
         if config["exit_weights"] is not None else None
     teacher = None
@@ -336,9 +343,11 @@ def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *
                              teacher=teacher, kd_kind=config["kd_kind"], kd_weight=config["kd_weight"],
                              kd_temperature=config["kd_temperature"], loss_chunk_tokens=settings.loss_chunk_tokens,
                              exit_weights=weights, exit_kd_weight=config["exit_kd_weight"],
-                             callbacks=[ManifestCallback(run)] + list(callbacks)
+                             callbacks=([dlt] if dlt else []) + [ManifestCallback(run)] + list(callbacks)
                                + ([] if keep_checkpoints else [NoLastCheckpoint()]) + [stop])
     _swap_progress_bar(trainer)
+    if dlt:
+        dlt.trainer = trainer
 
     start_tokens = tokens_in_checkpoint(resume)
     start = time.perf_counter()
