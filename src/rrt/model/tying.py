@@ -53,15 +53,20 @@ def retie(model: RecursiveForCausalLM, layer_map, moved=()) -> Retie:
         return Retie({}, [])
     groups = [[d for d, s in enumerate(new_map) if s == k] for k in range(max(new_map) + 1)]
 
-    # Each old block goes to the new layer that keeps most of its (unmoved) depths.
-    owner: dict[int, int] = {}  # old slot -> new slot
-    best: dict[int, tuple[int, int]] = {}
+    # Each old block goes to the new layer that keeps most of its (unmoved) depths (ties: the
+    # earlier layer); a new layer that wins several keeps the one most of its depths ran
+    # (ties: the one its earliest depth ran), the others are dropped.
+    best: dict[int, tuple[int, int]] = {}  # old slot -> (unmoved depths kept, -new slot)
     for k, depths in enumerate(groups):
-        for old in sorted({old_map[d] for d in depths}):
+        for old in {old_map[d] for d in depths}:
             score = (sum(old_map[d] == old and d not in moved for d in depths), -k)
             if score[0] > 0 and (old not in best or score > best[old]):
-                best[old], owner[old] = score, k
-    taken = {k: old for old, k in owner.items()}
+                best[old] = score
+    taken: dict[int, int] = {}  # new slot -> the old slot whose block it keeps
+    for k, depths in enumerate(groups):
+        won = [old for old, (_, minus_k) in best.items() if -minus_k == k]
+        if won:
+            taken[k] = max(won, key=lambda old: (best[old][0], -min(d for d in depths if old_map[d] == old)))
     blocks, copied, sources = [], {}, []
     for k, depths in enumerate(groups):
         if k in taken:
