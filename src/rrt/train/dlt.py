@@ -210,8 +210,8 @@ class DLTCallback(TrainerCallback):
 
     def _decide(self, step: int, model, optimizer, forced: bool = False) -> None:
         reward = self._reward(model)
-        _, _, epsilon = self.agent.decide(reward, forced)
-        change = retie(model, relabel(self.agent.layer_map))
+        layer, _, epsilon = self.agent.decide(reward, forced)
+        change = retie(model, relabel(self.agent.layer_map), moved=(layer,))  # an untied layer takes the copy
         retie_optimizer(optimizer, model, change, self._groups)
         self.agent.rows.append({"step": step, "layer_map": " ".join(map(str, self.agent.layer_map)),
                                 "unique_layers": unique_layers(self.agent.layer_map),
