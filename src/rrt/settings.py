@@ -154,6 +154,30 @@ class KDSettings(Section):
 
 
 @dataclass
+class DLTSettings(Section):
+    enabled: bool = setting(False, "Dynamic Layer Tying (David-Hay & Wolf 2024): an RL agent reties the layers while "
+                                   "training (docs/dlt.md); the run starts from an untied model", flag="--dlt")
+    interval: int = setting(4, "optimizer steps between the agent's decisions, one layer per decision in turn (the "
+                               "authors' code: 4)", min=1)
+    max_unique: int | None = setting(None, "unique-layer budget K: the agent never keeps more (ours, beyond the "
+                                           "paper; none: no cap)", min=1)
+    epsilon: float = setting(1.0, "exploration: the probability of a random action at the start (epsilon-greedy)",
+                             min=0, max=1)
+    epsilon_decay: float = setting(0.95, "epsilon is multiplied by this after each pass over the layers", min=0, max=1)
+    epsilon_min: float = setting(0.01, "epsilon never falls below this", min=0, max=1)
+    gamma: float = setting(0.99, "Q-learning discount", min=0, max=1)
+    q_lr: float = setting(1.0e-3, "AdamW learning rate of the Q-network", above=0)
+    q_hidden: int = setting(128, "hidden units of the Q-network (one hidden layer)", min=1)
+    probe_blocks: int = setting(2, "training blocks (fixed, drawn with `seed`) whose loss gives the reward", min=1)
+    seed: int = setting(0, "the agent's seed: its Q-network, exploration and probe blocks")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.epsilon_min > self.epsilon:
+            raise SettingError(f"epsilon_min ({self.epsilon_min:g}) must be <= epsilon ({self.epsilon:g})")
+
+
+@dataclass
 class ExitRecipe(Section):
     weights: str | float | list[float] = setting(
         help="CE weight of each loop's exit: `aggressive` (the paper's: 0.1 at intermediate exits, 1 at the final "
@@ -210,6 +234,7 @@ class TrainSettings(Section):
                                      "that has native bf16 matmuls (AVX512-BF16, AMX, Arm BF16; else fp32 with a "
                                      "warning); `fp32`", choices=PRECISIONS)
     kd: KDSettings = setting(KDSettings, "distillation from the full-size base (variants with `kd` true)")
+    dlt: DLTSettings = setting(DLTSettings, "Dynamic Layer Tying: learned tying while training (docs/dlt.md)")
     # Set per variant from its `early_exit` recipe (the workflow's early_exit.recipes).
     early_exit: ExitRecipe | None = setting(None, "early-exit training: every loop's exit, plus KD from the "
                                                   "detached final exit", workflow=False)

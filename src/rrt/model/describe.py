@@ -5,6 +5,7 @@ from torch import nn
 
 from .modeling import RecursiveForCausalLM
 from .params import count_params
+from .sharing import canonical
 
 
 def _fmt(n: int) -> str:
@@ -25,7 +26,9 @@ def describe(model: nn.Module) -> str:
             f"relaxation: rank attn={c.lora_rank_attn} mlp={c.lora_rank_mlp}, lora_init={c.lora_init}, "
             f"per_depth_norms={c.per_depth_norms}"
         )
-        lines.append("layer map (depth -> shared slot, initialised from original layers):")
+        lines.append(f"layer map: {' '.join(map(str, c.layer_map))} (depth -> shared slot); DLT form "
+                     f"{' '.join(map(str, canonical(c.layer_map)))} (depth -> first depth of its layer)")
+        lines.append("depths (depth -> shared slot, initialised from original layers):")
         for layer in model.depth_layers:
             src = c.init_sources[layer.slot] if c.init_sources else "random"
             lines.append(f"  depth {layer.depth:3d} -> slot {layer.slot:3d} (loop {layer.loop})  init {src}")

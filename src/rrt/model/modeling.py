@@ -36,7 +36,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from .binding import SharedSlot
 from .families import family_of, without_layers
 from .relax import DepthLinear, DepthNorm, RelaxedLinear, is_norm, resolve_rank
-from .sharing import depth_to_slot, loop_index
+from .sharing import check_layer_map, depth_to_slot, loop_index, preset_of, relabel
 
 _PLAIN = (int, float, str, bool, type(None))
 
@@ -74,8 +74,28 @@ class RecursiveConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.layer_map is None:
             self.layer_map = depth_to_slot(self.text_config.num_hidden_layers, self.num_loops, self.sharing)
+        else:
+            self.set_layer_map(self.layer_map)
         # Tying lives in the base CausalLM's own config; mirror it for transformers' checks.
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+
+    def set_layer_map(self, layer_map) -> None:
+        """Any tying pattern (depth -> unique layer, any labels: e.g. DLT's form, depth i -> the
+        first depth j <= i it shares with), checked and stored in slot form (slots numbered by
+        their first depth); `num_loops` and `sharing` then describe it (`custom`, 1 loop, when no
+        preset gives it) and `init_sources` follows the relabelling."""
+        given = check_layer_map(layer_map, self.text_config.num_hidden_layers)
+        slots = relabel(given)
+        if self.init_sources is not None:
+            if len(self.init_sources) != len(set(given)):
+                raise ValueError(f"init_sources has {len(self.init_sources)} entries, layer_map has "
+                                 f"{len(set(given))} unique layers")
+            if given != slots:  # the sources follow their layers
+                old_of = {new: old for old, new in zip(given, slots)}
+                labels = sorted(set(given))
+                self.init_sources = [self.init_sources[labels.index(old_of[k])] for k in range(len(labels))]
+        self.layer_map = slots
+        self.num_loops, self.sharing = preset_of(slots, self.num_loops, self.sharing)
 
     @property
     def num_slots(self) -> int:

@@ -82,3 +82,62 @@ def init_sources(layer_map: list[int], init: str, seed: int = 0, *, sharing: str
 def loop_index(layer_map: list[int], depth: int) -> int:
     """How many times the slot of `depth` has run before it (0 for its first use)."""
     return layer_map[:depth].count(layer_map[depth])
+
+
+# --- any tying pattern as an explicit map ------------------------------------------------
+CUSTOM = "custom"  # RecursiveConfig.sharing of a map that no preset (loops, sharing) gives
+
+
+def check_layer_map(layer_map, num_layers: int) -> list[int]:
+    """`layer_map` (depth -> unique layer, any labels) checked: one non-negative integer per
+    depth. ValueError naming what is wrong, in one line."""
+    if not isinstance(layer_map, (list, tuple)) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in layer_map):
+        raise ValueError(f"layer_map must be a list of integers >= 0 (depth -> layer), got {layer_map!r}")
+    if len(layer_map) != num_layers:
+        raise ValueError(f"layer_map has {len(layer_map)} depths, the base model has {num_layers}")
+    return list(layer_map)
+
+
+def relabel(layer_map: list[int]) -> list[int]:
+    """The same tying pattern with its unique layers numbered 0..K-1 in the order of the first
+    depth that runs each (the slots of a RecursiveForCausalLM). Every preset already is."""
+    order: dict[int, int] = {}
+    return [order.setdefault(s, len(order)) for s in layer_map]
+
+
+def canonical(layer_map: list[int]) -> list[int]:
+    """The pattern in DLT's form: for each depth i, the first depth j <= i that runs the same
+    layer (j == i: depth i heads its own layer), e.g. slots [0, 1, 1, 2] -> [0, 1, 1, 3]."""
+    first: dict[int, int] = {}
+    return [first.setdefault(s, d) for d, s in enumerate(layer_map)]
+
+
+def unique_layers(layer_map: list[int]) -> int:
+    return len(set(layer_map))
+
+
+def is_loop(layer_map: list[int]) -> bool:
+    """Whether the map is a loop: K unique layers run in order, B = L/K times (cycle)."""
+    k = unique_layers(layer_map)
+    return len(layer_map) % k == 0 and list(layer_map) == [l % k for l in range(len(layer_map))]
+
+
+def preset_of(layer_map: list[int], num_loops: int = 1, sharing: str = "cycle") -> tuple[int, str]:
+    """(loops, sharing) describing a map in slot form: the given ones if they give it, else the
+    first preset that does, else (1, CUSTOM)."""
+    num_layers = len(layer_map)
+
+    def gives(loops, kind):
+        try:
+            return depth_to_slot(num_layers, loops, kind) == list(layer_map)
+        except ValueError:
+            return False
+
+    if sharing in SHARINGS and gives(num_loops, sharing):
+        return num_loops, sharing
+    for kind in SHARINGS:
+        for loops in range(1, num_layers + 1):
+            if gives(loops, kind):
+                return loops, kind
+    return 1, CUSTOM

@@ -27,6 +27,7 @@ import torch
 
 from ..model.exits import exit_confidence, exit_logits, is_confident
 from ..model.families import family_of
+from ..model.sharing import is_loop
 from ..settings import EXIT_KV_MODES, SERVE
 from .cache import DepthKVCache, RowCache, attention_mask
 
@@ -83,10 +84,11 @@ class DepthwiseEngine:
         self._attention = family.attn
         self.depths = text.num_hidden_layers
         if self.recursive:
-            if config.sharing != "cycle":
-                raise ValueError("depth-wise batching needs cycle sharing (each loop runs the K shared layers in "
-                                 f"order), not {config.sharing!r}")
-            self.loops = config.num_loops
+            if not is_loop(config.layer_map):
+                raise ValueError("depth-wise batching needs cycle sharing (a layer map that loops: depth l runs shared "
+                                 f"layer l mod K), not {config.sharing!r} (layer map "
+                                 f"{' '.join(map(str, config.layer_map))})")
+            self.loops = len(config.layer_map) // config.num_slots
             self.slots = model.shared_slots
         else:
             self.loops, self.layers = 1, list(backbone.get_submodule(family.layers_path))

@@ -72,12 +72,14 @@ def is_main_process() -> bool:
 
 EXIT_KEYS = ("exit_weights", "exit_kd_weight")  # early-exit training; part of the run only when on
 DATA_KEYS = ("data_after",)  # new data after a parent's run; part of the run only when set
+DLT_KEYS = ("dlt",)  # Dynamic Layer Tying's settings; part of the run only when on
+DLT_AGENT = "dlt_agent.pt"  # the DLT agent's state (rrt.train.dlt)
 
 
 def run_settings(config: dict) -> dict:
     """The settings that define the run, as stored in JSON (tuples become lists)."""
     keys = RUN_KEYS + (EXIT_KEYS if config.get("exit_weights") is not None else ()) \
-        + (DATA_KEYS if config.get("data_after") else ())
+        + (DATA_KEYS if config.get("data_after") else ()) + (DLT_KEYS if config.get("dlt") else ())
     return json.loads(json.dumps({k: config[k] for k in keys}))
 
 
@@ -97,7 +99,7 @@ def _required(run: dict) -> list[tuple[str, ...]]:
     rng = [("rng_state.pth",)] if world == 1 else [(f"rng_state_{i}.pth",) for i in range(world)]
     optimizer = ("latest",) if run.get("deepspeed") else ("optimizer.pt",)
     return [("model.safetensors", "model.safetensors.index.json"), optimizer, ("scheduler.pt",), *rng,
-            ("trainer_state.json",)]
+            ("trainer_state.json",)] + ([(DLT_AGENT,)] if run.get("dlt") else [])
 
 
 # DeepSpeed ZeRO's per-rank files: the optimizer shard (stages 1-3; `bf16_` with its bf16
@@ -184,6 +186,7 @@ def verify(checkpoint: Path) -> tuple[dict | None, str | None]:
 def _differs(before: dict, run: dict) -> str | None:
     changed = [k for k in RUN_KEYS + EXIT_KEYS if before.get(k) != run.get(k)]  # absent exit keys: None
     changed += [k for k in DATA_KEYS if (before.get(k) or []) != (run.get(k) or [])]  # absent: []
+    changed += [k for k in DLT_KEYS if before.get(k) != run.get(k)]  # absent: None
     return changed[0] if changed else None
 
 

@@ -78,7 +78,8 @@ def run_config(settings: TrainSettings, model_dir, data_dir, teacher_dir, bf16, 
                 kd_temperature=settings.kd.temperature, save_steps=settings.save_steps, log_steps=settings.log_steps,
                 deepspeed=settings.deepspeed, bf16=bf16, progress=progress,
                 exit_weights=None if recipe is None else recipe.weights,
-                exit_kd_weight=None if recipe is None else recipe.kd_weight, data_after=list(settings.data_after))
+                exit_kd_weight=None if recipe is None else recipe.kd_weight, data_after=list(settings.data_after),
+                dlt=settings.dlt.to_dict() if settings.dlt.enabled else None)
 
 
 def validate_run(config: dict) -> dict:

@@ -68,6 +68,8 @@ from .checkpoints import (
     step_of,
     tokens_in_checkpoint,
 )
+from .dlt import check_run as check_dlt
+from .dlt import setup as setup_dlt
 from .early_exit import early_exit_losses
 from .early_exit import exit_weights as exit_weights_for
 from .losses import lm_losses
@@ -317,6 +319,8 @@ def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *
     if len(data) < micro * world:
         raise ValueError(f"{data_dir} holds {len(data)} blocks, fewer than one micro-batch ({micro} x {world} ranks)")
     steps = num_steps(max_tokens, step_tokens)
+    if settings.dlt.enabled:
+        check_dlt(settings.dlt, world_size=world, deepspeed=deepspeed, early_exit=settings.early_exit)
     if settings.data_after:
         data = _new_blocks(data, settings.data_after, config["seed"], step_tokens, block, steps * step_tokens // block)
     use_bf16 = _resolve_bf16(bf16, settings.precision)
@@ -349,16 +353,21 @@ def train(model_dir, data_dir, out_dir, settings: TrainSettings | None = None, *
     args = _training_args(out_dir, config, micro, accum, steps, use_bf16)
     resume = find_resume(out_dir / CHECKPOINTS, run)  # refuses checkpoints of other settings
     record_run(out_dir, run)
+    dlt = None  # Dynamic Layer Tying (dlt.py, one process only): its agent reties the model as it trains
+    if settings.dlt.enabled:
+        model, dlt = setup_dlt(settings.dlt, model, model_dir, data, out_dir, resume)
     stop = StopBeforeLimit(deadline(time_limit_minutes, started), settings.stop_margin_s)
     trainer = UptrainTrainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
                              teacher=teacher, kd_kind=config["kd_kind"], kd_weight=config["kd_weight"],
                              kd_temperature=config["kd_temperature"], loss_chunk_tokens=settings.loss_chunk_tokens,
                              exit_weights=weights, exit_kd_weight=config["exit_kd_weight"],
-                             callbacks=[ManifestCallback(run)] + list(callbacks)
+                             callbacks=([dlt] if dlt else []) + [ManifestCallback(run)] + list(callbacks)
                                + ([] if keep_checkpoints else [NoLastCheckpoint()]) + [stop]
                                + monitor_callbacks(model, teacher, block, settings, len(weights or ()), world,
                                                    out_dir))
     _swap_progress_bar(trainer)
+    if dlt:
+        dlt.trainer = trainer
 
     start_tokens = tokens_in_checkpoint(resume)
     start = time.perf_counter()
