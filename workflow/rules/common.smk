@@ -56,7 +56,8 @@ def train_tokens(v):
 
 def train_settings(v):
     """`rrt train --settings`: the resolved train section with the variant's own token
-    budget, warmup (its `warmup` column, else the section's), early-exit recipe and, on new
+    budget, warmup (its `warmup` column, else the section's), early-exit recipe, DLT section
+    (`dlt`: its DLT columns, rrt.variants.DLT_COLUMNS; null for the other kinds) and, on new
     data, its parents' budgets (`data_after`: their blocks are left out)."""
     settings = dict(config["train"], tokens=v.tokens)
     if EXPERIMENT.data_after(v.name):
@@ -68,6 +69,8 @@ def train_settings(v):
         settings["early_exit"] = recipe
     if v.kd_loss != "-":
         settings["kd"] = dict(settings["kd"], loss=v.kd_loss)
+    if v.dlt_settings is not None:
+        settings["dlt"] = v.dlt_settings
     return json.dumps(settings)
 
 
@@ -89,7 +92,8 @@ def final_dir(wildcards):
 
 
 def converted(name):
-    """Whether the variant's model is made by `convert` or `reduce` (not its parent's)."""
+    """Whether the variant's model is made by `convert` or `reduce` (not its parent's; a DLT
+    run from scratch: `reduce` with loops 1)."""
     return EXPERIMENT[name].converted
 
 
