@@ -89,10 +89,10 @@ def _model_config(eval_json: dict) -> dict | None:
         return json.load(f)
 
 
-def _plain(row) -> bool:
+def _plain(row: pd.Series) -> bool:
     """A row of today's defaults: no KD, LoRA, exits, parent or ablation column."""
-    return (not row.kd and str(row.rank) == "0" and row.early_exit == "-" and row.parent == "-"
-            and all(getattr(row, c, "-") == "-" for c in (*CONVERT_COLUMNS, "kd_loss")))
+    return (not row["kd"] and str(row["rank"]) == "0" and row["early_exit"] == "-" and row["parent"] == "-"
+            and all(row.get(c, "-") == "-" for c in (*CONVERT_COLUMNS, "kd_loss")))
 
 
 def comparison_table(summary: pd.DataFrame, variants: pd.DataFrame, eval_dir: Path,
@@ -107,41 +107,47 @@ def comparison_table(summary: pd.DataFrame, variants: pd.DataFrame, eval_dir: Pa
     Unique layers come from each evaluated model's config.json (blank when it is gone), params
     from its evaluation; a DLT row also has its decisions and the trainable parameters of its
     last one. Then summary's perplexities and accuracy."""
+    ppl = [c for c in summary.columns if c.startswith("ppl_")]
+    columns = COLUMNS + ppl + ["acc_avg", "acc_avg_se"]
+    if not decisions:
+        return pd.DataFrame(columns=columns)
     data = variants.drop(columns=["base", "tokens"]).merge(summary, on="variant")  # tokens: those trained
-    evals = {}
-    for name in data.variant:
-        with open(Path(eval_dir) / f"{name}.json") as f:
-            evals[name] = json.load(f)
-    unique = {}
-    for name, result in evals.items():
-        config = _model_config(result)
-        unique[name] = unique_layers_of(config) if config is not None else math.nan
-    data["unique_layers"] = data.variant.map(unique)
-    data["params"] = data.variant.map(lambda n: evals[n]["params"]["total"])
+    data = data[data.apply(_plain, axis=1)]
+    facts = {}  # variant: (unique parameters, unique layers), read once, for the rows compared only
+
+    def unique_layers(name: str) -> float:
+        if name not in facts:
+            with open(Path(eval_dir) / f"{name}.json") as f:
+                result = json.load(f)
+            config = _model_config(result)
+            facts[name] = (result["params"]["total"], unique_layers_of(config) if config is not None else math.nan)
+        return facts[name][1]
+
     rows = []
     for dlt in data[data.variant.isin(decisions)].itertuples():
         last = decisions[dlt.variant].iloc[-1]
-        same = (data.base == dlt.base) & (data.tokens == dlt.tokens) & data.apply(_plain, axis=1)
+        same = (data.base == dlt.base) & (data.tokens == dlt.tokens)
         if dlt.init == "scratch":
             group = FROM_SCRATCH
             others = data[same & (data.kind == "reduced") & (data.init == "scratch") & (data.loops == 1)]
         else:
             group = LEARNED_VS_FIXED
             size = int(dlt.dlt_max_unique) if dlt.dlt_max_unique != "-" else int(last.unique_layers)
-            fixed = data[same & (data.kind == "recursive") & (data.unique_layers == size)]
+            recursive = data[same & (data.kind == "recursive")]
+            fixed = recursive[[unique_layers(n) == size for n in recursive.variant]]
             others = pd.concat([fixed, data[same & (data.kind == "full")]])
         for r in [dlt, *others.itertuples()]:
             is_dlt = r.variant == dlt.variant
+            unique_layers(r.variant)
             rows.append({"comparison": group, "variant": r.variant, "kind": r.kind, "base": dlt.base, "init": r.init,
-                         "tokens": r.tokens, "unique_layers": r.unique_layers, "params": r.params,
+                         "tokens": r.tokens, "unique_layers": facts[r.variant][1], "params": facts[r.variant][0],
                          "non_embedding_params": r.non_embedding_params,
                          "dlt_max_unique": r.dlt_max_unique if is_dlt else "",
                          "decisions": len(decisions[r.variant]) if is_dlt else math.nan,
                          "final_trainable_params": int(last.trainable_params) if is_dlt else math.nan,
                          **{c: getattr(r, c) for c in summary.columns
                             if c.startswith("ppl_") or c in ("acc_avg", "acc_avg_se")}})
-    ppl = [c for c in summary.columns if c.startswith("ppl_")]
-    return pd.DataFrame(rows, columns=COLUMNS + ppl + ["acc_avg", "acc_avg_se"])
+    return pd.DataFrame(rows, columns=columns)
 
 
 def tying_figure(decisions: dict[str, pd.DataFrame], path: Path) -> None:
