@@ -150,6 +150,11 @@ def comparison_table(summary: pd.DataFrame, variants: pd.DataFrame, eval_dir: Pa
     return pd.DataFrame(rows, columns=columns)
 
 
+def tying_grid(decisions: pd.DataFrame) -> np.ndarray:
+    """The tying map over training as a depth × decision array of unique-layer indices."""
+    return np.array(decisions["layer_map"].tolist()).T
+
+
 def tying_figure(decisions: dict[str, pd.DataFrame], path: Path) -> None:
     """Per DLT run, the tying map over training: depth (rows) × decision step (columns), each
     cell the unique layer the depth uses after that decision (its own index: untied)."""
@@ -162,7 +167,7 @@ def tying_figure(decisions: dict[str, pd.DataFrame], path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(decisions), figsize=(max(5.0, 4.5 * len(decisions)), 4.5), squeeze=False)
     for ax, (name, table) in zip(axes[0], decisions.items()):
-        grid = np.array(table["layer_map"].tolist()).T  # depth x decision
+        grid = tying_grid(table)
         depths, steps = grid.shape
         annotate = depths * steps <= ANNOTATE_MAX_CELLS
         sns.heatmap(grid, ax=ax, cmap="viridis", vmin=0, vmax=depths - 1, annot=annotate, fmt="d",
