@@ -427,7 +427,8 @@ def test_dlt_rows_resolve_to_their_train_settings_and_start(tmp_path):
     e = dlt_experiment(tmp_path, DLT, "scratch\tdlt\tg\tscratch\t1\t-\t0\tfalse\t2000\t-\t-\tdefault\tfalse\t-\t-",
                        "untied\treduced\tg\tscratch\t1\t-\t0\tfalse\t2000\t-\t-\tdefault\tfalse\t-\t-")
     dlt, scratch = e["dlt"], e["scratch"]
-    assert (dlt.dlt_settings, scratch.dlt_settings, e["rec"].dlt_settings) == ({"max_unique": 4, "interval": 2}, {}, None)
+    assert (dlt.dlt_settings, scratch.dlt_settings, e["rec"].dlt_settings) == (
+        {"enabled": True, "max_unique": 4, "interval": 2}, {"enabled": True}, None)
     assert (dlt.init_dir, dlt.final_dir, dlt.trains, dlt.converted) == ("results/models/base/g", "results/train/dlt/final",
                                                                        True, False)
     assert (scratch.init_dir, scratch.converted, scratch.from_scratch) == ("results/models/init/scratch", True, True)

@@ -127,12 +127,13 @@ class Variant:
 
     @property
     def dlt_settings(self) -> dict | None:
-        """The `dlt` section of this variant's `rrt train --settings` (None: not a DLT run):
-        each DLT column that is set, under its settings name (`DLT_COLUMNS`)."""
+        """The keys this variant sets in the `dlt` section of its `rrt train --settings` (None:
+        not a DLT run): `enabled`, and each DLT column that is set, under its settings name
+        (`DLT_COLUMNS`); the section's other keys are the config's `train.dlt`."""
         if self.kind != "dlt":
             return None
-        return {key: int(getattr(self, column)) for column, key in DLT_COLUMNS.items()
-                if getattr(self, column) != "-"}
+        return {"enabled": True, **{key: int(getattr(self, column)) for column, key in DLT_COLUMNS.items()
+                                    if getattr(self, column) != "-"}}
 
     @property
     def convert_options(self) -> dict[str, str]:

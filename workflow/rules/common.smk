@@ -69,8 +69,9 @@ def train_settings(v):
         settings["early_exit"] = recipe
     if v.kd_loss != "-":
         settings["kd"] = dict(settings["kd"], loss=v.kd_loss)
-    if v.dlt_settings is not None:
-        settings["dlt"] = v.dlt_settings
+    if v.dlt_settings is not None:  # over the config's train.dlt section, where it has one
+        settings["dlt"] = dict(settings.get("dlt") or {}, **v.dlt_settings)
+        settings["deepspeed"] = None  # one process (launch_args)
     return json.dumps(settings)
 
 
@@ -197,9 +198,13 @@ def resources_of(group):
     return out
 
 
-def launch_args():
-    """`rrt launch` options for uptraining: nodes, processes per node, GPUs per node."""
+def launch_args(v=None):
+    """`rrt launch` options for uptraining variant `v`: nodes, processes per node, GPUs per
+    node. A DLT run is one process (at most one GPU): its reties change the parameters,
+    which DDP and DeepSpeed fix when they wrap the model."""
     r = config["resources"]["train"]
+    if v is not None and v.kind == "dlt":
+        return f"--nodes 1 --procs-per-node 1 --gpus-per-node {min(r['gpus'], 1)}"
     procs = r["procs"] or max(r["gpus"], 1)
     return f"--nodes {r['nodes']} --procs-per-node {procs} --gpus-per-node {r['gpus']}"
 

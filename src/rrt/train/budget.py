@@ -10,7 +10,9 @@ L/B layers for `reduced`, `RecursiveForCausalLM` with the variant's loops, shari
 A `dlt` run (Dynamic Layer Tying) computes every one of the L depths, like `full`, but holds
 (and its optimizer updates) only its unique layers: with a budget K (`dlt_max_unique`) its
 parameters are those of the same model with K layers; without one the agent may keep every
-layer untied, so it is costed as the untied model.
+layer untied, so it is costed as the untied model. It runs as one process on one GPU (no
+DDP, no ZeRO: its reties change the parameters), so its wall-clock hours are its GPU-hours
+and its memory is not partitioned.
 P = unique parameters (total and non-embedding, LoRA included). N_eff = `compute_params`:
 the matmul weights a token meets in the unrolled model, L_eff = K·B depths (each its shared
 layer's linears plus its own LoRA) and the LM head.
@@ -281,6 +283,10 @@ def plan_budget(config: dict, variants: Experiment | pd.DataFrame, *, gpu: str |
     rows = []
     if any(v.kind == "dlt" and v.dlt_max_unique == "-" for v in variants):
         notes.append("dlt rows without dlt_max_unique are costed as the untied model (the agent may keep every layer)")
+    if any(v.kind == "dlt" and v.trains for v in variants) and world > 1:
+        notes.append("dlt rows run on one GPU (one process, no ZeRO: a retie changes the parameters, which DDP and "
+                     "DeepSpeed fix when they wrap the model)")
+    dlt_micro_tokens = plan_batches(int(train["batch_tokens"]), block, int(train["micro_batch_size"]), 1)[0] * block
     for v in variants:
         unique = int(v.dlt_max_unique) if v.kind == "dlt" and v.dlt_max_unique != "-" else None
         size = size_of(v.base, v.kind, v.loops, v.sharing, *v.ranks, unique_layers=unique)  # attention's rank, MLP's
@@ -292,21 +298,23 @@ def plan_budget(config: dict, variants: Experiment | pd.DataFrame, *, gpu: str |
             "n_eff": size["n_eff"], "depths": size["depths"],
         }
         warnings = []
+        # A DLT run is one process: all of the work on one GPU, nothing partitioned.
+        run_world, run_zero, run_tokens = (1, 1, dlt_micro_tokens) if v.kind == "dlt" else (world, zero, micro_tokens)
         if v.trains:
             flops = v.tokens * train_flops_per_token(size, block, checkpointing=checkpointing, chunked=bool(chunk),
                                                      teacher=teacher, exits=v.exits)
             gpu_hours = flops / (spec["peak_tflops"] * 1e12 * mfu) / 3600
-            wall = gpu_hours / world
+            wall = gpu_hours / run_world
             jobs = jobs_needed(wall, runtime, margin)
             p = size["params"]
             memory = {
                 "mem_weights_gb": 4 * p / GB,
-                "mem_grads_gb": 4 * p / zero / GB,
-                "mem_optimizer_gb": 8 * p / zero / GB,
+                "mem_grads_gb": 4 * p / run_zero / GB,
+                "mem_optimizer_gb": 8 * p / run_zero / GB,
                 "mem_teacher_gb": 2 * teacher["params"] / GB if v.kd else 0.0,
-                "mem_activations_gb": activation_bytes(size, micro_tokens, False) / GB,
-                "mem_activations_checkpointed_gb": activation_bytes(size, micro_tokens, True) / GB,
-                "mem_logits_gb": logits_bytes(size["vocab"], micro_tokens, chunk, v.kd, v.exits) / GB,
+                "mem_activations_gb": activation_bytes(size, run_tokens, False) / GB,
+                "mem_activations_checkpointed_gb": activation_bytes(size, run_tokens, True) / GB,
+                "mem_logits_gb": logits_bytes(size["vocab"], run_tokens, chunk, v.kd, v.exits) / GB,
             }
             act = memory["mem_activations_checkpointed_gb" if checkpointing else "mem_activations_gb"]
             memory["mem_peak_gb"] = (memory["mem_weights_gb"] + memory["mem_grads_gb"] + memory["mem_optimizer_gb"]
