@@ -311,7 +311,7 @@ def test_config_overrides_reach_rrt_plan(work, monkeypatch, capsys):
     assert resolved["train"]["tokens"] == 512 and resolved["plan"]["mfu"] == 0.4  # the file's, the schema's default
     monkeypatch.chdir(work)
     assert main(["plan", "--resolved-config", "results/config.json", "--out", "plan.csv"]) == 0
-    assert "results/config.json: 12 variants on a100" in capsys.readouterr().out
+    assert "results/config.json: 13 variants on a100" in capsys.readouterr().out  # the test table's 13 rows
     plan = pd.read_csv(work / "plan.csv").set_index("variant")
     assert plan.loc["rec-average", "tokens"] == 12345 and plan.loc["rec-stepwise", "tokens"] == 512
 
