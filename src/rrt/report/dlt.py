@@ -143,8 +143,8 @@ def comparison_table(summary: pd.DataFrame, variants: pd.DataFrame, eval_dir: Pa
                          "tokens": r.tokens, "unique_layers": facts[r.variant][1], "params": facts[r.variant][0],
                          "non_embedding_params": r.non_embedding_params,
                          "dlt_max_unique": r.dlt_max_unique if is_dlt else "",
-                         "decisions": len(decisions[r.variant]) if is_dlt else math.nan,
-                         "final_trainable_params": int(last.trainable_params) if is_dlt else math.nan,
+                         "decisions": len(decisions[r.variant]) if is_dlt else "",  # blank: not a DLT row
+                         "final_trainable_params": int(last.trainable_params) if is_dlt else "",
                          **{c: getattr(r, c) for c in summary.columns
                             if c.startswith("ppl_") or c in ("acc_avg", "acc_avg_se")}})
     return pd.DataFrame(rows, columns=columns)
