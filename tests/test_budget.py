@@ -227,6 +227,32 @@ def test_plan_rows_hours_and_memory():
     assert table.attrs["data"]["g"]["train_tokens"] == 2 * 10**9
 
 
+def test_a_dlt_row_holds_its_budget_of_layers_and_computes_every_depth():
+    """Dynamic Layer Tying under a budget K holds (and updates) K unique layers but runs all
+    L depths: the parameters and memory of the CYCLE model with K = L/B unique layers, the
+    compute of the full model, on one GPU with nothing partitioned (one process: a retie
+    changes the parameters). Without a budget it is costed as untied, with a note."""
+    table = _variants(("full", "full", "g", "-", 1, "-", "0", False, "default"),
+                      ("rec", "recursive", "g", "stepwise", 2, "cycle", "0", False, "default"),
+                      ("dlt-k9", "dlt", "g", "-", 1, "-", "0", False, "default"),
+                      ("dlt", "dlt", "g", "scratch", 1, "-", "0", False, "default"))
+    table["dlt_max_unique"] = ["-", "-", "9", "-"]
+    plan = budget.plan_budget(_config(), table).set_index("variant")
+    k9, rec, full, free = plan.loc["dlt-k9"], plan.loc["rec"], plan.loc["full"], plan.loc["dlt"]
+    assert (k9.params, k9.params_non_embedding) == (rec.params, rec.params_non_embedding)  # Gemma: 18 = 9 x 2
+    assert k9.flops == full.flops and k9.gpu_hours == full.gpu_hours and k9.depths == 18
+    assert k9.wall_hours == k9.gpu_hours and full.wall_hours == pytest.approx(full.gpu_hours / 8)
+    assert k9.mem_weights_gb == rec.mem_weights_gb
+    assert k9.mem_grads_gb + k9.mem_optimizer_gb == pytest.approx(12 * rec.params / 1e9)  # no ZeRO
+    assert (free.params, free.flops) == (full.params, full.flops)
+    assert free.mem_optimizer_gb == pytest.approx(8 * full.params / 1e9)
+    assert any("without dlt_max_unique are costed as the untied model" in n for n in plan.attrs["notes"])
+    assert any("dlt rows run on one GPU" in n for n in plan.attrs["notes"])
+    table["dlt_max_unique"] = ["-", "-", "19", "-"]
+    with pytest.raises(UsageError, match=r"base model 'g': dlt_max_unique 19 is not in 1\.\.18"):
+        budget.plan_budget(_config(), table)
+
+
 def test_memory_and_runtime_warnings():
     huge = budget.plan_budget(_config(micro_batch_size=1024, batch_tokens=2**31, loss_chunk_tokens=None), VARIANTS)
     assert huge.set_index("variant").loc["full", "warning"].startswith("peak ")

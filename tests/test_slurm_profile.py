@@ -76,7 +76,7 @@ def test_the_literal_command_plans_the_paper_experiment(tmp_path):
     text = plan(clone(tmp_path), "all")
     planned = jobs(text)
     counts = {rule: sum(j["rule"] == rule for j in planned) for rule in {j["rule"] for j in planned}}
-    assert counts["uptrain"] == 87 and counts["evaluate"] == 90 and counts["base_model"] == 3
+    assert counts["uptrain"] == 96 and counts["evaluate"] == 99 and counts["base_model"] == 3
     assert counts["throughput"] == counts["simulate"] == 8  # config/paper_variants.tsv's rows with throughput true
     for job in planned:
         sbatch = submit_string(job)
@@ -89,8 +89,9 @@ def test_the_literal_command_plans_the_paper_experiment(tmp_path):
         else:
             assert "gpu" not in sbatch
     train = [line.removeprefix("Shell command: ") for line in text.splitlines() if "rrt train" in line]
-    assert len(train) == 87 and all(
-        line.startswith("OMP_NUM_THREADS=1 rrt launch --nodes 1 --procs-per-node 8 --gpus-per-node 8 "
+    procs = {True: "1 --gpus-per-node 1", False: "8 --gpus-per-node 8"}  # a DLT run is one process
+    assert len(train) == 96 and all(
+        line.startswith(f"OMP_NUM_THREADS=1 rrt launch --nodes 1 --procs-per-node {procs['dlt' in line.split('--out ')[1].split()[0]]} "
                         "--cpus-per-node 64 -- rrt train ")  # threads are capped at --cores (1) in a dry run only
         and train_settings_in(line)["stop_margin_s"] == 900 and line.endswith("--requeue > " + line.split("> ")[-1])
         for line in train)

@@ -311,7 +311,7 @@ def test_config_overrides_reach_rrt_plan(work, monkeypatch, capsys):
     assert resolved["train"]["tokens"] == 512 and resolved["plan"]["mfu"] == 0.4  # the file's, the schema's default
     monkeypatch.chdir(work)
     assert main(["plan", "--resolved-config", "results/config.json", "--out", "plan.csv"]) == 0
-    assert "results/config.json: 12 variants on a100" in capsys.readouterr().out
+    assert "results/config.json: 13 variants on a100" in capsys.readouterr().out  # the test table's 13 rows
     plan = pd.read_csv(work / "plan.csv").set_index("variant")
     assert plan.loc["rec-average", "tokens"] == 12345 and plan.loc["rec-stepwise", "tokens"] == 512
 
@@ -407,3 +407,52 @@ def test_the_embedded_default_post_trains_on_new_data():
     tokens = cfg["train"]["tokens"]
     assert e["rec-stepwise-ee"].parent_data == "new" and e.data_after("rec-stepwise-ee") == [tokens]
     assert e.train_tokens_to_gather("smollm2") == 2 * tokens <= cfg["data"]["max_train_tokens"]
+
+
+# --- Dynamic Layer Tying rows (kind dlt) ---------------------------------------------------
+DLT_HEADER = HEADER.strip() + "\tdlt_max_unique\tdlt_interval\n"
+DLT = "dlt\tdlt\tg\t-\t1\t-\t0\tfalse\tdefault\t-\t-\tdefault\tfalse\t4\t2"
+
+
+def dlt_experiment(tmp_path, *rows: str) -> Experiment:
+    path = tmp_path / "variants.tsv"
+    beside = [r + "\t-\t-" for r in ROWS if r.split("\t")[0] in ("orig", "full", "rec")]
+    path.write_text(DLT_HEADER + "\n".join(beside + list(rows)) + "\n")
+    return Experiment({**config(), "variants": str(path)}, read_variants(path), path)
+
+
+def test_dlt_rows_resolve_to_their_train_settings_and_start(tmp_path):
+    """A DLT row trains the base's own layers (from its weights, or from a random init built
+    like the untied `reduced` loops-1 baseline); its columns are its `dlt` settings."""
+    e = dlt_experiment(tmp_path, DLT, "scratch\tdlt\tg\tscratch\t1\t-\t0\tfalse\t2000\t-\t-\tdefault\tfalse\t-\t-",
+                       "untied\treduced\tg\tscratch\t1\t-\t0\tfalse\t2000\t-\t-\tdefault\tfalse\t-\t-")
+    dlt, scratch = e["dlt"], e["scratch"]
+    assert (dlt.dlt_settings, scratch.dlt_settings, e["rec"].dlt_settings) == (
+        {"enabled": True, "max_unique": 4, "interval": 2}, {"enabled": True}, None)
+    assert (dlt.init_dir, dlt.final_dir, dlt.trains, dlt.converted) == ("results/models/base/g", "results/train/dlt/final",
+                                                                       True, False)
+    assert (scratch.init_dir, scratch.converted, scratch.from_scratch) == ("results/models/init/scratch", True, True)
+    assert e["untied"].init_dir == "results/models/init/untied" and not e["untied"].from_scratch
+    # a table without the DLT columns is today's table
+    assert experiment(tmp_path)["rec"].dlt_settings is None and experiment(tmp_path)["rec"].dlt_max_unique == "-"
+
+
+@pytest.mark.parametrize("row, message", [
+    (_replace(DLT.rsplit("\t", 2)[0], loops="2") + "\t4\t2", "variant 'dlt': a dlt variant needs loops 1, got 2"),
+    (_replace(DLT.rsplit("\t", 2)[0], rank="8") + "\t4\t2", "variant 'dlt': a dlt variant needs rank 0, got '8'"),
+    (_replace(DLT.rsplit("\t", 2)[0], kd="true") + "\t4\t2", "variant 'dlt': a dlt variant needs kd false, got True"),
+    (_replace(DLT.rsplit("\t", 2)[0], init="average") + "\t4\t2",
+     "variant 'dlt': init 'average' of a dlt variant is not one of -, scratch"),
+    (_replace(DLT.rsplit("\t", 2)[0], tokens="0") + "\t4\t2", "variant 'dlt': a dlt variant needs tokens > 0"),
+    (_replace(DLT.rsplit("\t", 2)[0], throughput="true") + "\t4\t2",
+     "variant 'dlt': throughput needs a recursive or full-size model"),
+    (DLT.rsplit("\t", 2)[0] + "\t0\t2", "variant 'dlt': dlt_max_unique '0' does not match"),
+    (DLT.rsplit("\t", 2)[0] + "\t4\tsoon", "variant 'dlt': dlt_interval 'soon' does not match"),
+    (REC + "\t15\t-", "variant 'rec2': dlt_max_unique '15' needs kind dlt"),
+])
+def test_each_bad_dlt_row_is_a_one_line_error(tmp_path, row, message):
+    row = row.replace("rec\t", "rec2\t", 1) if row.startswith("rec\t") else row
+    with pytest.raises(UsageError) as caught:
+        dlt_experiment(tmp_path, row)
+    text = str(caught.value)
+    assert text.startswith(f"{tmp_path / 'variants.tsv'}: ") and message in text and "\n" not in text, text

@@ -37,7 +37,7 @@ def test_test_config_builds_the_whole_dag(tmp_path, test_config):
     code, text = dry_run(tmp_path, test_config)
     assert code == 0, text[-2000:]
     # simulate: the paper's throughput procedure, one job per variant with throughput true
-    for rule, count in (("convert", 8), ("reduce", 1), ("uptrain", 11), ("evaluate", 12), ("throughput", 2),
+    for rule, count in (("convert", 8), ("reduce", 1), ("uptrain", 12), ("evaluate", 13), ("throughput", 2),
                         ("simulate", 2), ("aggregate", 1)):
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
 
@@ -57,6 +57,10 @@ def test_ablation_columns_reach_convert_and_train(tmp_path, test_config):
     trains = {line.split("--out ")[1].split()[0].rsplit("/", 1)[-1]: train_settings_in(line)
               for line in text.splitlines() if "rrt train" in line}
     assert trains["rec-stepwise-kd-rkl"]["kd"]["loss"] == "rkl" and trains["rec-stepwise-kd"]["kd"]["loss"] == "fkl"
+    # A DLT row's columns become the `dlt` section of its settings; the other rows have none.
+    assert {k: trains["dlt-k2"]["dlt"][k] for k in ("enabled", "max_unique", "interval")} == {
+        "enabled": True, "max_unique": 2, "interval": 2}
+    assert [name for name, s in trains.items() if (s.get("dlt") or {}).get("enabled")] == ["dlt-k2"]
 
 
 def test_bad_value_is_one_line_naming_the_key(tmp_path, test_config):
@@ -164,14 +168,19 @@ def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
                          cwd=ROOT, capture_output=True, text=True)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
-    for rule, count in (("base_model", 3), ("tokenize", 3), ("uptrain", 87), ("evaluate", 90)):
+    for rule, count in (("base_model", 3), ("tokenize", 3), ("uptrain", 96), ("evaluate", 99)):
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
     train = [line for line in text.splitlines() if "rrt train" in line]
     settings = {line: train_settings_in(line) for line in train}
+    # A Dynamic Layer Tying run is one process on one GPU without DeepSpeed (its reties change
+    # the parameters); every other run on 8 ranks with ZeRO-2.
+    dlt = {line for line in train if (settings[line].get("dlt") or {}).get("enabled")}
+    assert len(dlt) == 6 and all("rrt launch --nodes 1 --procs-per-node 1 --gpus-per-node 1 " in line
+                                 and settings[line]["deepspeed"] is None for line in dlt)
     assert train and all("rrt launch --nodes 1 --procs-per-node 8 --gpus-per-node 8" in line and " --requeue " in line
-                         for line in train)
-    assert all(s["stop_margin_s"] == 900 and s["deepspeed"] == "workflow/deepspeed/zero2.json"
-               and s["gradient_checkpointing"] is True and s["loss_chunk_tokens"] == 4096
+                         for line in train if line not in dlt)
+    assert all(s["deepspeed"] == "workflow/deepspeed/zero2.json" for line, s in settings.items() if line not in dlt)
+    assert all(s["stop_margin_s"] == 900 and s["gradient_checkpointing"] is True and s["loss_chunk_tokens"] == 4096
                and s["adam_betas"] == [0.9, 0.95] and s["batch_tokens"] == 2097152 for s in settings.values())
     # Warmup follows each run's length: the paper's 200 steps at 15B and 800 at 60B.
     from rrt.train.plan import num_steps, plan_batches
@@ -193,6 +202,17 @@ def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
     assert settings[weighted]["early_exit"] == {"weights": "linear", "kd_weight": 0.0}
     cotrain = next(line for line in train if "--out results/train/gemma-rec-stepwise-ee-cotrain " in line)
     assert "--model results/models/init/gemma-rec-stepwise-ee-cotrain" in cotrain
+    # Dynamic Layer Tying: K = L/2 from the pretrained model (its budget in the dlt section);
+    # from scratch, the DLT run and its untied baseline start from the same random init.
+    k9 = next(line for line in train if "--out results/train/gemma-dlt-k9 " in line)
+    assert "--model results/models/base/gemma2b " in k9
+    assert settings[k9]["dlt"]["enabled"] and settings[k9]["dlt"]["max_unique"] == 9
+    scratch = next(line for line in train if "--out results/train/gemma-scratch-dlt " in line)
+    assert "--model results/models/init/gemma-scratch-dlt " in scratch and settings[scratch]["dlt"]["enabled"]
+    assert settings[scratch]["dlt"].get("max_unique") is None
+    for name in ("gemma-scratch-dlt", "gemma-scratch-untied"):
+        assert (f"rrt reduce --base results/models/base/gemma2b --out results/models/init/{name} --loops 1 "
+                "--init scratch") in text
     evals = {line.split("--out results/eval/")[1].split(".json")[0]: line for line in text.splitlines()
              if "rrt eval" in line}
     at_exits = sorted(v for v, line in evals.items() if " --exits " in line)

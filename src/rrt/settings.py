@@ -408,6 +408,8 @@ class WorkflowConfig(Section):
     paper_throughput: str | None = setting(None, "TSV of the paper's throughput numbers "
                                                  "(`config/paper_throughput.tsv`): one row per `paper_ref`, for the "
                                                  "simulated-vs-measured throughput table")
+    dlt_reference: str | None = setting(None, "TSV of the Dynamic Layer Tying paper's numbers "
+                                              "(`config/dlt_reference.tsv`), for the report's DLT reference table")
     data: DataSettings = setting(DataSettings, "")
     train: TrainSettings = setting(TrainSettings, "")
     eval: EvalSettings = setting(EvalSettings, "")

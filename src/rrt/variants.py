@@ -29,7 +29,7 @@ OPTIONAL = {"paper_ref": "-", "note": "", "warmup": "default", "parent": "-", "e
 # A row with a `parent` trains on from the parent's trained model instead of a fresh
 # conversion (early-exit post-training): it must be the same model, so these must match.
 SAME_AS_PARENT = ("base", "kind", "init", "loops", "sharing", "rank")
-KINDS = ("original", "full", "recursive", "reduced")
+KINDS = ("original", "full", "recursive", "reduced", "dlt")
 NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 # Allowed values of the free-text-looking columns: (regex, what a user should write).
 PATTERNS = {
@@ -52,6 +52,16 @@ PATTERNS.update({column: (r"-|[0-9]+|full", "a LoRA rank per depth for this modu
                  for column in ("rank_attn", "rank_mlp")})
 CHOICES.update({"lora_init": ("-", *LORA_INITS), "stepwise_rule": ("-", *STEPWISE_RULES),
                 "norm_init": ("-", *NORM_INITS), "kd_loss": ("-", *KD_KINDS)})
+# Dynamic Layer Tying (kind `dlt`, docs/dlt.md): the columns of a DLT run and the field of
+# the train settings' `dlt` section each one sets (`Variant.dlt_settings`; `-`: the
+# trainer's default). The one place the table meets `rrt train`'s DLT settings.
+DLT_COLUMNS = {"dlt_max_unique": "max_unique", "dlt_interval": "interval"}
+DLT_INITS = ("-", "scratch")  # the base's weights (uptraining), or random ones (from scratch)
+OPTIONAL.update({column: "-" for column in DLT_COLUMNS})
+PATTERNS.update({
+    "dlt_max_unique": (r"-|[1-9][0-9]*", "the most unique layers the agent may keep (K >= 1), or - for no budget"),
+    "dlt_interval": (r"-|[1-9][0-9]*", "optimizer steps between the agent's decisions (>= 1), or - for the default"),
+})
 # Which rows an ablation column applies to: (check on the row, what it needs).
 ABLATION_NEEDS = {
     "lora_init": (lambda row: row.kind == "recursive", "a recursive variant"),
@@ -60,6 +70,8 @@ ABLATION_NEEDS = {
     "stepwise_rule": (lambda row: row.init == "stepwise", "init stepwise"),
     "norm_init": (lambda row: row.init == "average", "init average"),
     "kd_loss": (lambda row: bool(row.kd), "kd true"),
+    "dlt_max_unique": (lambda row: row.kind == "dlt", "kind dlt"),
+    "dlt_interval": (lambda row: row.kind == "dlt", "kind dlt"),
 }
 
 
@@ -87,7 +99,7 @@ class Variant:
     number asked for, see `trains`); `warmup_steps` None means the config's warmup."""
 
     name: str
-    kind: str                 # original, full, recursive or reduced
+    kind: str                 # original, full, recursive, reduced or dlt
     base: str                 # a key of the config's base_models
     init: str
     loops: int
@@ -110,6 +122,18 @@ class Variant:
     stepwise_rule: str = "-"  # ends or start
     norm_init: str = "-"      # average, first or unit
     kd_loss: str = "-"        # fkl, rkl, jsd or tvd (- : train.kd.loss)
+    dlt_max_unique: str = "-"  # dlt: the unique-layer budget K (- : none)
+    dlt_interval: str = "-"    # dlt: optimizer steps between decisions (- : the trainer's default)
+
+    @property
+    def dlt_settings(self) -> dict | None:
+        """The keys this variant sets in the `dlt` section of its `rrt train --settings` (None:
+        not a DLT run): `enabled`, and each DLT column that is set, under its settings name
+        (`DLT_COLUMNS`); the section's other keys are the config's `train.dlt`."""
+        if self.kind != "dlt":
+            return None
+        return {"enabled": True, **{key: int(getattr(self, column)) for column, key in DLT_COLUMNS.items()
+                                    if getattr(self, column) != "-"}}
 
     @property
     def convert_options(self) -> dict[str, str]:
@@ -137,7 +161,13 @@ class Variant:
     @property
     def converted(self) -> bool:
         """Whether its model is made by `rrt convert` or `rrt reduce` (not its parent's)."""
-        return self.kind in ("recursive", "reduced") and self.parent is None
+        return (self.kind in ("recursive", "reduced") or self.from_scratch) and self.parent is None
+
+    @property
+    def from_scratch(self) -> bool:
+        """A DLT run from random weights of its base's architecture (`init: scratch`: built by
+        `rrt reduce --loops 1 --init scratch`, like the untied `reduced` baseline with loops 1)."""
+        return self.kind == "dlt" and self.init == "scratch"
 
     @property
     def exits(self) -> int:
@@ -210,6 +240,8 @@ def check_table(table: pd.DataFrame, path) -> None:
         for column, (applies, needs) in ABLATION_NEEDS.items():
             if getattr(row, column) != "-" and not applies(row):
                 raise UsageError(f"{path}: variant {name!r}: {column} {getattr(row, column)!r} needs {needs}")
+        if row.kind == "dlt":
+            _check_dlt_row(row, name, path)
         if row.kind == "reduced" and row.init not in REDUCED_INITS:
             raise UsageError(f"{path}: variant {name!r}: init {row.init!r} of a reduced variant is not one of "
                              f"{', '.join(REDUCED_INITS)}")
@@ -246,6 +278,25 @@ def check_table(table: pd.DataFrame, path) -> None:
                 raise UsageError(f"{path}: variant {name!r}: its parents loop back to {at!r}")
             seen.add(at)
             at = table.loc[at].parent
+
+
+def _check_dlt_row(row, name: str, path) -> None:
+    """A DLT row trains one untied stack of the base's layers (the agent ties them while
+    training): no loops, sharing, LoRA, teacher or parent of its own; it starts from the
+    base's weights or from random ones (`init: scratch`)."""
+    if row.init not in DLT_INITS:
+        raise UsageError(f"{path}: variant {name!r}: init {row.init!r} of a dlt variant is not one of "
+                         f"{', '.join(DLT_INITS)} (- : the base's weights, scratch: random weights)")
+    fixed = {"loops": "1", "sharing": "-", "rank": "0", "kd": "False", "parent": "-"}
+    for column, value in fixed.items():
+        if str(getattr(row, column)) != value:
+            raise UsageError(f"{path}: variant {name!r}: a dlt variant needs {column} "
+                             f"{'false' if value == 'False' else value}, got {getattr(row, column)!r}")
+    if str(row.tokens) == "0":
+        raise UsageError(f"{path}: variant {name!r}: a dlt variant needs tokens > 0 (the agent decides while training)")
+    if row.throughput:
+        raise UsageError(f"{path}: variant {name!r}: throughput needs a recursive or full-size model; a learned "
+                         "tying map need not be a loop, which the depth-wise engine serves (set throughput false)")
 
 
 class Experiment:
@@ -298,7 +349,7 @@ class Experiment:
         row = self.table.loc[name]
         tokens = int(self.config["train"]["tokens"]) if str(row.tokens) == "default" else int(row.tokens)
         parent = None if row.parent == "-" else row.parent
-        if row.kind in ("original", "full"):
+        if row.kind in ("original", "full") or (row.kind == "dlt" and row.init != "scratch"):
             start = base_dir(row.base)
         elif parent is not None:
             start = self._resolve(parent).final_dir
@@ -311,7 +362,7 @@ class Experiment:
             early_exit=None if row.early_exit == "-" else row.early_exit, throughput=bool(row.throughput),
             parent_data=None if parent is None else ("new" if row.parent_data == "-" else row.parent_data),
             paper_ref=row.paper_ref, note=row.note, init_dir=start,
-            **{column: row[column] for column in (*CONVERT_COLUMNS, "kd_loss")})
+            **{column: row[column] for column in (*CONVERT_COLUMNS, "kd_loss", *DLT_COLUMNS)})
         return self.variants[name]
 
     # --- lookups ---------------------------------------------------------------------------

@@ -56,7 +56,8 @@ def train_tokens(v):
 
 def train_settings(v):
     """`rrt train --settings`: the resolved train section with the variant's own token
-    budget, warmup (its `warmup` column, else the section's), early-exit recipe and, on new
+    budget, warmup (its `warmup` column, else the section's), early-exit recipe, DLT section
+    (`dlt`: its DLT columns, rrt.variants.DLT_COLUMNS; null for the other kinds) and, on new
     data, its parents' budgets (`data_after`: their blocks are left out)."""
     settings = dict(config["train"], tokens=v.tokens)
     if EXPERIMENT.data_after(v.name):
@@ -68,6 +69,9 @@ def train_settings(v):
         settings["early_exit"] = recipe
     if v.kd_loss != "-":
         settings["kd"] = dict(settings["kd"], loss=v.kd_loss)
+    if v.dlt_settings is not None:  # over the config's train.dlt section, where it has one
+        settings["dlt"] = dict(settings.get("dlt") or {}, **v.dlt_settings)
+        settings["deepspeed"] = None  # one process (launch_args)
     return json.dumps(settings)
 
 
@@ -89,7 +93,8 @@ def final_dir(wildcards):
 
 
 def converted(name):
-    """Whether the variant's model is made by `convert` or `reduce` (not its parent's)."""
+    """Whether the variant's model is made by `convert` or `reduce` (not its parent's; a DLT
+    run from scratch: `reduce` with loops 1)."""
     return EXPERIMENT[name].converted
 
 
@@ -193,9 +198,13 @@ def resources_of(group):
     return out
 
 
-def launch_args():
-    """`rrt launch` options for uptraining: nodes, processes per node, GPUs per node."""
+def launch_args(v=None):
+    """`rrt launch` options for uptraining variant `v`: nodes, processes per node, GPUs per
+    node. A DLT run is one process (at most one GPU): its reties change the parameters,
+    which DDP and DeepSpeed fix when they wrap the model."""
     r = config["resources"]["train"]
+    if v is not None and v.kind == "dlt":
+        return f"--nodes 1 --procs-per-node 1 --gpus-per-node {min(r['gpus'], 1)}"
     procs = r["procs"] or max(r["gpus"], 1)
     return f"--nodes {r['nodes']} --procs-per-node {procs} --gpus-per-node {r['gpus']}"
 

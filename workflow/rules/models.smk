@@ -26,13 +26,14 @@ rule convert:
 
 
 rule reduce:
-    """Reduced-size baseline: L/loops layers, the first ones or random."""
+    """Reduced-size baseline: L/loops layers, the first ones or random; with loops 1 and
+    random weights, the start of a from-scratch run (the untied baseline, a DLT `scratch` row)."""
     input:
         base=lambda wc: base_dir(variant(wc).base),
     output:
         directory("results/models/init/{variant}"),
     wildcard_constraints:
-        variant="|".join(v.name for v in EXPERIMENT if v.converted and v.kind == "reduced") or "^$",
+        variant="|".join(v.name for v in EXPERIMENT if v.converted and v.kind in ("reduced", "dlt")) or "^$",
     params:
         row=lambda wc: {k: getattr(variant(wc), k) for k in ("init", "loops")},
     log:

@@ -23,6 +23,7 @@ rule aggregate:
         paper_throughput=config["paper_throughput"] or [],
         variants=config["variants"],
         paper=config["paper_reference"] or [],
+        dlt_reference=config["dlt_reference"] or [],
         benchmarks=benchmark_files(),
         config=rules.resolved_config.output[0],
     output:
@@ -48,6 +49,16 @@ rule aggregate:
                         category="2. Figures", labels={"figure": "training loss"}),
         fig_speed=report("results/figures/train_throughput.png", caption="../report/train_throughput.rst",
                          category="2. Figures", labels={"figure": "training throughput"}),
+        dlt_comparison=report("results/tables/dlt_comparison.csv", caption="../report/dlt_comparison.rst",
+                              category="1. Results", labels={"table": "DLT: learned vs fixed tying"}),
+        dlt_comparison_md="results/tables/dlt_comparison.md",
+        dlt_reference=report("results/tables/dlt_reference.csv", caption="../report/dlt_reference.rst",
+                             category="1. Results", labels={"table": "DLT: the paper's numbers"}),
+        dlt_reference_md="results/tables/dlt_reference.md",
+        fig_dlt_tying=report("results/figures/dlt_tying.png", caption="../report/dlt_tying.rst",
+                             category="2. Figures", labels={"figure": "DLT: tying map over training"}),
+        fig_dlt_params=report("results/figures/dlt_params.png", caption="../report/dlt_params.rst",
+                              category="2. Figures", labels={"figure": "DLT: trainable parameters"}),
         early_exit=report("results/tables/early_exit.csv", caption="../report/early_exit.rst",
                           category="1. Results", labels={"table": "early exit: every exit"}),
         early_exit_md="results/tables/early_exit.md",
@@ -70,6 +81,7 @@ rule aggregate:
     params:
         paper=optional_args(paper=config["paper_reference"]),
         paper_throughput=optional_args(paper_throughput=config["paper_throughput"]),
+        dlt_reference=optional_args(dlt_reference=config["dlt_reference"]),
         train_settings=lambda wc: train_settings_json(),
     log:
         "results/logs/aggregate.log",
@@ -81,7 +93,7 @@ rule aggregate:
     shell:
         "rrt aggregate --variants {input.variants} {params.paper} --eval-dir results/eval "
         "--train-dir results/train --throughput-dir results/throughput --simulate-dir results/simulate "
-        "{params.paper_throughput} --tables results/tables "
+        "{params.paper_throughput} {params.dlt_reference} --tables results/tables "
         "--figures results/figures --benchmarks results/benchmarks --train-settings '{params.train_settings}' "
         "--resolved-config {input.config} "
         "> {log} 2>&1"

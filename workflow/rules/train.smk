@@ -21,7 +21,7 @@ rule uptrain:
         out="results/train/{variant}",
         settings=lambda wc: train_settings(variant(wc)),
         teacher=lambda wc: f"--teacher {base_dir(variant(wc).base)}" if variant(wc).kd else "",
-        launch=launch_args(),
+        launch=lambda wc: launch_args(variant(wc)),
     log:
         "results/logs/uptrain/{variant}.log",
     benchmark:

@@ -323,6 +323,8 @@ def _report_commands(sub) -> None:
                         "throughput_simulated.csv/.md (simulated beside measured, from --throughput-dir)")
     p.add_argument("--paper-throughput", default=None,
                    help="TSV of the paper's throughput numbers (config/paper_throughput.tsv), for the simulated table")
+    p.add_argument("--dlt-reference", default=None,
+                   help="TSV of the Dynamic Layer Tying paper's numbers (config/dlt_reference.tsv): dlt_reference.csv/.md")
     p.add_argument("--train-settings", default=None,
                    help="JSON of the workflow's train settings: the report states the choices the paper leaves open")
     p.add_argument("--resolved-config", metavar="JSON", default=None,

@@ -11,10 +11,11 @@ from . import checks
 
 def aggregate(args) -> None:
     for flag, path in (("--variants", args.variants), ("--eval-dir", args.eval_dir), ("--paper", args.paper),
-                       ("--paper-throughput", args.paper_throughput)):
+                       ("--paper-throughput", args.paper_throughput), ("--dlt-reference", args.dlt_reference)):
         if path is not None and not Path(path).exists():
             raise UsageError(f"{flag} {path} does not exist")
-    for flag, path in (("--variants", args.variants), ("--paper", args.paper), ("--paper-throughput", args.paper_throughput)):
+    for flag, path in (("--variants", args.variants), ("--paper", args.paper), ("--paper-throughput", args.paper_throughput),
+                       ("--dlt-reference", args.dlt_reference)):
         if path is not None and Path(path).is_dir():
             raise UsageError(f"{flag} {path} is a directory, not a TSV file")
     for flag, path in (("--eval-dir", args.eval_dir), ("--train-dir", args.train_dir),
@@ -35,7 +36,8 @@ def aggregate(args) -> None:
         with checks.removed_on_error(args.tables, args.figures):
             summary = aggregate_results(args.variants, args.paper, args.eval_dir, args.train_dir, args.tables,
                                         args.figures, args.benchmarks, train_settings,
-                                        args.throughput_dir, config, args.simulate_dir, args.paper_throughput)
+                                        args.throughput_dir, config, args.simulate_dir, args.paper_throughput,
+                                        args.dlt_reference)
     except FileNotFoundError as e:
         raise UsageError(f"missing result: {e.filename}") from None
     print(summary.to_markdown(index=False, floatfmt=".2f"))

@@ -14,6 +14,8 @@ from ..io import atomic_write_text
 from ..settings import TASKS, TENSORBOARD_DIR
 from ..variants import Experiment, read_variants
 from .coverage import coverage_table
+from .dlt import comparison_table as dlt_comparison_table
+from .dlt import dlt_decisions, params_figure, read_reference, tying_figure
 from .early_exit import exit_figures, exit_table, read_exits, threshold_table
 from .figures import make_figures
 from .simulated import simulated_table
@@ -201,9 +203,23 @@ def write_throughput(variants: pd.DataFrame, throughput_dir: Path, eval_dir: Pat
     throughput_figure(table, figures_dir / THROUGHPUT_FIGURE)
 
 
+def write_dlt(summary: pd.DataFrame, variants: pd.DataFrame, eval_dir: Path, train_dir: Path,
+              trained: set[str] | None, tables_dir: Path, figures_dir: Path, reference_tsv=None) -> None:
+    """Dynamic Layer Tying: the dlt_comparison table (learned vs fixed tying at equal size;
+    from scratch, untied vs learned), the DLT paper's numbers (dlt_reference, from
+    `reference_tsv`), the tying-map and trainable-parameter figures; header-only tables and
+    "no DLT runs" figures without DLT variants (or without a reference file)."""
+    decisions = dlt_decisions(variants, train_dir, trained)
+    _write(dlt_comparison_table(summary, variants, eval_dir, decisions), tables_dir / "dlt_comparison")
+    reference = read_reference(reference_tsv) if reference_tsv else pd.DataFrame({"dlt_ref": []})
+    _write(reference, tables_dir / "dlt_reference")
+    tying_figure(decisions, figures_dir / "dlt_tying.png")
+    params_figure(decisions, figures_dir / "dlt_params.png")
+
+
 def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_dir, bench_dir=None,
               train_settings: dict | None = None, throughput_dir=None, config: dict | None = None,
-              simulate_dir=None, paper_throughput_tsv=None) -> pd.DataFrame:
+              simulate_dir=None, paper_throughput_tsv=None, dlt_reference_tsv=None) -> pd.DataFrame:
     """Every table and figure of the report. `config`: the workflow's resolved config, which
     the variants are checked against and which says which of them train."""
     variants = read_variants(variants_tsv)
@@ -218,6 +234,7 @@ def aggregate(variants_tsv, paper_tsv, eval_dir, train_dir, tables_dir, figures_
     _write(compare_with_paper(summary, variants, paper, train_settings), tables_dir / "paper_comparison")
     make_figures(summary, variants, loss_curves(variants, Path(train_dir)), figures_dir,
                  training_speed(variants, Path(train_dir)))
+    write_dlt(summary, variants, Path(eval_dir), Path(train_dir), trained, tables_dir, figures_dir, dlt_reference_tsv)
     write_early_exit(variants, Path(eval_dir), paper, tables_dir, figures_dir)
     _write(coverage_table(variants, paper, Path(eval_dir)), tables_dir / "paper_coverage")
     if throughput_dir is not None:

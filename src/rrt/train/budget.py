@@ -7,6 +7,12 @@ Parameters. Every model is built on the meta device (no memory, milliseconds) fr
 package's own classes: the base family's CausalLM for `original` and `full`, the same with
 L/B layers for `reduced`, `RecursiveForCausalLM` with the variant's loops, sharing and rank
 (every linear, as `rrt convert --rank`) for `recursive`; `rrt.model.params` counts them.
+A `dlt` run (Dynamic Layer Tying) computes every one of the L depths, like `full`, but holds
+(and its optimizer updates) only its unique layers: with a budget K (`dlt_max_unique`) its
+parameters are those of the same model with K layers; without one the agent may keep every
+layer untied, so it is costed as the untied model. It runs as one process on one GPU (no
+DDP, no ZeRO: its reties change the parameters), so its wall-clock hours are its GPU-hours
+and its memory is not partitioned.
 P = unique parameters (total and non-embedding, LoRA included). N_eff = `compute_params`:
 the matmul weights a token meets in the unrolled model, L_eff = K·B depths (each its shared
 layer's linears plus its own LoRA) and the LM head.
@@ -140,11 +146,12 @@ def activation_bytes_per_depth(text, rank: int | str = 0, rank_mlp: int | str | 
 
 
 def model_size(text, kind: str, loops: int = 1, sharing: str = "cycle", rank: int | str = 0,
-               rank_mlp: int | str | None = None) -> dict:
+               rank_mlp: int | str | None = None, unique_layers: int | None = None) -> dict:
     """Counts of one variant's model, built on the meta device: params, non_embedding,
     embedding, lora (unique), n_layers, n_head, n_eff (compute params, `compute_params`),
     depths (L_eff), d_attn (per depth), act_depth (activation bytes per token per depth),
-    hidden, vocab."""
+    hidden, vocab. `unique_layers` (kind `dlt`): the unique-layer budget K; the counts of
+    parameters are then those of K layers, the compute that of every depth."""
     text = copy.deepcopy(text)
     family = family_of(text)
     if kind == "reduced":
@@ -165,6 +172,12 @@ def model_size(text, kind: str, loops: int = 1, sharing: str = "cycle", rank: in
         with torch.device("meta"):
             model = family.causal_lm_cls(text)(text)
     counts, compute = count_params(model), compute_params(model)
+    if kind == "dlt" and unique_layers is not None:
+        if not 1 <= unique_layers <= text.num_hidden_layers:
+            raise ValueError(f"dlt_max_unique {unique_layers} is not in 1..{text.num_hidden_layers} (the base's layers)")
+        tied = family.with_layers(text, unique_layers)
+        with torch.device("meta"):
+            counts = count_params(family.causal_lm_cls(tied)(tied))
     dims = _dims(text)
     return {
         "params": counts["total"], "non_embedding": counts["non_embedding"], "embedding": counts["embedding"],
@@ -290,22 +303,31 @@ def plan_budget(config: dict, variants: Experiment | pd.DataFrame, *, gpu: str |
     configs = dict(base_configs or {})
     sizes: dict[tuple, dict] = {}
 
-    def size_of(base: str, kind: str, loops: int = 1, sharing: str = "cycle", rank="0", rank_mlp=None) -> dict:
-        key = (base, kind, loops, *((sharing, rank, rank_mlp) if kind == "recursive" else ("-", "0", None)))
+    def size_of(base: str, kind: str, loops: int = 1, sharing: str = "cycle", rank="0", rank_mlp=None,
+                unique_layers: int | None = None) -> dict:
+        key = (base, kind, loops, *((sharing, rank, rank_mlp) if kind == "recursive" else ("-", "0", None)),
+               unique_layers)
         if key not in sizes:
             if base not in configs:
                 if base not in (config.get("base_models") or {}):
                     raise UsageError(f"variant base {base!r} is not in base_models")
                 configs[base] = base_config(config["base_models"][base])
             try:
-                sizes[key] = model_size(configs[base], kind, loops, sharing, rank, rank_mlp)
+                sizes[key] = model_size(configs[base], kind, loops, sharing, rank, rank_mlp, unique_layers)
             except ValueError as e:
                 raise UsageError(f"base model {base!r}: {e}") from None
         return sizes[key]
 
     rows = []
+    if any(v.kind == "dlt" and v.dlt_max_unique == "-" for v in variants):
+        notes.append("dlt rows without dlt_max_unique are costed as the untied model (the agent may keep every layer)")
+    if any(v.kind == "dlt" and v.trains for v in variants) and world > 1:
+        notes.append("dlt rows run on one GPU (one process, no ZeRO: a retie changes the parameters, which DDP and "
+                     "DeepSpeed fix when they wrap the model)")
+    dlt_micro_tokens = plan_batches(int(train["batch_tokens"]), block, int(train["micro_batch_size"]), 1)[0] * block
     for v in variants:
-        size = size_of(v.base, v.kind, v.loops, v.sharing, *v.ranks)  # attention's rank, MLP's
+        unique = int(v.dlt_max_unique) if v.kind == "dlt" and v.dlt_max_unique != "-" else None
+        size = size_of(v.base, v.kind, v.loops, v.sharing, *v.ranks, unique_layers=unique)  # attention's rank, MLP's
         teacher = size_of(v.base, "original") if v.kd else None
         out = {
             "variant": v.name, "kind": v.kind, "base": v.base, "loops": v.loops, "rank": v.rank,
@@ -314,6 +336,8 @@ def plan_budget(config: dict, variants: Experiment | pd.DataFrame, *, gpu: str |
             "n_eff": size["n_eff"], "depths": size["depths"],
         }
         warnings = []
+        # A DLT run is one process: all of the work on one GPU, nothing partitioned.
+        run_world, run_zero, run_tokens = (1, 1, dlt_micro_tokens) if v.kind == "dlt" else (world, zero, micro_tokens)
         if v.trains:
             per_token = train_flops_per_token(size, block, checkpointing=checkpointing, chunked=bool(chunk),
                                               teacher=teacher, exits=v.exits)
@@ -321,19 +345,20 @@ def plan_budget(config: dict, variants: Experiment | pd.DataFrame, *, gpu: str |
             gpu_flops_per_s = spec["peak_tflops"] * 1e12 * mfu
             gpu_hours = flops / gpu_flops_per_s / 3600
             p = size["params"]
-            step_s = step_tokens * per_token / (world * gpu_flops_per_s)
-            comm_bytes = internode_bytes_per_step(p, nodes, max(per_node, 1), value_bytes)
+            step_s = step_tokens * per_token / (run_world * gpu_flops_per_s)
+            # a DLT run stays on one GPU of one node: nothing crosses nodes
+            comm_bytes = 0 if v.kind == "dlt" else internode_bytes_per_step(p, nodes, max(per_node, 1), value_bytes)
             comm_s = comm_bytes * 8 / (gbps * 1e9)
-            wall = gpu_hours / world * max(1.0, comm_s / step_s)  # the slower of the two bounds a step
+            wall = gpu_hours / run_world * max(1.0, comm_s / step_s)  # the slower of the two bounds a step
             jobs = jobs_needed(wall, runtime, margin)
             memory = {
                 "mem_weights_gb": 4 * p / GB,
-                "mem_grads_gb": 4 * p / zero / GB,
-                "mem_optimizer_gb": 8 * p / zero / GB,
+                "mem_grads_gb": 4 * p / run_zero / GB,
+                "mem_optimizer_gb": 8 * p / run_zero / GB,
                 "mem_teacher_gb": 2 * teacher["params"] / GB if v.kd else 0.0,
-                "mem_activations_gb": activation_bytes(size, micro_tokens, False) / GB,
-                "mem_activations_checkpointed_gb": activation_bytes(size, micro_tokens, True) / GB,
-                "mem_logits_gb": logits_bytes(size["vocab"], micro_tokens, chunk, v.kd, v.exits) / GB,
+                "mem_activations_gb": activation_bytes(size, run_tokens, False) / GB,
+                "mem_activations_checkpointed_gb": activation_bytes(size, run_tokens, True) / GB,
+                "mem_logits_gb": logits_bytes(size["vocab"], run_tokens, chunk, v.kd, v.exits) / GB,
             }
             act = memory["mem_activations_checkpointed_gb" if checkpointing else "mem_activations_gb"]
             memory["mem_peak_gb"] = (memory["mem_weights_gb"] + memory["mem_grads_gb"] + memory["mem_optimizer_gb"]
