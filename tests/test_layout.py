@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src/rrt"
 ORDER = ["errors", "io", "fields", "flags", "settings", "variants", "model", "data", "train", "serve", "eval", "report",
          "cli"]
 ALLOWED = {
-    "errors": set(), "io": set(), "fields": {"errors"}, "flags": {"fields"}, "settings": {"fields"},
+    "errors": set(), "io": {"errors"}, "fields": {"errors"}, "flags": {"fields"}, "settings": {"fields"},
     "variants": {"errors", "settings"},
     "model": {"errors", "io", "settings"},
     "data": {"errors", "io", "settings"},

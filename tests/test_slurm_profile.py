@@ -114,7 +114,7 @@ def test_two_nodes_ask_for_one_task_per_node_and_gpus_per_node(tmp_path):
 def test_configfile_picks_another_experiment(tmp_path):
     text = plan(clone(tmp_path), "all", "--configfile=.test/config/config.yaml")
     planned = jobs(text)
-    assert sum(j["rule"] == "uptrain" for j in planned) == 11  # the .test table's rows that train
+    assert sum(j["rule"] == "uptrain" for j in planned) == 12  # the .test table's rows that train
     for job in planned:
         sbatch = submit_string(job)
         assert "gpu" not in sbatch and "--cpus-per-task=1" in sbatch

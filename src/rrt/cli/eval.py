@@ -12,6 +12,7 @@ from ..eval.tasks import DEFAULT_PROMPT_FORMAT, resolve_prompt_format
 from ..model.load import load_config_dir
 from ..settings import EVAL, EXIT_CRITERIA, TASKS
 from . import checks
+from .tokenizer_check import same_tokenizer
 
 
 def _parse_pairs(values: list[str] | None, flag: str) -> dict[str, str]:
@@ -100,7 +101,7 @@ def evaluate(args) -> None:
     ppl = _parse_pairs(args.ppl, "--ppl")
     for name, path in ppl.items():
         _check_ppl_set(name, path)
-        checks.same_tokenizer(args.model, "--model", path, f"--ppl {name}={path}")
+        same_tokenizer(args.model, "--model", path, f"--ppl {name}={path}")
     tasks = parse_tasks(args.tasks)
     formats, default = _parse_prompt_formats(args.prompt_format, tasks, args.source)
     if args.limit is not None and args.limit < 1:

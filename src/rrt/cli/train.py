@@ -10,6 +10,7 @@ from ..flags import explicit_flags, load_json_arg, settings_from_args
 from ..settings import TrainSettings
 from ..train.trainer import train as train_model
 from . import checks
+from .tokenizer_check import same_tokenizer
 
 
 def settings_of(args) -> TrainSettings:
@@ -30,14 +31,14 @@ def _check(args) -> None:
     if not (data / "index.json").is_file() and not (data / "state.json").is_file():
         raise UsageError(f"--data {data} holds neither blocks written by `rrt tokenize` (index.json) "
                          "nor a dataset saved with save_to_disk")
-    checks.same_tokenizer(args.model, "--model", data, f"--data {data}")
+    same_tokenizer(args.model, "--model", data, f"--data {data}")
     kd_flags = [f for f in explicit_flags(args, TrainSettings) if f.startswith("--kd-")]
     if kd_flags and args.teacher is None:
         raise UsageError(f"{kd_flags[0]} needs --teacher")
     if args.teacher is not None:
         load_config_dir(args.teacher, "--teacher")
         checks.check_weights(args.teacher, "--teacher")
-        checks.same_tokenizer(args.teacher, "--teacher", data, f"--data {data}")
+        same_tokenizer(args.teacher, "--teacher", data, f"--data {data}")
     checks.output_dir(args.out, "--out")
     if args.time_limit is not None:
         checks.positive("--time-limit", args.time_limit)
