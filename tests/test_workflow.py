@@ -69,8 +69,9 @@ def test_summary_has_every_variant_with_sizes_and_scores(run):
     assert stages.loc["uptrain", "jobs"] == len(trained) and stages.loc["evaluate", "jobs"] == len(variants)
     assert {"base_model", "corpus", "tokenize", "convert", "reduce"} <= set(stages.index)
     assert sorted(p.name for p in (work / "results/figures").iterdir()) == [
-        "accuracy_vs_params.png", "exit_rates.png", "exit_tradeoff.png", "init_comparison.png", "loss_curves.png",
-        "relaxed_rank.png", "throughput_accuracy.png", "train_throughput.png"]
+        "accuracy_vs_params.png", "dlt_params.png", "dlt_tying.png", "exit_rates.png", "exit_tradeoff.png",
+        "init_comparison.png", "loss_curves.png", "relaxed_rank.png", "throughput_accuracy.png",
+        "train_throughput.png"]
 
 
 def test_eval_json_matches_an_independent_perplexity(run):
