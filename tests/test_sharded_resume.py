@@ -19,7 +19,8 @@ from rrt.train.checkpoints import MANIFEST, verify, write_manifest
 from rrt.train.trainer import train
 
 from . import ranks_run
-from .test_train import models, one_thread, read_csv, save_blocks, weights  # noqa: F401  fixtures
+from .test_checkpoints import _same_as_whole  # the single-rank resume tests' check, unchanged
+from .test_train import models, one_thread, read_csv, save_blocks  # noqa: F401  fixtures
 
 RUN = {"lr": 0.01, "world_size": 2, "deepspeed": "/configs/zero.json"}
 REPO = Path(__file__).resolve().parents[1]
@@ -153,15 +154,6 @@ def _job(model, data, out, stage, kill_at=None):
         argv += ["--kill-whole-job-at", str(kill_at)]
     return subprocess.run(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=600)
-
-
-def _same_as_whole(whole, out):
-    assert (out / "loss.csv").read_text() == (whole / "loss.csv").read_text()
-    a, b = weights(whole / "final"), weights(out / "final")
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-    assert not (out / "checkpoints").exists()
 
 
 @pytest.mark.slow
