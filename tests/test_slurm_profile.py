@@ -89,10 +89,11 @@ def test_the_literal_command_plans_the_paper_experiment(tmp_path):
         else:
             assert "gpu" not in sbatch
     train = [line.removeprefix("Shell command: ") for line in text.splitlines() if "rrt train" in line]
-    procs = {True: "1 --gpus-per-node 1", False: "8 --gpus-per-node 8"}  # a DLT run is one process
+    # a DLT run is one process: `rrt train` itself; the others start 8 ranks through `rrt launch`
+    launch = {True: "", False: "rrt launch --nodes 1 --procs-per-node 8 --gpus-per-node 8 --cpus-per-node 64 -- "}
     assert len(train) == 96 and all(
-        line.startswith(f"OMP_NUM_THREADS=1 rrt launch --nodes 1 --procs-per-node {procs['dlt' in line.split('--out ')[1].split()[0]]} "
-                        "--cpus-per-node 64 -- rrt train ")  # threads are capped at --cores (1) in a dry run only
+        line.startswith(f"OMP_NUM_THREADS=1 {launch['dlt' in line.split('--out ')[1].split()[0]]}rrt train ")
+        # threads are capped at --cores (1) in a dry run only
         and train_settings_in(line)["stop_margin_s"] == 900 and line.endswith("--requeue > " + line.split("> ")[-1])
         for line in train)
 

