@@ -2,6 +2,7 @@
 # variant's models live. Bookkeeping only: the work is in the `rrt` package.
 import json
 import os
+import shlex
 import sys
 
 from snakemake.utils import validate
@@ -207,6 +208,22 @@ def launch_args(v=None):
         return f"--nodes 1 --procs-per-node 1 --gpus-per-node {min(r['gpus'], 1)}"
     procs = r["procs"] or max(r["gpus"], 1)
     return f"--nodes {r['nodes']} --procs-per-node {procs} --gpus-per-node {r['gpus']}"
+
+
+def _harness_cache():
+    """eval.data_cache where the tasks come from lm-eval's stock tasks, else None."""
+    return config["eval"]["data_cache"] if config["eval"]["source"] == "harness" else None
+
+
+def harness_cache_env():
+    """The evaluate job's environment prefix: with eval.data_cache, `datasets` offline, so the
+    job reads what `rrt fetch-eval-data` put there and never waits on an unreachable hub."""
+    return "HF_DATASETS_OFFLINE=1 " if _harness_cache() else ""
+
+
+def harness_cache_args():
+    cache = _harness_cache()
+    return f"--data-cache {shlex.quote(cache)} " if cache else ""
 
 
 def optional_args(**kwargs):
