@@ -136,8 +136,9 @@ def test_evaluation_reads_the_stock_task_from_the_data_cache(smollm2_tokenizer, 
     assert result["acc_arc_easy"] == pytest.approx(2 / 3)
     assert datasets.config.HF_DATASETS_CACHE == before  # set for the tasks only
     (tmp_path / "empty").mkdir()
-    with pytest.raises(Exception, match="ai2_arc"):
-        evaluate_model(model_dir, tmp_path / "none.json", tasks=["arc_easy"], source="harness", data_cache=tmp_path / "empty")
+    with pytest.raises(ConnectionError, match="allenai/ai2_arc"):
+        evaluate_model(model_dir, tmp_path / "none.json", tasks=["arc_easy"], source="harness",
+                       data_cache=tmp_path / "empty")
     assert not (tmp_path / "none.json").exists()
 
 

@@ -5,9 +5,9 @@ Compute nodes often have no internet. lm-eval's stock tasks load their data with
 `ConfigurableTask.download`); `fetch` makes that same call, with `cache_dir`, on a machine
 that reaches the hub, so the prepared Arrow files land in `<cache>/<namespace>___<name>/
 <config>/<version>/<commit>/`, the layout `datasets` falls back to when the hub is out of
-reach. An evaluation whose `datasets` cache is that folder (`tasks.harness_cache`) then reads them
-with HF_DATASETS_OFFLINE=1. What each task needs is read from lm-eval's own task configs
-(`TaskManager().task_index`, includes resolved), not written down here.
+reach. An evaluation whose `datasets` cache is that folder (`tasks.harness_cache`) then
+reads them with HF_DATASETS_OFFLINE=1. What each task needs is read from lm-eval's own task
+configs (`TaskManager().task_index`, includes resolved), not written down here.
 """
 from __future__ import annotations
 
