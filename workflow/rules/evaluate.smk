@@ -14,6 +14,9 @@ rule evaluate:
         tasks=",".join(config["eval"]["tasks"]) or "none",
         limit=optional_args(limit=config["eval"]["limit"]),
         exits=lambda wc: exit_eval_args(wc.variant),
+        # harness tasks from a cache filled by `rrt fetch-eval-data`: read offline, never the hub
+        offline=harness_cache_env(),
+        data_cache=harness_cache_args(),
     log:
         "results/logs/evaluate/{variant}.log",
     benchmark:
@@ -25,10 +28,11 @@ rule evaluate:
     conda:
         "../../envs/eval.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} rrt eval --model {input.model} --out {output} {params.ppl} "
+        "{params.offline}OMP_NUM_THREADS={threads} rrt eval --model {input.model} --out {output} {params.ppl} "
         "--tasks {params.tasks} --source {params.eval_cfg[source]} {params.limit} "
         "--batch-size {params.eval_cfg[batch_size]} --prompt-format {params.eval_cfg[prompt_format]} "
-        "--precision {params.eval_cfg[precision]} --workdir results/eval/tasks {params.exits} > {log} 2>&1"
+        "--precision {params.eval_cfg[precision]} --workdir results/eval/tasks {params.data_cache}{params.exits} "
+        "> {log} 2>&1"
 
 
 rule throughput:

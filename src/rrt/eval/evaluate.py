@@ -80,7 +80,8 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
                    prompt_formats: dict[str, str] | None = None,
                    default_format: str = DEFAULT_PROMPT_FORMAT, exits: bool = False,
                    exit_thresholds: dict[str, list[float]] | None = None,
-                   exit_task_thresholds: dict[str, list[float]] | None = None, precision: str = "auto") -> dict:
+                   exit_task_thresholds: dict[str, list[float]] | None = None, precision: str = "auto",
+                   data_cache=None) -> dict:
     """Evaluate one saved model and write its JSON (atomically: complete or absent):
     {"model", "params": {"non_embedding", "lora", "embedding", "total"}, "ppl_<set>",
      "acc_<task>", "acc_<task>_stderr", "acc_avg", "acc_avg_stderr", "tasks": {task: {...}},
@@ -92,7 +93,8 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
     `exit_task_thresholds`]}} (`exit_tasks`). A NaN or infinite metric is a NonFiniteError
     naming it (e.g. `ppl_wikitext`), raised as soon as it is measured; nothing is written.
     `precision` (auto | bf16 | fp32, `rrt.model.precision`) is recorded as "precision": the one
-    the run used (bf16 or fp32)."""
+    the run used (bf16 or fp32). `data_cache`: the `datasets` cache of the harness tasks' data
+    (`rrt.eval.tasks.harness_cache`; None: `datasets`' own)."""
     ppl_sets, tasks = dict(ppl_sets or {}), list(tasks or [])
     failed = f"evaluation of {model_dir} (nothing written to {out_json})"  # a NaN or infinite metric
     start = time.perf_counter()
@@ -121,7 +123,7 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
             # every rerun only reads the kept hidden states out (`ExitStates`; same logits).
             states = ExitStates(model) if exits else None
             per_task = run_tasks(model, tokenizer, tasks, source, limit, batch_size, workdir, prompt_formats,
-                                 default_format, states)
+                                 default_format, states, data_cache=data_cache)
             result["tasks"] = per_task
             result.update(_accuracies(per_task))
             for task in tasks:
@@ -129,7 +131,8 @@ def evaluate_model(model_dir, out_json, ppl_sets: dict[str, str] | None = None, 
             if exits:
                 t = time.perf_counter()
                 run = lambda readout: run_tasks(model, tokenizer, tasks, source, limit, batch_size,  # noqa: E731
-                                                workdir, prompt_formats, default_format, states, readout)
+                                                workdir, prompt_formats, default_format, states, readout,
+                                                data_cache)
                 result["exits"].update(exit_tasks(model, run, result, exit_task_thresholds))
                 seconds["task_exits"] = time.perf_counter() - t
         seconds["total"] = time.perf_counter() - start

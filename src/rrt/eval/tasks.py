@@ -11,7 +11,8 @@ from one of two sources:
   Default prompt format `rc_0shot` (cloze prompts, 0 shots) for every task: it is the standard
   number of shots of lm-eval for all 7 tasks (see below) and the cheapest on CPU. LAMBADA
   ships only `bpb_0shot`, which every 0-shot format name resolves to.
-- `harness` (paper config, needs the hub): lm-eval's stock tasks. The paper "adhered to
+- `harness` (paper config, needs the hub, or a cache that `rrt fetch-eval-data` filled from it:
+  `rrt.eval.harness_data`): lm-eval's stock tasks. The paper "adhered to
   the standard number of shots specified by the evaluation framework"; lm-eval's stock
   configs of these 7 tasks set none, i.e. 0 shots, so num_fewshot is left to the task.
 
@@ -45,9 +46,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import datasets
+import lm_eval.evaluator
 import torch
 import yaml
-import lm_eval.evaluator
 from lm_eval import simple_evaluate
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks import TaskManager
@@ -287,20 +289,40 @@ def _without_run_metadata():
         lm_eval.evaluator.add_env_info, lm_eval.evaluator.get_git_commit_hash = saved
 
 
+@contextlib.contextmanager
+def harness_cache(cache):
+    """Inside: every `load_dataset` without its own `cache_dir` (lm-eval's stock tasks pass
+    none) uses the `datasets` cache `cache` (filled by `rrt fetch-eval-data`), as
+    HF_DATASETS_CACHE would had it been set before `datasets` was imported (`datasets` reads
+    this value at each call). None: unchanged."""
+    if cache is None:
+        yield
+        return
+    before = datasets.config.HF_DATASETS_CACHE
+    datasets.config.HF_DATASETS_CACHE = Path(cache).resolve()
+    try:
+        yield
+    finally:
+        datasets.config.HF_DATASETS_CACHE = before
+
+
 def run_tasks(model, tokenizer, tasks: list[str], source: str = "embedded", limit: int | None = None,
               batch_size: int = 8, workdir=None, prompt_formats: dict[str, str] | None = None,
-              default_format: str = DEFAULT_PROMPT_FORMAT, states: ExitStates | None = None, readout=None) -> dict:
+              default_format: str = DEFAULT_PROMPT_FORMAT, states: ExitStates | None = None, readout=None,
+              data_cache=None) -> dict:
     """{task: {"acc", "acc_stderr", "acc_norm"?, "acc_norm_stderr"?, "n", "items",
     "prompt_format"?, "seconds"}} from lm-eval, one
     `simple_evaluate` per task so that each gets its own timing.
     embedded: `workdir` receives the converted tasks (a temp dir when None).
-    With `states` (an `ExitStates`), the logits are read from it (`ExitLM`), at `readout`."""
+    With `states` (an `ExitStates`), the logits are read from it (`ExitLM`), at `readout`.
+    harness: `data_cache` is the `datasets` cache the stock tasks' data is read from (None:
+    `datasets`' own; `harness_cache`)."""
     if source not in EVAL_SOURCES:
         raise ValueError(f"unknown task source {source!r}; known: {', '.join(EVAL_SOURCES)}")
     if workdir is None and source == "embedded":
         with tempfile.TemporaryDirectory(prefix="rrt-tasks-") as tmp:
             return run_tasks(model, tokenizer, tasks, source, limit, batch_size, tmp, prompt_formats, default_format,
-                             states, readout)
+                             states, readout, data_cache)
     if readout is not None and states is None:
         raise ValueError("a readout needs the model's ExitStates")
 
@@ -318,7 +340,7 @@ def run_tasks(model, tokenizer, tasks: list[str], source: str = "embedded", limi
     out = {}
     for task in tasks:
         start = time.perf_counter()
-        with _without_run_metadata():
+        with _without_run_metadata(), harness_cache(data_cache if source == "harness" else None):
             res = simple_evaluate(model=lm, tasks=[names[task]], task_manager=manager, limit=limit,
                                   log_samples=True, bootstrap_iters=STDERR_ITERS)  # shots: the task's own
         seconds = time.perf_counter() - start
