@@ -95,21 +95,21 @@ def _count(flag: str, value: str) -> int:
 
 
 def tokenize(args) -> None:
-    d = section_of(args, DataSettings, "data")
+    data = section_of(args, DataSettings, "data")
     corpus_dir, tokenizer = _corpus_dir(args.corpus), _tokenizer_dir(args.tokenizer)
     for d in args.shard_dirs:
         if not (Path(d) / "manifest.json").is_file():
             raise UsageError(f"--shard-dirs {d} is not a complete token store (no manifest.json): "
                              "rerun its `rrt tokenize-shard`")
     checks.new_output_dir(args.out)
-    caps = (("--max-train-tokens", d.max_train_tokens), ("--heldout-max-tokens", d.heldout_max_tokens))
+    caps = (("--max-train-tokens", data.max_train_tokens), ("--heldout-max-tokens", data.heldout_max_tokens))
     for flag, value in caps:
-        if value is not None and value < d.block_size:
-            raise UsageError(f"{flag} {value} is less than one block of {d.block_size} tokens")
+        if value is not None and value < data.block_size:
+            raise UsageError(f"{flag} {value} is less than one block of {data.block_size} tokens")
     try:
         with checks.removed_on_error(args.out):
-            stats = tokenize_corpus(corpus_dir, tokenizer, args.shard_dirs, args.out, d.block_size,
-                                    d.max_train_tokens, d.heldout_max_tokens, args.min_train_tokens)
+            stats = tokenize_corpus(corpus_dir, tokenizer, args.shard_dirs, args.out, data.block_size,
+                                    data.max_train_tokens, data.heldout_max_tokens, args.min_train_tokens)
     except ValueError as e:  # a split shorter than one block, shards that do not fit together
         raise UsageError(str(e)) from None
     print(f"separator {stats['separator']['token']} (id {stats['separator']['id']}), {stats['dtype']} tokens")
