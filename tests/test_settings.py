@@ -309,6 +309,10 @@ def test_bad_command_setting_is_one_line_naming_the_flag(capsys, name, flags, me
     (["corpus", "--out", "{t}/c", "--settings", '{"ngram": 0}'], "rrt corpus: error: data.ngram must be >= 1, got 0"),
     (["tokenize", "--corpus", "{t}", "--shard-dirs", "{t}", "--tokenizer", "{t}", "--out", "{t}/o", "--block-size", "1"],
      "rrt tokenize: error: --block-size must be >= 2, got 1"),
+    (["eval", "--model", "{t}/m", "--out", "{t}/o.json", "--exit-task-thresholds", "max_prob=0.5"],
+     "rrt eval: error: --exit-thresholds and --exit-task-thresholds need --exits"),
+    (["throughput", "--model", "{t}/m", "--heldout", "{t}", "--out", "{t}/o.json", "--settings", '{"seed": -1.5}'],
+     "rrt throughput: error: throughput.seed must be an integer, got -1.5"),
 ])
 def test_handlers_read_the_settings_first(tmp_path, capsys, argv, message):
     """A bad setting stops the command before it touches anything (one line, exit 2)."""

@@ -66,6 +66,8 @@ def criteria(thresholds) -> dict[str, list[float]]:
 
 def evaluate(args) -> None:
     settings = section_of(args, EvalSettings, "eval")
+    if {"--exit-thresholds", "--exit-task-thresholds"} & set(explicit_flags(args, EvalSettings)) and not args.exits:
+        raise UsageError("--exit-thresholds and --exit-task-thresholds need --exits")
     load_config_dir(args.model, "--model")
     checks.check_weights(args.model, "--model")
     checks.output_file(args.out, "--out")
@@ -85,8 +87,6 @@ def evaluate(args) -> None:
         torch.set_num_threads(args.threads)
     if args.exits and not ppl:
         raise UsageError("--exits needs --ppl NAME=DIR (per-exit perplexity is measured on held-out sets)")
-    if {"--exit-thresholds", "--exit-task-thresholds"} & set(explicit_flags(args, EvalSettings)) and not args.exits:
-        raise UsageError("--exit-thresholds and --exit-task-thresholds need --exits")
     result = evaluate_model(args.model, args.out, ppl, tasks, settings.source, settings.limit, settings.batch_size,
                             args.workdir, formats, default, exits=args.exits,
                             exit_thresholds=criteria(settings.exit_thresholds),
