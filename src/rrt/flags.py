@@ -41,7 +41,8 @@ def add_flags(parser, cls, skip=(), keys=None) -> None:
         flag = flag_name(path, meta)
         shown = show(default) if default is not MISSING else "required"
         also = f"; also {', '.join(meta['aliases'])}" if meta.get("aliases") else ""
-        help_text = f"{meta['help']} (default {shown}{also})".replace("%", "%%")  # argparse formats help with %
+        form = "; KEY=VALUE, repeatable, a list not named is empty" if dataclasses.is_dataclass(tp) else ""
+        help_text = f"{meta['help']}{form} (default {shown}{also})".replace("%", "%%")  # argparse formats help with %
         dest = "setting:" + path
         if tp is bool:
             parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
