@@ -204,7 +204,8 @@ COMMANDS = {
                  {"--model", "--original", "--eval", "--heldout-set", "--exit-thresholds", "--out", "--device",
                   "--threads"}),
 }
-REQUIRED = {"corpus": ["--out", "o"], "tokenize": ["--corpus", "c", "--shard-dirs", "s", "--tokenizer", "t", "--out", "o"],
+REQUIRED = {"corpus": ["--out", "o"],
+            "tokenize": ["--corpus", "c", "--shard-dirs", "s", "--tokenizer", "t", "--out", "o"],
             "eval": ["--model", "m", "--out", "o"], "generate": ["--model", "m", "--prompts", "p", "--out", "o"],
             "throughput": ["--model", "m", "--heldout", "h", "--out", "o"],
             "simulate": ["--model", "m", "--eval", "e", "--out", "o"]}
@@ -307,7 +308,8 @@ def test_bad_command_setting_is_one_line_naming_the_flag(capsys, name, flags, me
 
 @pytest.mark.parametrize("argv, message", [
     (["corpus", "--out", "{t}/c", "--settings", '{"ngram": 0}'], "rrt corpus: error: data.ngram must be >= 1, got 0"),
-    (["tokenize", "--corpus", "{t}", "--shard-dirs", "{t}", "--tokenizer", "{t}", "--out", "{t}/o", "--block-size", "1"],
+    (["tokenize", "--corpus", "{t}", "--shard-dirs", "{t}", "--tokenizer", "{t}", "--out", "{t}/o",
+      "--block-size", "1"],
      "rrt tokenize: error: --block-size must be >= 2, got 1"),
     (["eval", "--model", "{t}/m", "--out", "{t}/o.json", "--exit-task-thresholds", "max_prob=0.5"],
      "rrt eval: error: --exit-thresholds and --exit-task-thresholds need --exits"),

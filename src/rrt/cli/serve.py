@@ -94,8 +94,9 @@ def generate(args) -> None:
         exit_loops = [[loops] * len(t) for t in tokens]
     else:
         try:
-            engine = DepthwiseEngine(model, max_batch=settings.max_batch, max_len=max(map(len, ids)) + settings.max_new_tokens,
-                                     eos_token_id=eos, exit_rule=rule, exit_kv=settings.exit_kv)
+            engine = DepthwiseEngine(model, max_batch=settings.max_batch,
+                                     max_len=max(map(len, ids)) + settings.max_new_tokens, eos_token_id=eos,
+                                     exit_rule=rule, exit_kv=settings.exit_kv)
         except ValueError as e:
             raise UsageError(str(e)) from None
         done = engine.generate(ids, settings.max_new_tokens)
