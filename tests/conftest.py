@@ -140,7 +140,8 @@ def tiny_real_vocab_dir(smollm2_tokenizer, tmp_path):
 
 
 def train_settings_in(line: str) -> dict:
-    """The `rrt train --settings JSON` of a planned uptrain command line (`snakemake -n -p`)."""
+    """The `rrt ... --settings JSON` of a planned command line (`snakemake -n -p`): uptrain's,
+    evaluate's, ..."""
     import json
     import shlex
 

@@ -285,7 +285,8 @@ def _fails(argv, capsys, match, code=2):
 
 
 @pytest.mark.parametrize("extra,match", [
-    (["--tasks", "piqa,mmlu"], "--tasks: unknown task 'mmlu'"),
+    (["--tasks", "piqa,mmlu"], "--tasks must be a list of items, each one of lambada, hellaswag, piqa, winogrande, "
+                               "arc_easy, arc_challenge, openbookqa, got 'piqa,mmlu'"),
     (["--ppl", "wiki"], "--ppl expects NAME=VALUE, got 'wiki'"),
     (["--ppl", "wiki=/nonexistent/held"], "--ppl wiki=/nonexistent/held: neither blocks written by `rrt tokenize`"),
     (["--prompt-format", "piqa=rc_9shot"], "--prompt-format: task 'piqa' has no prompt format 'rc_9shot'"),

@@ -128,9 +128,11 @@ def test_eval_json_has_every_exit_and_threshold(tiny_real_vocab_dir, tmp_path):
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["--exit-thresholds", "margin=0.5"], "--exit-thresholds: unknown criterion 'margin'"),
-    (["--exit-thresholds", "max_prob=0.5,1.5"], "--exit-thresholds max_prob=: thresholds must be in (0, 1], got 1.5"),
-    (["--exit-task-thresholds", "entropy=a"], "--exit-task-thresholds entropy=: thresholds must be numbers"),
+    (["--exit-thresholds", "margin=0.5"], "--exit-thresholds: unknown key 'margin' (known: max_prob, entropy)"),
+    (["--exit-thresholds", "max_prob=0.5,1.5"],
+     "--exit-thresholds max_prob must be a list of items, each in (0, 1], got '0.5,1.5'"),
+    (["--exit-task-thresholds", "entropy=a"],
+     "--exit-task-thresholds entropy must be a list of items, each a finite number >= 0, got 'a'"),
 ])
 def test_bad_thresholds_are_one_line_errors(tmp_path, capsys, argv, match):
     from rrt.cli import main

@@ -15,7 +15,7 @@ from rrt import settings
 from rrt.cli import build_parser
 from rrt.cli.train import settings_of
 from rrt.fields import leaves
-from rrt.flags import flag_name
+from rrt.flags import flag_name, section_of
 from rrt.settings import (
     ExitRecipe,
     KDSettings,
@@ -180,26 +180,148 @@ def test_bad_train_settings_are_one_line(flags, message):
     assert str(e.value).startswith(message), str(e.value)
 
 
-def _defaults(name) -> dict:
-    parser = build_parser()
-    action = next(a for a in parser._actions if a.dest == "command")
-    return {a.dest: a.default for a in action.choices[name]._actions}
+# The subcommands whose settings flags come from a section: (section class, its name in
+# errors, the setting flags, the other flags: paths and per-run choices that are not settings).
+COMMANDS = {
+    "corpus": (settings.DataSettings, "data",
+               {"--source", "--seed", "--heldout-docs", "--ngram", "--hub-heldout-chars", "--slimpajama", "--redpajama",
+                "--pg19"},
+               {"--out"}),
+    "tokenize": (settings.DataSettings, "data", {"--block-size", "--max-train-tokens", "--heldout-max-tokens"},
+                 {"--corpus", "--shard-dirs", "--tokenizer", "--out", "--min-train-tokens"}),
+    "eval": (settings.EvalSettings, "eval",
+             {"--source", "--tasks", "--limit", "--batch-size", "--precision", "--exit-thresholds",
+              "--exit-task-thresholds", "--data-cache"},
+             {"--model", "--out", "--ppl", "--prompt-format", "--workdir", "--exits", "--threads"}),
+    "generate": (settings.ServeSettings, "serve", {"--engine", "--max-new-tokens", "--max-batch", "--exit-kv"},
+                 {"--model", "--prompts", "--out", "--exit", "--threads"}),
+    "throughput": (settings.ThroughputSettings, "throughput",
+                   {"--prompts", "--prompt-tokens", "--max-new-tokens", "--max-batch", "--exit-kv", "--same-memory",
+                    "--no-same-memory", "--seed"},
+                   {"--model", "--original", "--heldout", "--out", "--exit-thresholds", "--device", "--threads"}),
+    "simulate": (settings.SimulateSettings, "throughput.simulate",
+                 {"--prefix-tokens", "--new-tokens", "--max-batch", "--memory-mb", "--requests", "--seed"},
+                 {"--model", "--original", "--eval", "--heldout-set", "--exit-thresholds", "--out", "--device",
+                  "--threads"}),
+}
+REQUIRED = {"corpus": ["--out", "o"],
+            "tokenize": ["--corpus", "c", "--shard-dirs", "s", "--tokenizer", "t", "--out", "o"],
+            "eval": ["--model", "m", "--out", "o"], "generate": ["--model", "m", "--prompts", "p", "--out", "o"],
+            "throughput": ["--model", "m", "--heldout", "h", "--out", "o"],
+            "simulate": ["--model", "m", "--eval", "e", "--out", "o"]}
 
 
-def test_other_cli_defaults_are_the_settings():
-    data = {**_defaults("corpus"), **_defaults("tokenize")}
-    for key in ("source", "seed", "heldout_docs", "ngram", "block_size", "max_train_tokens", "heldout_max_tokens",
-                "hub_heldout_chars", "slimpajama", "redpajama", "pg19"):
-        assert data[key] == settings.DATA[key], key
-    ev = _defaults("eval")
-    for key in ("source", "limit", "batch_size", "data_cache"):
-        assert ev[key] == settings.EVAL[key], key
-    gen = _defaults("generate")
-    assert (gen["engine"], gen["max_new_tokens"], gen["max_batch"], gen["exit_kv"]) == (
-        settings.SERVE["engine"], settings.SERVE["max_new_tokens"], settings.SERVE["max_batch"],
-        settings.SERVE["exit_kv"])
-    base = _defaults("base-model")
-    assert (base["layers"], base["hidden_size"]) == (settings.TINY["layers"], settings.TINY["hidden_size"])
+def _subparser(name):
+    return next(a for a in build_parser()._actions if a.dest == "command").choices[name]
+
+
+def _args(name, *flags):
+    return build_parser().parse_args([name, *REQUIRED[name], *flags])
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_command_flags_are_generated_from_their_section(name):
+    """Each setting flag is one key of the section, with the key's name (or its `flag`) and
+    help; the command has exactly those, --settings and its own path/per-run flags; left
+    out, they give the section's defaults."""
+    cls, section, setting_flags, own = COMMANDS[name]
+    by_path = {path: meta for path, _, meta, _ in leaves(cls, flags=True)}
+    generated = set()
+    for action in _subparser(name)._actions:
+        if action.dest.startswith("setting:"):
+            meta = by_path[action.dest.removeprefix("setting:")]
+            assert action.option_strings[0] == flag_name(action.dest.removeprefix("setting:"), meta)
+            assert action.help.startswith(meta["help"].replace("%", "%%")), action.help
+            generated.update(action.option_strings)
+    assert generated == setting_flags
+    every = {o for a in _subparser(name)._actions for o in a.option_strings}
+    assert every == setting_flags | own | {"--settings", "--debug", "-h", "--help"}
+    assert section_of(_args(name), cls, section) == cls()
+
+
+@pytest.mark.parametrize("name, section_json, flags, expected", [
+    ("corpus", {"source": "hub", "heldout_docs": 7}, ["--heldout-docs", "9"], {"source": "hub", "heldout_docs": 9}),
+    ("tokenize", {"block_size": 16, "max_train_tokens": 64}, ["--max-train-tokens", "none"],
+     {"block_size": 16, "max_train_tokens": None}),
+    ("eval", {"limit": 3, "tasks": ["piqa"], "exit_task_thresholds": {"max_prob": [0.5]}},
+     ["--limit", "5", "--exit-task-thresholds", "entropy=1,2"],
+     {"limit": 5, "tasks": ["piqa"], "exit_task_thresholds": {"max_prob": [], "entropy": [1.0, 2.0]}}),
+    ("eval", {"tasks": ["piqa"]}, ["--tasks", "all"], {"tasks": list(settings.TASKS)}),
+    ("eval", {"exit_thresholds": {"max_prob": [0.5]}}, ["--exit-thresholds", "none"],
+     {"exit_thresholds": {"max_prob": [], "entropy": []}}),
+    ("generate", {"engine": "hf", "max_batch": 3}, ["--max-batch", "4"], {"engine": "hf", "max_batch": 4}),
+    ("throughput", {"prompt_tokens": [8, 8], "same_memory": True, "heldout": "wiki"},
+     ["--no-same-memory", "--prompt-tokens", "4,9"], {"prompt_tokens": [4, 9], "same_memory": False}),
+    ("simulate", {"requests": 5, "memory_mb": 100}, ["--memory-mb", "null"], {"requests": 5, "memory_mb": None}),
+])
+def test_command_settings_json_with_a_flag_over_it(tmp_path, name, section_json, flags, expected):
+    """--settings takes the section (here a part of it; the rest keeps its defaults), inline
+    or as a file; a flag given wins over it."""
+    cls, section, _, _ = COMMANDS[name]
+    (tmp_path / "s.json").write_text(json.dumps(section_json))
+    for given in (json.dumps(section_json), str(tmp_path / "s.json")):
+        got = section_of(_args(name, "--settings", given, *flags), cls, section).to_dict()
+        assert {k: got[k] for k in expected} == expected
+        assert {k: v for k, v in got.items() if k not in expected and k not in section_json} == {
+            k: v for k, v in cls().to_dict().items() if k not in expected and k not in section_json}
+
+
+def test_the_workflows_resolved_sections_are_settings():
+    """Each command takes its whole resolved workflow section (keys it does not use included)."""
+    config = resolve_config(yaml.safe_load((ROOT / "config/config.yaml").read_text()))
+    for name, (cls, section, _, _) in COMMANDS.items():
+        if section == "serve":  # `rrt generate`'s, not a workflow section
+            continue
+        part = config
+        for key in section.split("."):
+            part = part[key]
+        assert section_of(_args(name, "--settings", json.dumps(part)), cls, section) == cls.from_dict(part)
+
+
+@pytest.mark.parametrize("name, flags, message", [
+    ("corpus", ["--heldout-docs", "0"], "--heldout-docs must be >= 1, got 0"),
+    ("corpus", ["--source", "web"], None),  # argparse: invalid choice
+    ("tokenize", ["--block-size", "1"], "--block-size must be >= 2, got 1"),
+    ("tokenize", ["--settings", '{"block_size": 1}'], "data.block_size must be >= 2, got 1"),
+    ("eval", ["--limit", "many"], "--limit must be an integer >= 1, or null, got 'many'"),
+    ("eval", ["--settings", '{"limt": 3}'], "eval.limt: unknown key"),
+    ("eval", ["--exit-thresholds", "max_prob"], "--exit-thresholds expects KEY=VALUE with KEY in max_prob, entropy"),
+    ("generate", ["--max-new-tokens", "0"], "--max-new-tokens must be >= 1, got 0"),
+    ("throughput", ["--prompt-tokens", "8"], "--prompt-tokens must be two integers MIN,MAX with 1 <= MIN <= MAX"),
+    ("throughput", ["--settings", '{"prompt_tokens": [9, 3]}'],
+     "throughput.prompt_tokens must be two integers MIN,MAX with 1 <= MIN <= MAX, got [9, 3]"),
+    ("simulate", ["--new-tokens", "1"], "--new-tokens must be >= 2, got 1"),
+    ("simulate", ["--settings", '{"requests": 0}'], "throughput.simulate.requests must be >= 1, got 0"),
+])
+def test_bad_command_setting_is_one_line_naming_the_flag(capsys, name, flags, message):
+    cls, section, _, _ = COMMANDS[name]
+    if message is None:
+        with pytest.raises(SystemExit):
+            _args(name, *flags)
+        assert "invalid choice: 'web'" in capsys.readouterr().err
+        return
+    with pytest.raises(SettingError) as e:
+        section_of(_args(name, *flags), cls, section)
+    assert str(e.value).startswith(message), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["corpus", "--out", "{t}/c", "--settings", '{"ngram": 0}'], "rrt corpus: error: data.ngram must be >= 1, got 0"),
+    (["tokenize", "--corpus", "{t}", "--shard-dirs", "{t}", "--tokenizer", "{t}", "--out", "{t}/o",
+      "--block-size", "1"],
+     "rrt tokenize: error: --block-size must be >= 2, got 1"),
+    (["eval", "--model", "{t}/m", "--out", "{t}/o.json", "--exit-task-thresholds", "max_prob=0.5"],
+     "rrt eval: error: --exit-thresholds and --exit-task-thresholds need --exits"),
+    (["throughput", "--model", "{t}/m", "--heldout", "{t}", "--out", "{t}/o.json", "--settings", '{"seed": -1.5}'],
+     "rrt throughput: error: throughput.seed must be an integer, got -1.5"),
+])
+def test_handlers_read_the_settings_first(tmp_path, capsys, argv, message):
+    """A bad setting stops the command before it touches anything (one line, exit 2)."""
+    from .conftest import cli_error
+
+    assert cli_error(capsys, [a.replace("{t}", str(tmp_path)) for a in argv]) == message
+    assert sorted(tmp_path.iterdir()) == []
 
 
 def test_importing_the_cli_leaves_the_environment_alone():

@@ -188,7 +188,7 @@ def test_report_table_puts_simulated_measured_and_paper_side_by_side(tmp_path):
 @pytest.mark.parametrize("argv, match", [
     (["--eval", "{d}/missing.json"], "--eval {d}/missing.json: not a readable JSON file"),
     (["--new-tokens", "1"], "--new-tokens must be >= 2"),
-    (["--memory-mb", "0"], "--memory-mb must be > 0"),
+    (["--memory-mb", "0"], "--memory-mb must be a finite number > 0, got 0.0"),
     (["--memory-mb", "0.01"], "does not hold the model's weights"),
     (["--heldout-set", "fiction"], "held-out set 'fiction' was not evaluated at every exit"),
 ])

@@ -237,11 +237,12 @@ def test_rrt_throughput_writes_every_setting(dirs, capsys):
 
 @pytest.mark.parametrize("argv, match", [
     (["--heldout", "{d}/base"], "is not a token store"),
-    (["--prompt-tokens", "20,10"], "--prompt-tokens must be 1 <= MIN <= MAX"),
-    (["--prompt-tokens", "ten"], "--prompt-tokens must be MIN,MAX"),
+    (["--prompt-tokens", "20,10"], "--prompt-tokens must be two integers MIN,MAX with 1 <= MIN <= MAX, got [20, 10]"),
+    (["--prompt-tokens", "ten"], "--prompt-tokens must be two integers MIN,MAX with 1 <= MIN <= MAX, got 'ten'"),
     (["--prompts", "90"], "fewer than the 90 asked for"),
     (["--model", "{d}/base", "--exit-thresholds", "max_prob=0.5"], "is not a recursive model"),
-    (["--exit-thresholds", "max_prob=2"], "thresholds must be in (0, 1]"),
+    (["--exit-thresholds", "max_prob=2"],
+     "--exit-thresholds max_prob must be a list of items, each in (0, 1], got '2'"),
     (["--max-batch", "0"], "--max-batch must be >= 1"),
 ])
 def test_rrt_throughput_bad_input(dirs, capsys, argv, match):

@@ -87,8 +87,9 @@ def test_command_line_overrides_reach_every_job_typed(tmp_path, test_config):
     # The tiny variants' own `tokens` column overrides train.tokens where it is set.
     assert train and {s["kd"]["weight"] for s in train} == {0.7} and 8192 in {s["tokens"] for s in train}
     assert {s["lr"] for s in train} == {test_config["train"]["lr"]}  # the section's other keys stay
-    evals = [line for line in text.splitlines() if "rrt eval" in line]
-    assert evals and all("--limit 20" in line for line in evals)
+    evals = [train_settings_in(line) for line in text.splitlines() if "rrt eval" in line]
+    assert evals and all(s["limit"] == 20 for s in evals)
+    assert {s["batch_size"] for s in evals} == {test_config["eval"].get("batch_size", 8)}  # the others stay
 
 
 @pytest.mark.parametrize("override, message", [
@@ -190,8 +191,9 @@ def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
     for tokens, paper_warmup in ((15_000_000_000, 200), (60_000_000_000, 800)):
         assert round(0.02796 * num_steps(tokens, step_tokens)) == paper_warmup
     assert all(s["warmup_steps"] is None and s["warmup_ratio"] == 0.02796 for s in settings.values())
-    assert all("--source harness" in line for line in text.splitlines() if "rrt eval" in line)
-    assert "rrt corpus --source hub" in text
+    assert all(train_settings_in(line)["source"] == "harness" for line in text.splitlines() if "rrt eval" in line)
+    corpus = [train_settings_in(line) for line in text.splitlines() if "rrt corpus" in line]
+    assert [c["source"] for c in corpus] == ["hub"] and corpus[0]["slimpajama"]
     # Early exit: post-training starts from the parent's uptrained model, with its recipe;
     # the CE-only weight ablations switch the KD off; co-training starts from the conversion.
     post = next(line for line in train if "--out results/train/gemma-rec-stepwise-ee " in line)
@@ -221,8 +223,11 @@ def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
                                "gemma-rec-stepwise-ee-w0.3", "gemma-rec-stepwise-ee-w0.05",
                                "gemma-rec-stepwise-ee-w0.01", "gemma-rec-stepwise-ee-weighted",
                                "gemma-rec-stepwise-ee-cotrain", "gemma-rec-stepwise-ee-overlap"])
-    assert "--exit-task-thresholds none" in evals["gemma-rec-stepwise"]  # a parent: held-out thresholds only
-    assert "--exit-task-thresholds max_prob=0.3,0.6,0.9" in evals["gemma-rec-stepwise-ee"]
+    parent, child = train_settings_in(evals["gemma-rec-stepwise"]), train_settings_in(evals["gemma-rec-stepwise-ee"])
+    assert parent["exit_task_thresholds"] == {"max_prob": [], "entropy": []}  # a parent: held-out thresholds only
+    assert child["exit_task_thresholds"]["max_prob"] == [0.3, 0.6, 0.9]
+    assert parent["exit_thresholds"] == child["exit_thresholds"] and child["exit_thresholds"]["max_prob"]
+    assert "exit_thresholds" not in train_settings_in(evals["gemma-rec-average"])  # no exits: none passed
 
 
 def test_test_config_is_self_contained(tmp_path, test_config):
@@ -241,7 +246,8 @@ def test_test_config_is_self_contained(tmp_path, test_config):
     assert out.returncode == 0, text[-2000:]
     train = [train_settings_in(line) for line in text.splitlines() if "rrt train" in line]
     assert train and {s["tokens"] for s in train} == {512} and "999999" not in text
-    assert "--limit 2" in text and "--limit 77" not in text
+    evals = [train_settings_in(line) for line in text.splitlines() if "rrt eval" in line]
+    assert evals and {s["limit"] for s in evals} == {2}
 
 
 def test_every_config_validates_on_its_own():

@@ -26,13 +26,15 @@ class SettingError(UsageError, ValueError):
 
 # --- how a setting is declared ---------------------------------------------------------------
 def setting(default=MISSING, help: str = "", *, min=None, max=None, above=None, below=None, choices=None,
-            length=None, flag=None, workflow=True, expect=None):
+            length=None, flag=None, workflow=True, expect=None, aliases=None):
     """A dataclass field that is one key. `min`/`max` are inclusive bounds, `above`/`below`
     exclusive ones (for a list: of each item); `choices` the allowed strings (of each item);
-    `length` a list's exact length; `flag` the CLI flag when not `--key-name`; `workflow=False`
-    for a key of the CLI alone; `expect` replaces the generated "must be ..." text."""
+    `length` a list's exact length; `flag` the CLI flag when not `--key-name` (on a nested
+    section: the whole section is that one flag, `KEY=VALUE` repeated); `workflow=False` for a
+    key of the CLI alone; `expect` replaces the generated "must be ..." text; `aliases` maps
+    words of the command line to values (`--tasks all`)."""
     meta = {"help": help, "min": min, "max": max, "above": above, "below": below, "choices": choices,
-            "length": length, "flag": flag, "workflow": workflow, "expect": expect}
+            "length": length, "flag": flag, "workflow": workflow, "expect": expect, "aliases": aliases}
     if default is MISSING:
         return field(metadata=meta)
     if isinstance(default, type) and dataclasses.is_dataclass(default):
@@ -199,7 +201,8 @@ def check(value, tp, meta, name, workflow: bool = False):
     _bad(name, tp, meta, value)
 
 
-NO_META = {k: None for k in ("help", "min", "max", "above", "below", "choices", "length", "flag", "expect")}
+NO_META = {k: None for k in ("help", "min", "max", "above", "below", "choices", "length", "flag", "expect",
+                             "aliases")}
 
 
 def _build(cls, raw, name: str, workflow: bool):
@@ -248,6 +251,8 @@ def from_text(text: str, tp, meta, name: str):
     comma-separated lists ("0.9,0.95"); then checked as `check` does."""
     if not isinstance(text, str):
         return check(text, tp, meta, name)
+    if meta.get("aliases") and text in meta["aliases"]:
+        return check(copy.deepcopy(meta["aliases"][text]), tp, meta, name)
     if _is_optional(tp) and text in _NULL_WORDS:
         return None
     members = _members(tp)
@@ -330,9 +335,10 @@ def merge(into: dict, over: dict) -> None:
             into[key] = value
 
 
-def leaves(cls, prefix: str = "", workflow: bool = False):
+def leaves(cls, prefix: str = "", workflow: bool = False, flags: bool = False):
     """(dotted path, type, metadata, default) of every key of `cls`, nested sections
-    flattened; dict-valued keys (recipes, base models) as one leaf."""
+    flattened; dict-valued keys (recipes, base models) as one leaf; with `flags`, a nested
+    section that has a `flag` too (it is one flag of the command line)."""
     hints = type_hints(cls)
     for f in fields(cls):
         if workflow and not f.metadata.get("workflow", True):
@@ -340,8 +346,8 @@ def leaves(cls, prefix: str = "", workflow: bool = False):
         path = _join(prefix, f.name)
         tp = hints[f.name]
         inner = [t for t in _members(tp) if dataclasses.is_dataclass(t)]
-        if inner and f.metadata.get("flag") is None:
-            yield from leaves(inner[0], path, workflow)
+        if inner and not (flags and f.metadata.get("flag")):
+            yield from leaves(inner[0], path, workflow, flags)
         else:
             default = f.default if f.default_factory is MISSING else f.default_factory()
             yield path, tp, f.metadata, default

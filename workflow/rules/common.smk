@@ -16,7 +16,7 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 
 from rrt.data.shards import files_to_read
 from rrt.errors import UsageError
-from rrt.settings import SettingError, resolve_config
+from rrt.settings import CORPUS_KEYS, NO_THRESHOLDS, TOKENIZE_KEYS, SettingError, resolve_config
 from rrt.variants import Experiment, base_dir
 
 # Every key typed and defaulted by rrt.settings (one line naming a bad or unknown key). The
@@ -99,15 +99,35 @@ def converted(name):
     return EXPERIMENT[name].converted
 
 
-def exit_eval_args(name):
-    """`rrt eval` flags for early exit: early-exit variants at every exit and threshold; the
-    variants they post-train at every exit and held-out threshold (the tasks are rerun per
-    threshold for the early-exit variants alone); nothing for the others."""
+def settings_json(section, keys, **over):
+    """`rrt ... --settings`: the keys of the resolved config section `section` that the job
+    uses (a param holding the whole section would rerun the job when any key changes), with
+    `over` laid over them."""
+    return json.dumps({**{k: config[section][k] for k in keys}, **over})
+
+
+# The keys of the eval section every evaluation uses; the thresholds are added per variant.
+EVAL_JOB_KEYS = ("source", "tasks", "limit", "prompt_format", "batch_size", "precision")
+
+
+def eval_settings(name):
+    """`rrt eval --settings` of a variant: early-exit variants with both threshold lists; the
+    variants they post-train with the held-out thresholds alone (the tasks are rerun per
+    threshold for the early-exit variants only); the others without thresholds (unused)."""
     if not EXPERIMENT.exit_evaluated(name):
-        return ""
-    task_thresholds = config["eval"]["exit_task_thresholds"] if EXPERIMENT[name].early_exit else {}
-    return " ".join(["--exits", thresholds_args("--exit-thresholds", config["eval"]["exit_thresholds"]),
-                     thresholds_args("--exit-task-thresholds", task_thresholds)])
+        return settings_json("eval", EVAL_JOB_KEYS)
+    return settings_json("eval", EVAL_JOB_KEYS + ("exit_thresholds", "exit_task_thresholds"),
+                         **({} if EXPERIMENT[name].early_exit else {"exit_task_thresholds": NO_THRESHOLDS}))
+
+
+def exit_eval_args(name):
+    """`--exits` for the early-exit variants and the variants they post-train: every loop's exit
+    and threshold is evaluated (`eval_settings`)."""
+    return "--exits" if EXPERIMENT.exit_evaluated(name) else ""
+
+
+# The keys of the throughput section a throughput job uses (`heldout` becomes its --heldout path).
+THROUGHPUT_JOB_KEYS = ("prompts", "prompt_tokens", "max_new_tokens", "max_batch", "exit_kv", "same_memory", "seed")
 
 
 def throughput_variants():
@@ -128,23 +148,22 @@ def throughput_exit_args(name):
     return " ".join(f"--exit-thresholds {p}" for p in pairs)
 
 
-def thresholds_args(flag, thresholds):
-    """`rrt eval` threshold flags of {criterion: [t, ...]} ('none' for none)."""
-    pairs = [f"{c}={','.join(str(t) for t in ts)}" for c, ts in thresholds.items() if ts]
-    return " ".join(f"{flag} {p}" for p in pairs) if pairs else f"{flag} none"
-
-
 def largest_budget(base):
     """The most tokens any variant of `base` trains on (0 when none trains)."""
     return EXPERIMENT.largest_budget(base)
 
 
-def corpus_args():
-    d = config["data"]
-    args = f"--source {d['source']}"
-    if d["source"] == "hub":
-        args += f" --slimpajama {d['slimpajama']} --redpajama {d['redpajama']} --pg19 {d['pg19']}"
-    return args
+def corpus_settings():
+    """`rrt corpus --settings`: its keys of the data section (the hub locations with `hub` alone)."""
+    keys = [k for k in CORPUS_KEYS if k in config["data"]]  # seed, ngram, ...: `rrt corpus`'s own defaults
+    if config["data"]["source"] != "hub":
+        keys = [k for k in keys if k not in ("slimpajama", "redpajama", "pg19")]
+    return settings_json("data", keys)
+
+
+def tokenize_settings():
+    """`rrt tokenize --settings`: the block size and the caps."""
+    return settings_json("data", TOKENIZE_KEYS)
 
 
 def train_location():

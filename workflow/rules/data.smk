@@ -21,7 +21,7 @@ rule corpus:
     output:
         directory("results/data/corpus"),
     params:
-        args=corpus_args(),
+        settings=corpus_settings(),
     log:
         "results/logs/corpus.log",
     benchmark:
@@ -32,7 +32,7 @@ rule corpus:
     conda:
         "../../envs/model.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} rrt corpus {params.args} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} rrt corpus --settings {params.settings:q} --out {output} > {log} 2>&1"
 
 
 rule tokenize_shard:
@@ -73,12 +73,8 @@ rule tokenize:
     output:
         directory("results/data/tokens/{base}"),
     params:
-        block=config["data"]["block_size"],
-        caps=lambda wc: optional_args(
-            max_train_tokens=config["data"]["max_train_tokens"],
-            min_train_tokens=min_train_tokens(wc.base),
-            heldout_max_tokens=config["data"]["heldout_max_tokens"],
-        ),
+        settings=tokenize_settings(),
+        least=lambda wc: optional_args(min_train_tokens=min_train_tokens(wc.base)),
     log:
         "results/logs/tokenize/{base}.log",
     benchmark:
@@ -90,4 +86,4 @@ rule tokenize:
         "../../envs/model.yaml"
     shell:
         "OMP_NUM_THREADS={threads} rrt tokenize --corpus {input.corpus} --shard-dirs {input.shards} --tokenizer {input.tokenizer} "
-        "--out {output} --block-size {params.block} {params.caps} > {log} 2>&1"
+        "--out {output} --settings {params.settings:q} {params.least} > {log} 2>&1"

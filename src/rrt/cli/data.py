@@ -13,19 +13,19 @@ from ..data.shards import SourceFileError, plan_files, resolve_location
 from ..data.sources import HubLocations
 from ..data.tokens import read_heldout, tokenize_corpus
 from ..errors import UsageError
+from ..flags import section_of
+from ..settings import DataSettings
 from . import checks
 
 
 def corpus(args) -> None:
+    d = section_of(args, DataSettings, "data")
     checks.new_output_dir(args.out)
-    for flag, value in (("--heldout-docs", args.heldout_docs), ("--ngram", args.ngram),
-                        ("--hub-heldout-chars", args.hub_heldout_chars)):
-        checks.at_least(flag, value, 1)
-    where = HubLocations(slimpajama=resolve_location(args.slimpajama), redpajama=resolve_location(args.redpajama),
-                         pg19=resolve_location(args.pg19))
+    where = HubLocations(slimpajama=resolve_location(d.slimpajama), redpajama=resolve_location(d.redpajama),
+                         pg19=resolve_location(d.pg19))
     with checks.removed_on_error(args.out):
-        out = build_corpus(args.out, args.seed, source=args.source, heldout_docs=args.heldout_docs,
-                           ngram=args.ngram, hub_heldout_chars=args.hub_heldout_chars, hub_locations=where)
+        out = build_corpus(args.out, d.seed, source=d.source, heldout_docs=d.heldout_docs, ngram=d.ngram,
+                           hub_heldout_chars=d.hub_heldout_chars, hub_locations=where)
     manifest = json.loads((out / "manifest.json").read_text())
     for name, f in manifest["files"].items():
         print(f"{name:24s} {f['documents']:7,d} documents {f['characters']:13,d} characters")
@@ -95,22 +95,21 @@ def _count(flag: str, value: str) -> int:
 
 
 def tokenize(args) -> None:
+    data = section_of(args, DataSettings, "data")
     corpus_dir, tokenizer = _corpus_dir(args.corpus), _tokenizer_dir(args.tokenizer)
     for d in args.shard_dirs:
         if not (Path(d) / "manifest.json").is_file():
             raise UsageError(f"--shard-dirs {d} is not a complete token store (no manifest.json): "
                              "rerun its `rrt tokenize-shard`")
     checks.new_output_dir(args.out)
-    if args.block_size < 2:
-        raise UsageError(f"--block-size must be >= 2, got {args.block_size}")
-    caps = (("--max-train-tokens", args.max_train_tokens), ("--heldout-max-tokens", args.heldout_max_tokens))
+    caps = (("--max-train-tokens", data.max_train_tokens), ("--heldout-max-tokens", data.heldout_max_tokens))
     for flag, value in caps:
-        if value is not None and value < args.block_size:
-            raise UsageError(f"{flag} {value} is less than one block of {args.block_size} tokens")
+        if value is not None and value < data.block_size:
+            raise UsageError(f"{flag} {value} is less than one block of {data.block_size} tokens")
     try:
         with checks.removed_on_error(args.out):
-            stats = tokenize_corpus(corpus_dir, tokenizer, args.shard_dirs, args.out, args.block_size,
-                                    args.max_train_tokens, args.heldout_max_tokens, args.min_train_tokens)
+            stats = tokenize_corpus(corpus_dir, tokenizer, args.shard_dirs, args.out, data.block_size,
+                                    data.max_train_tokens, data.heldout_max_tokens, args.min_train_tokens)
     except ValueError as e:  # a split shorter than one block, shards that do not fit together
         raise UsageError(str(e)) from None
     print(f"separator {stats['separator']['token']} (id {stats['separator']['id']}), {stats['dtype']} tokens")

@@ -10,8 +10,9 @@ from ..errors import UsageError
 from ..eval.evaluate import evaluate_model
 from ..eval.harness_data import fetch, harness_datasets, plan_lines
 from ..eval.tasks import DEFAULT_PROMPT_FORMAT, resolve_prompt_format
+from ..flags import explicit_flags, section_of, settings_from_args
 from ..model.load import load_config_dir
-from ..settings import EVAL, EXIT_CRITERIA, TASKS
+from ..settings import TASKS, EvalSettings
 from . import checks
 from .tokenizer_check import same_tokenizer
 
@@ -26,23 +27,11 @@ def _parse_pairs(values: list[str] | None, flag: str) -> dict[str, str]:
     return pairs
 
 
-def parse_tasks(spec: str) -> list[str]:
-    """'all', 'none' or a comma-separated subset of TASKS (kept in TASKS order)."""
-    if spec.strip() == "all":
-        return list(TASKS)
-    if spec.strip() in ("none", ""):
-        return []
-    names = [t.strip() for t in spec.split(",") if t.strip()]
-    for t in names:
-        if t not in TASKS:
-            raise UsageError(f"--tasks: unknown task {t!r}; known: {', '.join(TASKS)}, all, none")
-    return [t for t in TASKS if t in names]
-
-
-def _parse_prompt_formats(values: list[str] | None, tasks: list[str], source: str) -> tuple[dict[str, str], str]:
-    """--prompt-format TASK=FORMAT pairs, or a bare FORMAT for every task; checked against
-    the prompts on disk (embedded only: the harness has no formats, so they are ignored)."""
-    default = DEFAULT_PROMPT_FORMAT
+def _parse_prompt_formats(values: list[str] | None, tasks: list[str], source: str,
+                          default: str = DEFAULT_PROMPT_FORMAT) -> tuple[dict[str, str], str]:
+    """--prompt-format TASK=FORMAT pairs, or a bare FORMAT for every task (over `default`,
+    the setting eval.prompt_format); checked against the prompts on disk (embedded only: the
+    harness has no formats, so they are ignored)."""
     bare = [v for v in values or [] if "=" not in v]
     for v in bare:
         default = v.strip()
@@ -70,30 +59,16 @@ def _check_ppl_set(name: str, path: str) -> None:
         raise UsageError(f"--ppl {name}={path}: no input_ids column (columns: {', '.join(features)})")
 
 
-def parse_thresholds(values: list[str] | None, flag: str, default: dict) -> dict[str, list[float]]:
-    """CRITERION=T1,T2,... pairs ({criterion: [t, ...]}); `default` when none is given,
-    nothing for 'none'. Probabilities must lie in (0, 1], entropies be >= 0."""
-    if not values:
-        return {c: list(ts) for c, ts in default.items()}
-    if [v.strip() for v in values] == ["none"]:
-        return {}
-    out = {}
-    for criterion, text in _parse_pairs(values, flag).items():
-        if criterion not in EXIT_CRITERIA:
-            raise UsageError(f"{flag}: unknown criterion {criterion!r}; known: {', '.join(EXIT_CRITERIA)}")
-        try:
-            ts = [float(t) for t in text.split(",")]
-        except ValueError:
-            raise UsageError(f"{flag} {criterion}=: thresholds must be numbers, got {text!r}") from None
-        bad = [t for t in ts if not (0 < t <= 1 if criterion == "max_prob" else t >= 0)]
-        if bad:
-            allowed = "in (0, 1]" if criterion == "max_prob" else ">= 0 (nats)"
-            raise UsageError(f"{flag} {criterion}=: thresholds must be {allowed}, got {bad[0]:g}")
-        out[criterion] = ts
-    return out
+def criteria(thresholds) -> dict[str, list[float]]:
+    """{criterion: [t, ...]} of an ExitThresholds-like section, the criteria without a threshold
+    left out (they are not run)."""
+    return {c: list(ts) for c, ts in thresholds.to_dict().items() if ts}
 
 
 def evaluate(args) -> None:
+    settings = section_of(args, EvalSettings, "eval")
+    if {"--exit-thresholds", "--exit-task-thresholds"} & set(explicit_flags(args, EvalSettings)) and not args.exits:
+        raise UsageError("--exit-thresholds and --exit-task-thresholds need --exits")
     load_config_dir(args.model, "--model")
     checks.check_weights(args.model, "--model")
     checks.output_file(args.out, "--out")
@@ -103,12 +78,8 @@ def evaluate(args) -> None:
     for name, path in ppl.items():
         _check_ppl_set(name, path)
         same_tokenizer(args.model, "--model", path, f"--ppl {name}={path}")
-    tasks = parse_tasks(args.tasks)
-    formats, default = _parse_prompt_formats(args.prompt_format, tasks, args.source)
-    if args.limit is not None and args.limit < 1:
-        raise UsageError(f"--limit must be >= 1, got {args.limit}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    tasks = [t for t in TASKS if t in settings.tasks]  # the paper's order, each once
+    formats, default = _parse_prompt_formats(args.prompt_format, tasks, settings.source, settings.prompt_format)
     if not ppl and not tasks:
         raise UsageError("nothing to evaluate: give --ppl NAME=DIR and/or --tasks")
     if args.threads is not None:
@@ -117,27 +88,24 @@ def evaluate(args) -> None:
         torch.set_num_threads(args.threads)
     if args.exits and not ppl:
         raise UsageError("--exits needs --ppl NAME=DIR (per-exit perplexity is measured on held-out sets)")
-    thresholds = parse_thresholds(args.exit_thresholds, "--exit-thresholds", EVAL["exit_thresholds"])
-    task_thresholds = parse_thresholds(args.exit_task_thresholds, "--exit-task-thresholds",
-                                       EVAL["exit_task_thresholds"])
-    if (args.exit_thresholds or args.exit_task_thresholds) and not args.exits:
-        raise UsageError("--exit-thresholds and --exit-task-thresholds need --exits")
-    if args.data_cache is not None:
-        if args.source != "harness":
+    if settings.data_cache is not None:
+        if settings.source != "harness":
             raise UsageError("--data-cache needs --source harness (the embedded tasks read no hub data)")
-        if not Path(args.data_cache).is_dir():
-            raise UsageError(f"--data-cache {args.data_cache}: no such directory (fill it with "
-                             f"`rrt fetch-eval-data --cache {args.data_cache}` where the hub is reachable)")
-    result = evaluate_model(args.model, args.out, ppl, tasks, args.source, args.limit, args.batch_size,
-                            args.workdir, formats, default, exits=args.exits, exit_thresholds=thresholds,
-                            exit_task_thresholds=task_thresholds, precision=args.precision,
-                            data_cache=args.data_cache)
+        if not Path(settings.data_cache).is_dir():
+            raise UsageError(f"--data-cache {settings.data_cache}: no such directory (fill it with "
+                             f"`rrt fetch-eval-data --cache {settings.data_cache}` where the hub is reachable)")
+    result = evaluate_model(args.model, args.out, ppl, tasks, settings.source, settings.limit, settings.batch_size,
+                            args.workdir, formats, default, exits=args.exits,
+                            exit_thresholds=criteria(settings.exit_thresholds),
+                            exit_task_thresholds=criteria(settings.exit_task_thresholds),
+                            precision=settings.precision, data_cache=settings.data_cache)
     print(json.dumps({k: v for k, v in result.items() if k.startswith(("ppl_", "acc_"))}, indent=1))
 
 
 def fetch_data(args) -> None:
     """`rrt fetch-eval-data`: the plan, or the fetch, of the stock tasks' datasets."""
-    tasks = parse_tasks(args.tasks)
+    chosen = settings_from_args(args, EvalSettings, None, "eval").tasks
+    tasks = [t for t in TASKS if t in chosen]
     if not tasks:
         raise UsageError("--tasks: nothing to fetch")
     specs = harness_datasets(tasks)

@@ -9,15 +9,23 @@ import torch
 from transformers import AutoTokenizer
 
 from ..errors import UsageError
+from ..flags import section_from_pairs, section_of
 from ..io import atomic_write_json, atomic_write_text
 from ..model.load import load_config_dir, load_model_dir
 from ..serve.engine import DepthwiseEngine
 from ..serve.hf import hf_generate
 from ..serve.simulate import exits_from_eval, simulate_throughput
 from ..serve.throughput import heldout_prompts, measure_throughput
-from ..settings import EXIT_CRITERIA
+from ..settings import (
+    EXIT_CRITERIA,
+    NO_THRESHOLDS,
+    ExitThresholds,
+    ServeSettings,
+    SimulateSettings,
+    ThroughputSettings,
+)
 from . import checks
-from .eval import parse_thresholds
+from .eval import criteria
 
 
 def parse_exit(spec: str) -> tuple[str, float] | None:
@@ -54,14 +62,20 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
+def exit_thresholds(values: list[str] | None) -> dict[str, list[float]]:
+    """--exit-thresholds CRITERION=T1,T2,... (repeatable, or `none`), read as `rrt eval`'s."""
+    if not values:
+        return {}
+    return criteria(section_from_pairs(values, ExitThresholds, "--exit-thresholds", {"none": NO_THRESHOLDS}))
+
+
 def generate(args) -> None:
+    settings = section_of(args, ServeSettings, "serve")
     load_config_dir(args.model, "--model")
     checks.check_weights(args.model, "--model")
     checks.output_file(args.out, "--out")
-    checks.at_least("--max-new-tokens", args.max_new_tokens, 1)
-    checks.at_least("--max-batch", args.max_batch, 1)
     rule = parse_exit(args.exit)
-    if rule is not None and args.engine != "depthwise":
+    if rule is not None and settings.engine != "depthwise":
         raise UsageError("--exit needs --engine depthwise")
     prompts = read_prompts(args.prompts)
     if args.threads is not None:
@@ -72,19 +86,20 @@ def generate(args) -> None:
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     eos = tokenizer.eos_token_id
     start = time.perf_counter()
-    if args.engine == "hf":
+    if settings.engine == "hf":
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos or 0)
-        tokens = hf_generate(model, ids, args.max_new_tokens, batch_size=args.max_batch, pad_token_id=pad,
+        tokens = hf_generate(model, ids, settings.max_new_tokens, batch_size=settings.max_batch, pad_token_id=pad,
                              eos_token_id=eos)
         loops = getattr(model.config, "num_loops", 1) if model.config.model_type == "recursive" else 1
         exit_loops = [[loops] * len(t) for t in tokens]
     else:
         try:
-            engine = DepthwiseEngine(model, max_batch=args.max_batch, max_len=max(map(len, ids)) + args.max_new_tokens,
-                                     eos_token_id=eos, exit_rule=rule, exit_kv=args.exit_kv)
+            engine = DepthwiseEngine(model, max_batch=settings.max_batch,
+                                     max_len=max(map(len, ids)) + settings.max_new_tokens, eos_token_id=eos,
+                                     exit_rule=rule, exit_kv=settings.exit_kv)
         except ValueError as e:
             raise UsageError(str(e)) from None
-        done = engine.generate(ids, args.max_new_tokens)
+        done = engine.generate(ids, settings.max_new_tokens)
         tokens, exit_loops = [r.tokens for r in done], [r.exit_loops for r in done]
     seconds = time.perf_counter() - start
     lines = [json.dumps({"prompt": p, "token_ids": t, "text": tokenizer.decode(t, skip_special_tokens=True),
@@ -92,21 +107,11 @@ def generate(args) -> None:
     atomic_write_text(args.out, "\n".join(lines) + "\n")
     generated = sum(map(len, tokens))
     print(f"{len(prompts)} prompts, {generated} tokens in {seconds:.1f} s ({generated / seconds:.1f} tokens/s, "
-          f"{args.engine}); written to {args.out}")
-
-
-def _prompt_lengths(spec: str) -> tuple[int, int]:
-    low, sep, high = spec.partition(",")
-    try:
-        lengths = (int(low), int(high if sep else low))
-    except ValueError:
-        raise UsageError(f"--prompt-tokens must be MIN,MAX (token counts), got {spec!r}") from None
-    if not 1 <= lengths[0] <= lengths[1]:
-        raise UsageError(f"--prompt-tokens must be 1 <= MIN <= MAX, got {spec!r}")
-    return lengths
+          f"{settings.engine}); written to {args.out}")
 
 
 def throughput(args) -> None:
+    settings = section_of(args, ThroughputSettings, "throughput")
     for flag, path in (("--original", args.original), ("--model", args.model)):
         if path is not None:
             config = load_config_dir(path, flag)
@@ -114,11 +119,7 @@ def throughput(args) -> None:
     if not (Path(args.heldout) / "manifest.json").is_file():
         raise UsageError(f"--heldout {args.heldout} is not a token store written by `rrt tokenize` (no manifest.json)")
     checks.output_file(args.out, "--out")
-    for flag, value in (("--prompts", args.prompts), ("--max-new-tokens", args.max_new_tokens),
-                        ("--max-batch", args.max_batch)):
-        checks.at_least(flag, value, 1)
-    lengths = _prompt_lengths(args.prompt_tokens)
-    thresholds = parse_thresholds(args.exit_thresholds, "--exit-thresholds", {})
+    thresholds = exit_thresholds(args.exit_thresholds)
     if thresholds and getattr(config, "model_type", None) != "recursive":
         raise UsageError(f"--exit-thresholds: {args.model} is not a recursive model (no exits)")
     if args.threads is not None:
@@ -127,16 +128,16 @@ def throughput(args) -> None:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     try:
-        prompts = heldout_prompts(args.heldout, args.prompts, lengths, args.seed)
+        prompts = heldout_prompts(args.heldout, settings.prompts, tuple(settings.prompt_tokens), settings.seed)
     except ValueError as e:
         raise UsageError(f"--heldout {e}") from None
     model = load_model_dir(args.model, "--model", dtype=dtype).to(device).eval()
     same = args.original is None or Path(args.original).resolve() == Path(args.model).resolve()
     original = None if same else load_model_dir(args.original, "--original", dtype=dtype).to(device).eval()
     try:
-        result = measure_throughput(model, original, prompts, new_tokens=args.max_new_tokens, batch=args.max_batch,
-                                    exit_thresholds=thresholds, exit_kv=args.exit_kv,
-                                    same_memory=args.same_memory, same_model=same)
+        result = measure_throughput(model, original, prompts, new_tokens=settings.max_new_tokens,
+                                    batch=settings.max_batch, exit_thresholds=thresholds, exit_kv=settings.exit_kv,
+                                    same_memory=settings.same_memory, same_model=same)
     except ValueError as e:  # the engine refuses the model (family, sharing)
         raise UsageError(f"--model {args.model}: {e}") from None
     result |= {"model": str(args.model), "original": str(args.original or args.model), "heldout": str(args.heldout)}
@@ -145,25 +146,21 @@ def throughput(args) -> None:
 
 
 def simulate(args) -> None:
+    settings = section_of(args, SimulateSettings, "throughput.simulate")
     for flag, path in (("--original", args.original), ("--model", args.model)):
         if path is not None:
             load_config_dir(path, flag)
             checks.check_weights(path, flag)
     checks.output_file(args.out, "--out")
-    for flag, value, low in (("--prefix-tokens", args.prefix_tokens, 1), ("--new-tokens", args.new_tokens, 2),
-                             ("--max-batch", args.max_batch, 1), ("--requests", args.requests, 1)):
-        checks.at_least(flag, value, low)
-    if args.memory_mb is not None and not args.memory_mb > 0:
-        raise UsageError(f"--memory-mb must be > 0, got {args.memory_mb}")
     try:
         result = json.loads(Path(args.eval).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UsageError(f"--eval {args.eval}: not a readable JSON file ({e.__class__.__name__})") from None
-    thresholds = parse_thresholds(args.exit_thresholds, "--exit-thresholds", {})
+    thresholds = exit_thresholds(args.exit_thresholds)
     sets = list(((result.get("exits") or {}).get("ppl") or {}))
     heldout = args.heldout_set or (sets[0] if sets else None)
     try:
-        settings = exits_from_eval(result, heldout, thresholds)
+        exits = exits_from_eval(result, heldout, thresholds)
     except ValueError as e:
         raise UsageError(f"--eval {args.eval}: {e}") from None
     if args.threads is not None:
@@ -174,11 +171,11 @@ def simulate(args) -> None:
     model = load_model_dir(args.model, "--model", dtype=dtype).to(device).eval()
     same = args.original is None or Path(args.original).resolve() == Path(args.model).resolve()
     original = None if same else load_model_dir(args.original, "--original", dtype=dtype).to(device).eval()
-    memory = None if args.memory_mb is None else int(args.memory_mb * 2**20)
+    memory = None if settings.memory_mb is None else int(settings.memory_mb * 2**20)
     try:
-        out = simulate_throughput(model, original, settings, prefix=args.prefix_tokens, new_tokens=args.new_tokens,
-                                  max_batch=args.max_batch, memory_bytes=memory, requests=args.requests,
-                                  seed=args.seed)
+        out = simulate_throughput(model, original, exits, prefix=settings.prefix_tokens,
+                                  new_tokens=settings.new_tokens, max_batch=settings.max_batch, memory_bytes=memory,
+                                  requests=settings.requests, seed=settings.seed)
     except ValueError as e:  # exits that do not fit the model, a budget below the weights, a refused model
         raise UsageError(f"--model {args.model}: {e}") from None
     out |= {"model_dir": str(args.model), "original_dir": str(args.original or args.model), "eval": str(args.eval),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import UsageError, first_line
 from ..model.load import load_config_dir
-from ..flags import explicit_flags, load_json_arg, settings_from_args
+from ..flags import explicit_flags, section_of
 from ..settings import TrainSettings
 from ..train.trainer import train as train_model
 from . import checks
@@ -15,8 +15,7 @@ from .tokenizer_check import same_tokenizer
 
 def settings_of(args) -> TrainSettings:
     """The run's settings: --settings JSON (else the defaults), each flag given laid over it."""
-    base = load_json_arg(args.settings, "--settings") if args.settings is not None else None
-    return settings_from_args(args, TrainSettings, base, "train")
+    return section_of(args, TrainSettings, "train")
 
 
 def _check(args) -> None:
