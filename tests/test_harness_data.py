@@ -74,7 +74,7 @@ def test_offline_fetch_into_an_empty_cache_is_one_line_naming_the_task(tmp_path,
                           "HF_HUB_OFFLINE is set: run it where the hub is reachable, without them)"), err
     assert not (cache / MANIFEST).exists()
     assert "nothing to fetch" in cli_error(capsys, ["fetch-eval-data", "--cache", str(cache), "--tasks", "none"])
-    assert "unknown task 'mmlu'" in cli_error(capsys, ["fetch-eval-data", "--cache", str(cache), "--tasks", "mmlu"])
+    assert "--tasks must be a list of items, each one of lambada" in cli_error(capsys, ["fetch-eval-data", "--cache", str(cache), "--tasks", "mmlu"])
 
 
 # Three ARC-Easy-shaped questions whose answers the oracle model scores [right, wrong, right]:
