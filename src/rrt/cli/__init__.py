@@ -25,7 +25,7 @@ from ..settings import (
     INITS,
     LORA_INITS,
     NORM_INITS,
-    PLAN,
+    PlanSettings,
     REDUCED_INITS,
     SHARINGS,
     STEPWISE_RULES,
@@ -292,10 +292,7 @@ def _report_commands(sub) -> None:
                         help="the config the workflow's rules see, as the plan rule writes it (results/config.json: "
                              "defaults filled in, --config overrides included); its variants path is relative to "
                              "the working directory")
-    pl.add_argument("--gpu", default=None, metavar="|".join(PLAN["gpu_specs"]),
-                    help=f"GPU to cost on (default: the config's plan.gpu, else {PLAN['gpu']})")
-    pl.add_argument("--mfu", type=float, default=None,
-                    help=f"model FLOPs utilisation in (0, 1] (default: the config's plan.mfu, else {PLAN['mfu']})")
+    add_flags(pl, PlanSettings)  # --gpu, --mfu, --internode-gbps: over the config's plan section
     pl.add_argument("--out", default=None, help="also write the table to this .csv or .json file")
     pl.add_argument("--data-out", default=None,
                     help="also write the data stage's cost per base model (files, tokens, disk, core-hours) to this .csv")

@@ -10,7 +10,6 @@ config file's directory or its parent."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -18,7 +17,8 @@ import yaml
 
 from ..errors import UsageError, first_line
 from ..io import atomic_write_text
-from ..settings import PLAN, SettingError, resolve_config
+from ..flags import settings_from_args
+from ..settings import PlanSettings, SettingError, resolve_config
 from ..train.budget import format_plan, plan_budget
 from ..variants import Experiment, read_variants
 from . import checks
@@ -61,10 +61,7 @@ def experiment_of(args) -> tuple[Experiment, str]:
 
 
 def plan(args) -> None:
-    if args.gpu is not None and args.gpu not in PLAN["gpu_specs"]:
-        raise UsageError(f"--gpu: unknown GPU {args.gpu!r} (known: {', '.join(PLAN['gpu_specs'])})")
-    if args.mfu is not None and not (math.isfinite(args.mfu) and 0 < args.mfu <= 1):
-        raise UsageError(f"--mfu must be in (0, 1], got {args.mfu}")
+    settings_from_args(args, PlanSettings, None, "plan")  # a bad flag is one line before any work
     if args.out is not None:
         if Path(args.out).suffix not in (".csv", ".json"):
             raise UsageError(f"--out {args.out}: must end in .csv or .json")
@@ -74,7 +71,12 @@ def plan(args) -> None:
             raise UsageError(f"--data-out {args.data_out}: must end in .csv")
         checks.output_file(args.data_out, "--data-out")
     experiment, title = experiment_of(args)
-    table = plan_budget(experiment.config, experiment, gpu=args.gpu, mfu=args.mfu)
+    try:  # the flags given, laid over the config's plan section
+        section = settings_from_args(args, PlanSettings, experiment.config.get("plan") or {}, "plan")
+    except SettingError as e:
+        raise UsageError(f"{title}: {e}") from None
+    experiment.config["plan"] = section.to_dict()
+    table = plan_budget(experiment.config, experiment, gpu=section.gpu, mfu=section.mfu)
     print(format_plan(table, title=title))
     if args.out is not None:
         if Path(args.out).suffix == ".csv":
