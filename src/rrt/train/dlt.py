@@ -148,7 +148,7 @@ class DLTAgent:
         to K contiguous blocks, as even as possible (block b starts at depth b*L//K): the
         first depth that does not begin a block and does not yet run the layer of the depth
         before it ties to that depth. Nearest depths, because adjacent layers of a pretrained
-        model are the most alike, and even blocks, so no layer serves many more depths than
+        model tend to be the most alike, and even blocks, so no layer serves many more depths than
         another (the layers kept are those beginning a block; L = 2K: every other one)."""
         starts = {b * self.num_layers // self.settings.max_unique for b in range(self.settings.max_unique)}
         slots = relabel(self.layer_map)
