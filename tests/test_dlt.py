@@ -239,7 +239,7 @@ def test_the_agent_is_deterministic_with_a_seed():
 def test_a_budget_it_cannot_hold_is_one_line():
     with pytest.raises(SettingError, match="budget exactly needs max_unique"):
         DLTSettings(enabled=True, budget="exactly")
-    with pytest.raises(ValueError, match="dlt budget exactly 5 unique layers: the model has only 4"):
+    with pytest.raises(ValueError, match="dlt.budget exactly with max_unique 5: the model has only 4 layers"):
         _agent(4, max_unique=5, budget="exactly")
 
 

@@ -66,7 +66,8 @@ class DLTAgent:
         if num_layers < 2:
             raise ValueError(f"Dynamic Layer Tying needs at least 2 layers, the model has {num_layers}")
         if settings.budget == "exactly" and settings.max_unique > num_layers:
-            raise ValueError(f"dlt budget exactly {settings.max_unique} unique layers: the model has only {num_layers}")
+            raise ValueError(f"dlt.budget exactly with max_unique {settings.max_unique}: the model has only "
+                             f"{num_layers} layers")
         self.settings, self.num_layers = settings, num_layers
         with torch.random.fork_rng(devices=[]):  # its own init, the run's RNG untouched
             torch.manual_seed(settings.seed)
@@ -148,8 +149,8 @@ class DLTAgent:
         to K contiguous blocks, as even as possible (block b starts at depth b*L//K): the
         first depth that does not begin a block and does not yet run the layer of the depth
         before it ties to that depth. Nearest depths, because adjacent layers of a pretrained
-        model tend to be the most alike, and even blocks, so no layer serves many more depths than
-        another (the layers kept are those beginning a block; L = 2K: every other one)."""
+        model tend to be the most alike, and even blocks, so no layer serves many more depths
+        than another (the layers kept are those beginning a block; L = 2K: every other one)."""
         starts = {b * self.num_layers // self.settings.max_unique for b in range(self.settings.max_unique)}
         slots = relabel(self.layer_map)
         for depth in range(1, self.num_layers):
