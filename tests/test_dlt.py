@@ -15,7 +15,7 @@ from rrt.model.modeling import RecursiveConfig, RecursiveForCausalLM
 from rrt.model.sharing import canonical, relabel
 from rrt.model.tying import retie, tie, trainable_params, untie
 from rrt.serve.engine import DepthwiseEngine
-from rrt.settings import DLTSettings, TrainSettings
+from rrt.settings import DLTSettings, SettingError, TrainSettings
 from rrt.train import trainer
 from rrt.train.checkpoints import last_checkpoint
 from rrt.train.dlt import DECISIONS_CSV, DLTAgent
@@ -169,6 +169,80 @@ def test_the_budget_is_never_exceeded_by_the_agent():
         assert len(seen) > 1 or cap == 1  # it does move (one layer for all: nowhere to go)
 
 
+def _agent(layers, **dlt):
+    settings = {"enabled": True, "epsilon_min": 0.0, **dlt}
+    return DLTAgent(DLTSettings(**settings), layers)
+
+
+def _forced_phase(agent):
+    while agent.over_budget():
+        agent.decide(0.0, forced=True)
+
+
+@pytest.mark.parametrize("layers, cap, expected", [
+    (30, 15, [d - d % 2 for d in range(30)]),  # SmolLM2 under K = 15: pairs of neighbours
+    (8, 3, [0, 0, 2, 2, 2, 5, 5, 5]),          # blocks of 2, 3, 3 starting at b * 8 // 3
+    (4, 2, [0, 0, 2, 2]),
+    (6, 1, [0] * 6),
+])
+def test_the_forced_ties_make_k_even_blocks_of_neighbours(layers, cap, expected):
+    """Before the first step an untied start over the budget is tied down to K contiguous
+    blocks, each depth to the one before it, one tie per decision; the forced ties are not the
+    agent's: no exploration (epsilon 0), no RNG drawn, nothing to learn, the layer in turn kept."""
+    agent = _agent(layers, max_unique=cap, seed=3)
+    rng = agent.rng.getstate()
+    decided = []
+    while agent.over_budget():
+        decided.append(agent.decide(-1.0, forced=True))
+    assert agent.layer_map == expected
+    assert [(d, a) for d, a, _ in decided] == [(d, d - 1) for d in range(1, layers) if expected[d] != d]
+    assert {e for _, _, e in decided} == {0.0} and len(decided) == layers - cap
+    assert (agent.rng.getstate(), agent.next_layer, agent.pending) == (rng, 1, None)
+
+
+@pytest.mark.parametrize("layers, cap, epsilon", [(30, 15, 1.0), (30, 15, 0.2), (6, 3, 0.5), (6, 2, 0.0), (4, 1, 1.0)])
+def test_budget_exactly_holds_k_at_every_decision(layers, cap, epsilon):
+    """With `budget: exactly` every decision after the forced phase keeps exactly K unique
+    layers, exploring or greedy, and the map still moves (depths change blocks)."""
+    agent = _agent(layers, max_unique=cap, budget="exactly", epsilon=epsilon, epsilon_decay=1.0, seed=cap)
+    _forced_phase(agent)
+    seen = set()
+    for step in range(400):
+        layer, action, _ = agent.decide(-float(step % 5))
+        assert len(set(agent.layer_map)) == cap, (step, layer, action, agent.layer_map)
+        assert all(agent.layer_map[agent.layer_map[d]] == agent.layer_map[d] <= d for d in range(layers))
+        seen.add(tuple(agent.layer_map))
+    assert len(seen) > 1 or cap == 1
+
+
+def test_budget_exactly_offers_only_count_keeping_actions():
+    """At K: a depth alone may only stay (own); a depth sharing its layer may move to another
+    layer or stay, never split off (own) or leave its layer empty."""
+    agent = _agent(6, max_unique=3, budget="exactly")
+    layer_map = [0, 1, 1, 3, 3, 3]  # depth 0 alone; 1-2 and 3-5 share
+    assert agent.allowed(layer_map, 2) == [0, 1]  # join depth 0's layer or stay (copy 1); own splits
+    assert agent.allowed(layer_map, 4) == [0, 1, 2, 3]  # move or stay; own splits
+    assert agent.allowed(layer_map, 1) == [0]  # 1 begins its block: it may move (2 keeps the block), not split
+    assert agent.allowed([0, 0, 2, 3, 3, 3], 2) == [2]  # alone: joining would leave 2 layers; own keeps it
+    assert _agent(6, max_unique=3).allowed(layer_map, 2) == [0, 1]  # at_most at K: the same ceiling
+    assert _agent(6, max_unique=3).allowed([0, 0, 2, 3, 3, 3], 2) == [0, 1, 2]  # ... but it may drop below K
+
+
+def test_the_agent_is_deterministic_with_a_seed():
+    def run(seed):
+        agent = _agent(30, max_unique=15, budget="exactly", seed=seed)
+        _forced_phase(agent)
+        return [agent.decide(-float(step % 3))[:2] for step in range(120)], agent.layer_map
+    assert run(7) == run(7) and run(7) != run(8)
+
+
+def test_a_budget_it_cannot_hold_is_one_line():
+    with pytest.raises(SettingError, match="budget exactly needs max_unique"):
+        DLTSettings(enabled=True, budget="exactly")
+    with pytest.raises(ValueError, match="dlt.budget exactly with max_unique 5: the model has only 4 layers"):
+        _agent(4, max_unique=5, budget="exactly")
+
+
 def _dlt_settings(**dlt):
     settings = train_settings(max_tokens=8 * 4 * BLOCK, batch_tokens=4 * BLOCK, save_steps=2, warmup_steps=1, seed=3,
                               micro_batch_size=2, lr=1e-2)
@@ -210,11 +284,27 @@ def test_a_fixed_seed_makes_the_same_decisions_and_keeps_the_budget(dlt_inputs, 
     assert (tmp_path / "c" / DECISIONS_CSV).read_text() != text
 
 
-def test_kill_then_resume_gives_the_uninterrupted_run(dlt_inputs, tmp_path):
+def test_a_run_under_budget_exactly_ends_the_size_of_the_k_layer_model(dlt_inputs, tmp_path):
+    """4 untied layers, K = 2, `exactly`: the forced ties make two blocks of neighbours, and
+    every decision after them keeps 2 unique layers, so the final model has the parameters
+    of the 2-layer recursive model (its map need not be a loop)."""
+    base, data = dlt_inputs
+    trainer.train(base, data, tmp_path / "run", _dlt_settings(max_unique=2, budget="exactly", seed=1), progress=False)
+    rows = read_csv(tmp_path / "run" / DECISIONS_CSV)
+    assert [(r["step"], r["layer_map"], r["epsilon"]) for r in rows[:2]] == [("0", "0 0 2 3", "0.0"),
+                                                                             ("0", "0 0 2 2", "0.0")]
+    assert [int(r["unique_layers"]) for r in rows[2:]] == [2] * 7
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert len(set(final.config.layer_map)) == 2
+    assert trainable_params(final) == _fresh_count(final.config.text_config, [0, 1, 0, 1])
+
+
+@pytest.mark.parametrize("budget, cap", [("at_most", 3), ("exactly", 3)])
+def test_kill_then_resume_gives_the_uninterrupted_run(dlt_inputs, tmp_path, budget, cap):
     """Killed right after its step-4 checkpoint (decisions at every step, on both sides of it),
     the resumed run ends with the uninterrupted run's loss.csv, decisions and weights."""
     base, data = dlt_inputs
-    settings = _dlt_settings(max_unique=3, seed=5)
+    settings = _dlt_settings(max_unique=cap, budget=budget, seed=5)
     trainer.train(base, data, tmp_path / "whole", settings, progress=False)
     cut = tmp_path / "cut"
     with pytest.raises(Interrupted):

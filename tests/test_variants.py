@@ -456,3 +456,29 @@ def test_each_bad_dlt_row_is_a_one_line_error(tmp_path, row, message):
         dlt_experiment(tmp_path, row)
     text = str(caught.value)
     assert text.startswith(f"{tmp_path / 'variants.tsv'}: ") and message in text and "\n" not in text, text
+
+
+@pytest.mark.parametrize("budget, message", [
+    ("exactly", None),
+    ("most", "variant 'dlt': dlt_budget 'most' is not one of -, at_most, exactly"),
+])
+def test_the_dlt_budget_column_is_the_settings_budget(tmp_path, budget, message):
+    """`dlt_budget` becomes `dlt.budget` (a string, not a number); a bad value is one line."""
+    path = tmp_path / "variants.tsv"
+    beside = [r + "\t-\t-\t-" for r in ROWS if r.split("\t")[0] in ("orig", "full", "rec")]
+    path.write_text(DLT_HEADER.strip() + "\tdlt_budget\n" + "\n".join([*beside, f"{DLT}\t{budget}"]) + "\n")
+    if message is None:
+        e = Experiment({**config(), "variants": str(path)}, read_variants(path), path)
+        assert e["dlt"].dlt_settings == {"enabled": True, "max_unique": 4, "interval": 2, "budget": "exactly"}
+        return
+    with pytest.raises(UsageError) as caught:
+        Experiment({**config(), "variants": str(path)}, read_variants(path), path)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_dlt_budget_needs_a_k(tmp_path):
+    path = tmp_path / "variants.tsv"
+    row = DLT.rsplit("\t", 2)[0] + "\t-\t2\texactly"
+    path.write_text(DLT_HEADER.strip() + "\tdlt_budget\n" + row + "\n")
+    with pytest.raises(UsageError, match="variant 'dlt': dlt_budget 'exactly' needs kind dlt and a dlt_max_unique"):
+        Experiment({**config(), "variants": str(path)}, read_variants(path), path)

@@ -58,8 +58,8 @@ def test_ablation_columns_reach_convert_and_train(tmp_path, test_config):
               for line in text.splitlines() if "rrt train" in line}
     assert trains["rec-stepwise-kd-rkl"]["kd"]["loss"] == "rkl" and trains["rec-stepwise-kd"]["kd"]["loss"] == "fkl"
     # A DLT row's columns become the `dlt` section of its settings; the other rows have none.
-    assert {k: trains["dlt-k2"]["dlt"][k] for k in ("enabled", "max_unique", "interval")} == {
-        "enabled": True, "max_unique": 2, "interval": 2}
+    assert {k: trains["dlt-k2"]["dlt"][k] for k in ("enabled", "max_unique", "interval", "budget")} == {
+        "enabled": True, "max_unique": 2, "interval": 2, "budget": "exactly"}
     assert [name for name, s in trains.items() if (s.get("dlt") or {}).get("enabled")] == ["dlt-k2"]
 
 
@@ -210,9 +210,10 @@ def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
     k9 = next(line for line in train if "--out results/train/gemma-dlt-k9 " in line)
     assert "--model results/models/base/gemma2b " in k9
     assert settings[k9]["dlt"]["enabled"] and settings[k9]["dlt"]["max_unique"] == 9
+    assert settings[k9]["dlt"]["budget"] == "exactly"  # the size of gemma-rec-stepwise at every step
     scratch = next(line for line in train if "--out results/train/gemma-scratch-dlt " in line)
     assert "--model results/models/init/gemma-scratch-dlt " in scratch and settings[scratch]["dlt"]["enabled"]
-    assert settings[scratch]["dlt"].get("max_unique") is None
+    assert settings[scratch]["dlt"].get("max_unique") is None  # no budget (its `budget` key then binds nothing)
     for name in ("gemma-scratch-dlt", "gemma-scratch-untied"):
         assert (f"rrt reduce --base results/models/base/gemma2b --out results/models/init/{name} --loops 1 "
                 "--init scratch") in text

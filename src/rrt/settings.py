@@ -42,6 +42,7 @@ LORA_INITS = ("svd", "zero")
 STEPWISE_RULES = ("ends", "start")  # stepwise init: first and last kept (paper "fixed-ends"), or every B-th from 0
 NORM_INITS = ("average", "first", "unit")  # average init: how the shared norms are set
 KD_KINDS = ("fkl", "rkl", "jsd", "tvd")
+DLT_BUDGETS = ("at_most", "exactly")  # how the DLT agent holds its unique-layer budget (docs/dlt.md)
 # Early exit: how sure an intermediate exit must be for a token to leave there.
 EXIT_CRITERIA = ("max_prob", "entropy")
 # Named early-exit loss weights (`rrt.train.early_exit.exit_weights`): the paper's aggressive
@@ -167,6 +168,9 @@ class DLTSettings(Section):
                                "authors' code: 4)", min=1)
     max_unique: int | None = setting(None, "unique-layer budget K: the agent never keeps more (ours, beyond the "
                                            "paper; none: no cap)", min=1)
+    budget: str = setting("at_most", "how `max_unique` K binds once reached: `at_most` (no action makes more than K "
+                                     "unique layers) or `exactly` (no action changes the count: a model the size of "
+                                     "the K-layer recursive one)", choices=DLT_BUDGETS)
     epsilon: float = setting(1.0, "exploration: the probability of a random action at the start (epsilon-greedy)",
                              min=0, max=1)
     epsilon_decay: float = setting(0.95, "epsilon is multiplied by this after each pass over the layers", min=0, max=1)
@@ -181,6 +185,8 @@ class DLTSettings(Section):
         super().__post_init__()
         if self.epsilon_min > self.epsilon:
             raise SettingError(f"epsilon_min ({self.epsilon_min:g}) must be <= epsilon ({self.epsilon:g})")
+        if self.budget == "exactly" and self.max_unique is None:
+            raise SettingError("budget exactly needs max_unique (the K it holds)")
 
 
 @dataclass

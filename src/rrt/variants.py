@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import UsageError
-from .settings import INITS, KD_KINDS, LORA_INITS, NORM_INITS, REDUCED_INITS, SHARINGS, STEPWISE_RULES
+from .settings import DLT_BUDGETS, INITS, KD_KINDS, LORA_INITS, NORM_INITS, REDUCED_INITS, SHARINGS, STEPWISE_RULES
 
 REQUIRED = ("variant", "kind", "base", "init", "loops", "sharing", "rank", "kd", "tokens")
 # Optional columns and the value a table without them gets.
@@ -55,13 +55,14 @@ CHOICES.update({"lora_init": ("-", *LORA_INITS), "stepwise_rule": ("-", *STEPWIS
 # Dynamic Layer Tying (kind `dlt`, docs/dlt.md): the columns of a DLT run and the field of
 # the train settings' `dlt` section each one sets (`Variant.dlt_settings`; `-`: the
 # trainer's default). The one place the table meets `rrt train`'s DLT settings.
-DLT_COLUMNS = {"dlt_max_unique": "max_unique", "dlt_interval": "interval"}
+DLT_COLUMNS = {"dlt_max_unique": "max_unique", "dlt_interval": "interval", "dlt_budget": "budget"}
 DLT_INITS = ("-", "scratch")  # the base's weights (uptraining), or random ones (from scratch)
 OPTIONAL.update({column: "-" for column in DLT_COLUMNS})
 PATTERNS.update({
     "dlt_max_unique": (r"-|[1-9][0-9]*", "the most unique layers the agent may keep (K >= 1), or - for no budget"),
     "dlt_interval": (r"-|[1-9][0-9]*", "optimizer steps between the agent's decisions (>= 1), or - for the default"),
 })
+CHOICES["dlt_budget"] = ("-", *DLT_BUDGETS)
 # Which rows an ablation column applies to: (check on the row, what it needs).
 ABLATION_NEEDS = {
     "lora_init": (lambda row: row.kind == "recursive", "a recursive variant"),
@@ -72,6 +73,7 @@ ABLATION_NEEDS = {
     "kd_loss": (lambda row: bool(row.kd), "kd true"),
     "dlt_max_unique": (lambda row: row.kind == "dlt", "kind dlt"),
     "dlt_interval": (lambda row: row.kind == "dlt", "kind dlt"),
+    "dlt_budget": (lambda row: row.kind == "dlt" and row.dlt_max_unique != "-", "kind dlt and a dlt_max_unique"),
 }
 
 
@@ -124,6 +126,7 @@ class Variant:
     kd_loss: str = "-"        # fkl, rkl, jsd or tvd (- : train.kd.loss)
     dlt_max_unique: str = "-"  # dlt: the unique-layer budget K (- : none)
     dlt_interval: str = "-"    # dlt: optimizer steps between decisions (- : the trainer's default)
+    dlt_budget: str = "-"      # dlt with a K: at_most or exactly (- : the trainer's default)
 
     @property
     def dlt_settings(self) -> dict | None:
@@ -132,8 +135,8 @@ class Variant:
         (`DLT_COLUMNS`); the section's other keys are the config's `train.dlt`."""
         if self.kind != "dlt":
             return None
-        return {"enabled": True, **{key: int(getattr(self, column)) for column, key in DLT_COLUMNS.items()
-                                    if getattr(self, column) != "-"}}
+        values = {key: getattr(self, column) for column, key in DLT_COLUMNS.items() if getattr(self, column) != "-"}
+        return {"enabled": True, **{key: int(v) if str(v).isdigit() else v for key, v in values.items()}}
 
     @property
     def convert_options(self) -> dict[str, str]:

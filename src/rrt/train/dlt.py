@@ -15,9 +15,13 @@ code, and what we chose where they are silent.
     schedule a decision every `interval` optimizer steps, layers 1..L-1 in turn; epsilon-
              greedy, epsilon multiplied by `epsilon_decay` after each pass over the layers
              down to `epsilon_min`
-    budget   with `max_unique` = K, `own` is not offered when it would make K + 1 unique
-             layers; a run whose start has more than K is brought within K before its first
-             step by forced decisions (copy actions only, the layers in turn)
+    budget   with `max_unique` = K, a run whose start has more than K unique layers is
+             brought to K before its first step by forced ties (not the agent's choices):
+             the depths are split into K contiguous blocks as even as possible and each
+             depth that does not begin a block ties to the depth before it; from then on
+             an action is offered only if it keeps at most K unique layers (`budget`
+             at_most) or exactly K (`budget` exactly: a depth sharing its layer may move to
+             another one, a depth alone may not join one, and `own` may not split one)
 
 Every decision is a row of `dlt_decisions.csv` (next to loss.csv): step, layer_map (DLT
 form, space-separated), unique_layers, trainable_params, reward, epsilon. A checkpoint holds
@@ -61,6 +65,9 @@ class DLTAgent:
     def __init__(self, settings: DLTSettings, num_layers: int):
         if num_layers < 2:
             raise ValueError(f"Dynamic Layer Tying needs at least 2 layers, the model has {num_layers}")
+        if settings.budget == "exactly" and settings.max_unique > num_layers:
+            raise ValueError(f"dlt.budget exactly with max_unique {settings.max_unique}: the model has only "
+                             f"{num_layers} layers")
         self.settings, self.num_layers = settings, num_layers
         with torch.random.fork_rng(devices=[]):  # its own init, the run's RNG untouched
             torch.manual_seed(settings.seed)
@@ -91,14 +98,18 @@ class DLTAgent:
             slots[layer] = max(slots) + 1
         return canonical(slots)
 
-    def allowed(self, layer_map: list[int], layer: int, forced: bool = False) -> list[int]:
-        """The actions open to `layer`: every copy, and own unless it would break the budget
-        (or the decision is a forced one, which must tie)."""
-        actions = list(range(layer))
+    def allowed(self, layer_map: list[int], layer: int) -> list[int]:
+        """The actions open to `layer` (copies 0..layer-1, own: layer): all of them without a
+        budget; with K, those whose map has at most K unique layers (`at_most`) or exactly K
+        (`exactly`)."""
         cap = self.settings.max_unique
-        if not forced and (cap is None or unique_layers(self.apply(layer_map, layer, layer)) <= cap):
-            actions.append(layer)
-        return actions
+        actions = range(layer + 1)
+        if cap is None:
+            return list(actions)
+        counts = {a: unique_layers(self.apply(layer_map, layer, a)) for a in actions}
+        if self.settings.budget == "exactly":
+            return [a for a in actions if counts[a] == cap]
+        return [a for a in actions if counts[a] <= cap]
 
     def learn(self, reward: float) -> None:
         """One Q-learning step for the pending transition, now that its reward is known: the
@@ -115,8 +126,8 @@ class DLTAgent:
         self.q_optimizer.step()
         self.pending = None
 
-    def choose(self, layer: int, forced: bool = False) -> int:
-        actions = self.allowed(self.layer_map, layer, forced)
+    def choose(self, layer: int) -> int:
+        actions = self.allowed(self.layer_map, layer)
         if self.rng.random() < self.epsilon:
             return self.rng.choice(actions)
         with torch.no_grad():
@@ -133,19 +144,32 @@ class DLTAgent:
         cap = self.settings.max_unique
         return cap is not None and unique_layers(self.layer_map) > cap
 
+    def forced_tie(self) -> tuple[int, int]:
+        """The next forced tie (depth, the depth it copies) on the way from the untied start
+        to K contiguous blocks, as even as possible (block b starts at depth b*L//K): the
+        first depth that does not begin a block and does not yet run the layer of the depth
+        before it ties to that depth. Nearest depths, because adjacent layers of a pretrained
+        model tend to be the most alike, and even blocks, so no layer serves many more depths
+        than another (the layers kept are those beginning a block; L = 2K: every other one)."""
+        starts = {b * self.num_layers // self.settings.max_unique for b in range(self.settings.max_unique)}
+        slots = relabel(self.layer_map)
+        for depth in range(1, self.num_layers):
+            if depth not in starts and slots[depth] != slots[depth - 1]:
+                return depth, depth - 1
+        raise RuntimeError(f"over the budget of {self.settings.max_unique} with no forced tie left: {self.layer_map}")
+
     def decide(self, reward: float, forced: bool = False) -> tuple[int, int, float]:
         """Learn from `reward` (the model as it is now), then choose the next layer's action;
-        returns (layer, action, epsilon used). A forced decision takes the next layer that
-        runs a layer of its own alone (so a copy frees a unique layer) and ties it."""
-        self.learn(reward)
+        returns (layer, action, epsilon used). A forced decision is `forced_tie`'s: not the
+        agent's (no exploration, epsilon 0; no transition to learn from, the layer in turn
+        unchanged)."""
         if forced:
-            alone = [d for d in range(1, self.num_layers) if self.layer_map.count(d) == 1 and self.layer_map[d] == d]
-            if not alone:
-                raise RuntimeError(f"over the budget with no layer to tie alone: {self.layer_map}")
-            while self.next_layer not in alone:
-                self._advance()
+            layer, action = self.forced_tie()
+            self.layer_map = self.apply(self.layer_map, layer, action)
+            return layer, action, 0.0
+        self.learn(reward)
         layer, epsilon = self.next_layer, self.epsilon
-        action = self.choose(layer, forced)
+        action = self.choose(layer)
         self.pending = (list(self.layer_map), layer, action)
         self.layer_map = self.apply(self.layer_map, layer, action)
         self._advance()
