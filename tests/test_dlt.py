@@ -180,14 +180,14 @@ def _forced_phase(agent):
 
 
 @pytest.mark.parametrize("layers, cap, expected", [
-    (30, 15, [d - d % 2 for d in range(30)]),  # SmolLM2 under K = 15: pairs of neighbours
-    (8, 3, [0, 0, 2, 2, 2, 5, 5, 5]),          # blocks of 2, 3, 3 starting at b * 8 // 3
-    (4, 2, [0, 0, 2, 2]),
+    (30, 15, [d % 15 for d in range(30)]),  # SmolLM2 under K = 15: rec-lower's CYCLE
+    (8, 3, [0, 1, 2, 0, 1, 2, 0, 1]),       # a CYCLE whose last loop is partial
+    (4, 2, [0, 1, 0, 1]),
     (6, 1, [0] * 6),
 ])
-def test_the_forced_ties_make_k_even_blocks_of_neighbours(layers, cap, expected):
-    """Before the first step an untied start over the budget is tied down to K contiguous
-    blocks, each depth to the one before it, one tie per decision; the forced ties are not the
+def test_the_forced_ties_make_the_cycle_of_k_layers(layers, cap, expected):
+    """Before the first step an untied start over the budget is tied down to the CYCLE of its
+    first K layers, depth d to depth d mod K, one tie per decision; the forced ties are not the
     agent's: no exploration (epsilon 0), no RNG drawn, nothing to learn, the layer in turn kept."""
     agent = _agent(layers, max_unique=cap, seed=3)
     rng = agent.rng.getstate()
@@ -195,7 +195,7 @@ def test_the_forced_ties_make_k_even_blocks_of_neighbours(layers, cap, expected)
     while agent.over_budget():
         decided.append(agent.decide(-1.0, forced=True))
     assert agent.layer_map == expected
-    assert [(d, a) for d, a, _ in decided] == [(d, d - 1) for d in range(1, layers) if expected[d] != d]
+    assert [(d, a) for d, a, _ in decided] == [(d, d % cap) for d in range(cap, layers)]
     assert {e for _, _, e in decided} == {0.0} and len(decided) == layers - cap
     assert (agent.rng.getstate(), agent.next_layer, agent.pending) == (rng, 1, None)
 
@@ -285,14 +285,14 @@ def test_a_fixed_seed_makes_the_same_decisions_and_keeps_the_budget(dlt_inputs, 
 
 
 def test_a_run_under_budget_exactly_ends_the_size_of_the_k_layer_model(dlt_inputs, tmp_path):
-    """4 untied layers, K = 2, `exactly`: the forced ties make two blocks of neighbours, and
+    """4 untied layers, K = 2, `exactly`: the forced ties make the CYCLE `0 1 0 1`, and
     every decision after them keeps 2 unique layers, so the final model has the parameters
     of the 2-layer recursive model (its map need not be a loop)."""
     base, data = dlt_inputs
     trainer.train(base, data, tmp_path / "run", _dlt_settings(max_unique=2, budget="exactly", seed=1), progress=False)
     rows = read_csv(tmp_path / "run" / DECISIONS_CSV)
-    assert [(r["step"], r["layer_map"], r["epsilon"]) for r in rows[:2]] == [("0", "0 0 2 3", "0.0"),
-                                                                             ("0", "0 0 2 2", "0.0")]
+    assert [(r["step"], r["layer_map"], r["epsilon"]) for r in rows[:2]] == [("0", "0 1 0 3", "0.0"),
+                                                                             ("0", "0 1 0 1", "0.0")]
     assert [int(r["unique_layers"]) for r in rows[2:]] == [2] * 7
     final = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
     assert len(set(final.config.layer_map)) == 2

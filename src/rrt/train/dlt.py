@@ -17,8 +17,8 @@ code, and what we chose where they are silent.
              down to `epsilon_min`
     budget   with `max_unique` = K, a run whose start has more than K unique layers is
              brought to K before its first step by forced ties (not the agent's choices):
-             the depths are split into K contiguous blocks as even as possible and each
-             depth that does not begin a block ties to the depth before it; from then on
+             depth d >= K ties to depth d mod K, the CYCLE of the first K layers (the
+             fixed recursive model of that size, `rec-lower`'s start); from then on
              an action is offered only if it keeps at most K unique layers (`budget`
              at_most) or exactly K (`budget` exactly: a depth sharing its layer may move to
              another one, a depth alone may not join one, and `own` may not split one)
@@ -146,17 +146,16 @@ class DLTAgent:
 
     def forced_tie(self) -> tuple[int, int]:
         """The next forced tie (depth, the depth it copies) on the way from the untied start
-        to K contiguous blocks, as even as possible (block b starts at depth b*L//K): the
-        first depth that does not begin a block and does not yet run the layer of the depth
-        before it ties to that depth. Nearest depths, because adjacent layers of a pretrained
-        model tend to be the most alike, and even blocks, so no layer serves many more depths
-        than another (the layers kept are those beginning a block; L = 2K: every other one)."""
-        starts = {b * self.num_layers // self.settings.max_unique for b in range(self.settings.max_unique)}
+        to the CYCLE of K layers: depth d runs depth d mod K's layer, the map of the recursive
+        model of the same size with its first K layers kept (`rec-lower`'s), so the learned
+        run starts where a fixed one does. The first depth d >= K not yet on depth d mod K's
+        layer ties to it."""
+        cap = self.settings.max_unique
         slots = relabel(self.layer_map)
-        for depth in range(1, self.num_layers):
-            if depth not in starts and slots[depth] != slots[depth - 1]:
-                return depth, depth - 1
-        raise RuntimeError(f"over the budget of {self.settings.max_unique} with no forced tie left: {self.layer_map}")
+        for depth in range(cap, self.num_layers):
+            if slots[depth] != slots[depth % cap]:
+                return depth, depth % cap
+        raise RuntimeError(f"over the budget of {cap} with no forced tie left: {self.layer_map}")
 
     def decide(self, reward: float, forced: bool = False) -> tuple[int, int, float]:
         """Learn from `reward` (the model as it is now), then choose the next layer's action;
