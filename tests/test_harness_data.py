@@ -161,7 +161,7 @@ def test_evaluate_jobs_read_the_configured_cache_offline(tmp_path, test_config):
     assert code == 0, text[-2000:]
     evals = [line.removeprefix("Shell command: ") for line in text.splitlines() if "rrt eval " in line]
     assert len(evals) == 13 and all(line.startswith("HF_DATASETS_OFFLINE=1 OMP_NUM_THREADS=") and
-                         " --source harness " in line and " --data-cache '/scratch/hf eval' " in line for line in evals)
+                         '"source": "harness"' in line and " --data-cache '/scratch/hf eval' " in line for line in evals)
     test_config["eval"]["source"] = "embedded"  # reads no hub data: neither the flag nor offline mode
     code, text = dry_run(tmp_path, test_config, None, "-p")
     evals = [line.removeprefix("Shell command: ") for line in text.splitlines() if "rrt eval " in line]
