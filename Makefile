@@ -49,7 +49,7 @@ test-all: install
 test-slow: install
 	$(BIN)/pytest -q $(PYTEST_PARALLEL) -m "slow and not slurm"
 
-# The cluster path on a real one-node SLURM on loopback (tests/slurm_cluster.py starts it and
+# The cluster path on a real SLURM on loopback, one node and two (tests/slurm_cluster.py starts it and
 # stops it by PID): needs root, and Debian's slurm-wlm and munge (installed here if missing).
 test-slurm: install slurm-packages
 	$(BIN)/pytest -q -m slurm tests/test_slurm.py
