@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    the whole pipeline on the embedded default (SmolLM2-135M, CPU) + HTML report
 #   make test   the fast test suite (`make test-all` adds the heavy tests, `make test-slow` runs
-#               only them; `make test-slurm` runs the cluster path on a local one-node SLURM, as root)
+#               only them; `make test-slurm` runs the cluster path on a local SLURM, 1 and 2 nodes, as root)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
