@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    the whole pipeline on the embedded default (SmolLM2-135M, CPU) + HTML report
 #   make test   the fast test suite (`make test-all` adds the heavy tests, `make test-slow` runs
-#               only them; `make test-slurm` runs the cluster path on a local one-node SLURM, as root)
+#               only them; `make test-slurm` runs the cluster path on a local SLURM, 1 and 2 nodes, as root)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -49,7 +49,7 @@ test-all: install
 test-slow: install
 	$(BIN)/pytest -q $(PYTEST_PARALLEL) -m "slow and not slurm"
 
-# The cluster path on a real one-node SLURM on loopback (tests/slurm_cluster.py starts it and
+# The cluster path on a real SLURM on loopback, one node and two (tests/slurm_cluster.py starts it and
 # stops it by PID): needs root, and Debian's slurm-wlm and munge (installed here if missing).
 test-slurm: install slurm-packages
 	$(BIN)/pytest -q -m slurm tests/test_slurm.py

@@ -1,4 +1,12 @@
-"""A real one-node SLURM on loopback for the cluster tests (`make test-slurm`).
+"""A real SLURM on loopback for the cluster tests (`make test-slurm`): this host as node of
+the default partition `debug`, and two more nodes, `rrtn1` and `rrtn2` (one CPU each), as
+partition `two` for the several-node tests.
+
+The two extra nodes are further slurmd daemons on this host (`slurmd -N rrtn1`): declared
+with this host's name as NodeHostname, NodeAddr=127.0.0.1 and a port of their own, with
+per-node spool, pid and log files (`%n`). A two-node job's torchrun rendezvous connects to
+its first node by name, so the names go into /etc/hosts (127.0.0.1) while the cluster runs,
+as one marked line that `stop` removes again (the file is left as it was).
 
 Debian's slurm-wlm 22.05 and munge: munged runs as the `munge` user with its socket in a
 private directory, slurmctld and slurmd in the foreground as children of this process, so
@@ -28,7 +36,11 @@ from pathlib import Path
 CONF = Path("/etc/slurm/slurm.conf")
 MARK = "# written by rrt tests/slurm_cluster.py"
 STATE_FILE = Path(tempfile.gettempdir()) / "rrt-slurm-cluster"  # the state dir of `up`
-DAEMONS = ("munged", "slurmctld", "slurmd")
+DAEMONS = ("munged", "slurmctld", "slurmd")  # started in this order, stopped in reverse
+EXTRA_NODES = ("rrtn1", "rrtn2")  # partition `two`
+HOSTS = Path("/etc/hosts")
+HOSTS_LINE = f"127.0.0.1 {' '.join(EXTRA_NODES)}  {MARK}\n"
+SLURMD_PORT = 6818  # SLURM's default; the extra nodes take the next ones
 
 
 def missing() -> str | None:
@@ -51,6 +63,11 @@ def _free_memory_mb() -> int:
 
 
 def slurm_conf(state: Path, node: str, cpus: int, memory_mb: int) -> str:
+    """This host as the node of partition `debug` (all its CPUs), and EXTRA_NODES as partition
+    `two` (one CPU and a share of the memory each: the same cores, used by one test at a time)."""
+    extra = "".join(f"NodeName={name} NodeHostname={node} NodeAddr=127.0.0.1 Port={SLURMD_PORT + 1 + i} CPUs=1 "
+                    f"RealMemory={max(1000, memory_mb // len(EXTRA_NODES))} State=UNKNOWN\n"
+                    for i, name in enumerate(EXTRA_NODES))
     return f"""{MARK}
 ClusterName=rrttest
 SlurmctldHost={node}(127.0.0.1)
@@ -58,11 +75,11 @@ SlurmUser=root
 AuthType=auth/munge
 AuthInfo=socket={state}/munge/munge.socket
 StateSaveLocation={state}/ctld
-SlurmdSpoolDir={state}/spool
+SlurmdSpoolDir={state}/spool/%n
 SlurmctldPidFile={state}/slurmctld.pid
-SlurmdPidFile={state}/slurmd.pid
+SlurmdPidFile={state}/slurmd.%n.pid
 SlurmctldLogFile={state}/slurmctld.log
-SlurmdLogFile={state}/slurmd.log
+SlurmdLogFile={state}/slurmd.%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -75,8 +92,9 @@ MailProg=/bin/true
 MinJobAge=900
 ReturnToService=2
 SchedulerParameters=sched_interval=2
-NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+NodeName={node} NodeAddr=127.0.0.1 Port={SLURMD_PORT} CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+{extra}PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP
+PartitionName=two Nodes={",".join(EXTRA_NODES)} MaxTime=INFINITE State=UP
 """
 
 
@@ -93,7 +111,8 @@ class LocalSlurm:
         self.state.mkdir(parents=True, exist_ok=True)
         self.state.chmod(0o755)  # munged runs as `munge` and must reach its directory
         (self.state / "ctld").mkdir(exist_ok=True)
-        (self.state / "spool").mkdir(exist_ok=True)
+        for name in (self.node, *EXTRA_NODES):
+            (self.state / "spool" / name).mkdir(parents=True, exist_ok=True)
         munge_dir = self.state / "munge"
         munge_dir.mkdir(exist_ok=True)
         shutil.chown(munge_dir, "munge", "munge")
@@ -106,9 +125,12 @@ class LocalSlurm:
                                f"--pid-file={munge_dir}/munged.pid", f"--log-file={munge_dir}/munged.log",
                                f"--seed-file={munge_dir}/munged.seed"])
         self._wait(lambda: (munge_dir / "munge.socket").exists(), 20, "munged's socket")
+        add_hosts_line(self.state / "hosts.added")  # before slurmctld: it looks the node names up
         self._spawn("slurmctld", ["slurmctld", "-D", "-c", "-i"])
         self._spawn("slurmd", ["slurmd", "-D", "-N", self.node])
-        self._wait(self._idle, timeout, "the node to be idle in sinfo")
+        for name in EXTRA_NODES:
+            self._spawn(f"slurmd-{name}", ["slurmd", "-D", "-N", name])
+        self._wait(self._idle, timeout, "every node to be idle in sinfo")
         return self
 
     def _spawn(self, name: str, argv: list[str]) -> None:
@@ -117,8 +139,10 @@ class LocalSlurm:
         (self.state / f"{name}.child.pid").write_text(str(self.procs[name].pid))
 
     def _idle(self) -> bool:
-        r = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True)
-        return r.returncode == 0 and r.stdout.strip() in ("idle", "mixed")
+        r = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True)
+        state = dict(line.split() for line in r.stdout.splitlines())
+        return (r.returncode == 0 and set(state) == {self.node, *EXTRA_NODES}
+                and all(s in ("idle", "mixed") for s in state.values()))
 
     def _wait(self, ready, timeout: float, what: str) -> None:
         end = time.monotonic() + timeout
@@ -134,13 +158,39 @@ class LocalSlurm:
     def stop(self) -> None:
         """Cancel what is left, stop the daemons by PID (slurmd and slurmctld, then munged;
         from their pid files when this object did not start them) and remove the config
-        this module wrote."""
+        and the hosts line this module wrote."""
         if (self.state / "slurmctld.child.pid").exists():
             subprocess.run(["scancel", "--full", "-u", "root"], capture_output=True)
-        for name in reversed(DAEMONS):
+        for name in [f"slurmd-{n}" for n in EXTRA_NODES] + list(reversed(DAEMONS)):
             stop_pid(self.procs.get(name), self.state / f"{name}.child.pid")
         if CONF.exists() and MARK in CONF.read_text():
             CONF.unlink()
+        remove_hosts_line(self.state / "hosts.added")
+
+
+def add_hosts_line(record: Path) -> None:
+    """Append HOSTS_LINE to /etc/hosts (in place: in a container the file may be a mount),
+    and what was appended to `record`."""
+    text = HOSTS.read_text()
+    if HOSTS_LINE in text:
+        return
+    added = ("" if text.endswith("\n") or not text else "\n") + HOSTS_LINE
+    record.write_text(added)
+    with open(HOSTS, "a") as f:
+        f.write(added)
+
+
+def remove_hosts_line(record: Path) -> None:
+    """Remove what add_hosts_line appended (`record`), every other byte left as it was."""
+    if not record.exists():
+        return
+    added, text = record.read_text(), HOSTS.read_text()
+    if added in text:
+        i = text.rindex(added)
+        with open(HOSTS, "r+") as f:
+            f.write(text[:i] + text[i + len(added):])
+            f.truncate()
+    record.unlink()
 
 
 def stop_pid(proc: subprocess.Popen | None, pid_file: Path) -> None:

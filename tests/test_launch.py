@@ -28,7 +28,7 @@ def test_two_nodes_run_one_torchrun_per_node_with_a_rendezvous_on_the_first():
     assert cmd == ["srun", "--nodes", "2", "--ntasks", "2", "--ntasks-per-node", "1", "--kill-on-bad-exit=1",
                    "--gres=gpu:8", "--cpus-per-task=64",
                    "torchrun", "--nnodes", "2", "--nproc-per-node", "8", "--rdzv-backend", "c10d",
-                   "--rdzv-endpoint", "gpu-001:29500", "--rdzv-id", "4242", "--no-python", *TRAIN]
+                   "--rdzv-endpoint", "gpu-001:29842", "--rdzv-id", "4242", "--no-python", *TRAIN]
 
 
 def test_two_nodes_without_an_allocation_are_refused():

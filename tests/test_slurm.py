@@ -1,4 +1,5 @@
-"""The cluster path on a real SLURM (one node on loopback, `tests/slurm_cluster.py`), through
+"""The cluster path on a real SLURM (on loopback, `tests/slurm_cluster.py`: this host as one
+node, and two one-CPU nodes on it as partition `two`), through
 the README's command, `snakemake --profile slurm ... --configfile=FILE`, run from a
 checkout's root as a user would. `make test-slurm` (root, slurm-wlm and munge; ~15 min):
 
@@ -11,7 +12,10 @@ checkout's root as a user would. `make test-slurm` (root, slurm-wlm and munge; ~
   run;
 - a job cancelled mid-run (`scancel`) checkpoints on SLURM's SIGTERM, stays cancelled
   (Snakemake reports it failed, submitted once), and a rerun resumes from that checkpoint
-  to the same result.
+  to the same result;
+- two nodes (`resources.train.nodes: 2`): srun starts a torchrun on each node, they meet on
+  the first, and the losses are the one-process run's; so under DeepSpeed ZeRO-2; and the
+  time-limit chain on two nodes ends with the uninterrupted two-node run's `loss.csv`.
 """
 import csv
 import json
@@ -94,7 +98,7 @@ def failed(run: subprocess.CompletedProcess, root: Path) -> str:
     error is in its rule's log, not in Snakemake's output."""
     text = (run.stdout + run.stderr)[-5000:]
     for log in sorted((root / "results/logs").rglob("*.log")):
-        text += f"\n--- {log.relative_to(root)}:\n" + log.read_text()[-3000:]
+        text += f"\n--- {log.relative_to(root)}:\n" + log.read_text(errors="replace")[-3000:]
     return text
 
 
@@ -266,3 +270,104 @@ def test_a_cancelled_job_checkpoints_stays_cancelled_and_a_rerun_resumes_to_the_
     sessions = [json.loads(line) for line in open(root / f"results/train/{VARIANT}/sessions.jsonl")]
     assert [(s["from_step"], s["status"]) for s in sessions] == [(0, "paused: signal SIGTERM"), (paused_at, "done")]
     assert (root / target).read_text() == uninterrupted.read_text()
+
+
+# Two nodes: partition `two` of the same cluster (rrtn1 and rrtn2, one CPU each: two more
+# slurmd daemons on this host, tests/slurm_cluster.py). `resources.train.nodes: 2` makes the
+# uptraining's job ask for 2 nodes with one task each; `rrt launch` srun-starts one torchrun
+# per node, which meet (c10d) on the first node by its name.
+TWO_NODES = {"nodes": 2, "threads": 1}
+ON_TWO = ("--set-resources", "uptrain:slurm_partition=two")
+# The two-node time-limit chain: 2 x 1-CPU ranks take ~2x the 1-rank time per step; TWO_STEPS
+# are ~2 runs of a 1-minute job (start-up ~20 s, margin 20 s).
+TWO_STEPS = 400
+
+
+def ran_on_both_nodes(cluster, output: str) -> int:
+    """The job id of the one uptraining Snakemake submitted, after checking that each extra
+    node's slurmd launched a task of its first srun step (the torchrun of that node)."""
+    jobs = SUBMITTED.findall(output)
+    assert len(jobs) == 1, output[-3000:]
+    for node in ("rrtn1", "rrtn2"):
+        log = (cluster.state / f"slurmd.{node}.log").read_text()
+        assert f"launch task StepId={jobs[0]}.0 request" in log, f"{node} ran no task of job {jobs[0]}:\n{log[-2000:]}"
+    return int(jobs[0])
+
+
+@pytest.fixture(scope="module")
+def two_node_run(cluster, dag, tmp_path_factory):
+    """An uptraining of TWO_STEPS steps on two nodes through SLURM, and the same training run
+    locally as one process (the reference)."""
+    on_slurm, _, _ = dag
+    base = tmp_path_factory.mktemp("two-nodes")
+    train = {"tokens": TWO_STEPS * 128, "save_steps": 100}
+    one = checkout(base / "one-process")
+    seed_inputs(on_slurm, one)
+    run = snakemake(one, f"results/train/{VARIANT}/loss.csv", write_config(one, "long", [VARIANT], train=train),
+                    slurm=False)
+    assert run.returncode == 0, failed(run, one)
+    two = checkout(base / "two-nodes")
+    seed_inputs(on_slurm, two)
+    config = write_config(two, "long", [VARIANT], train=train, resources={"train": TWO_NODES})
+    run = snakemake(two, f"results/train/{VARIANT}/loss.csv", config, *ON_TWO)
+    assert run.returncode == 0, failed(run, two)
+    return one, two, run.stdout + run.stderr
+
+
+def test_two_nodes_through_the_pipeline_log_the_one_process_losses(cluster, two_node_run):
+    """One torchrun per node (srun), rendezvous on the first node, 2 ranks with 1 block each:
+    the global batch and the losses of 1 process with 2 (rel 4e-6, as the 2-rank parity tests)."""
+    one, two, output = two_node_run
+    job = ran_on_both_nodes(cluster, output)
+    log = (two / f"results/logs/uptrain/{VARIANT}.log").read_text(errors="replace")  # progress bars cut mid-character
+    assert (f"launch: srun --nodes 2 --ntasks 2 --ntasks-per-node 1 --kill-on-bad-exit=1 --cpus-per-task=1 "
+            f"torchrun --nnodes 2 --nproc-per-node 1 --rdzv-backend c10d --rdzv-endpoint rrtn1:{29600 + job % 1000} "
+            f"--rdzv-id {job} --no-python rrt train") in log, log[-3000:]
+    summary = json.loads((two / f"results/train/{VARIANT}/train_summary.json").read_text())
+    assert summary["config"]["world_size"] == 2 and summary["micro_batch_size"] == 1
+    rows1 = list(csv.DictReader(open(one / f"results/train/{VARIANT}/loss.csv")))
+    rows2 = list(csv.DictReader(open(two / f"results/train/{VARIANT}/loss.csv")))
+    assert len(rows1) == len(rows2) == TWO_STEPS
+    assert [(r["step"], r["lr"]) for r in rows2] == [(r["step"], r["lr"]) for r in rows1]
+    assert [float(r["loss"]) for r in rows2] == pytest.approx([float(r["loss"]) for r in rows1], rel=4e-6)
+
+
+def test_two_nodes_under_deepspeed_zero2_log_the_one_process_losses(cluster, dag, tmp_path):
+    """ZeRO-2 across the two nodes (gradients reduce-scattered, each rank updating its half of
+    the optimizer state); the losses of the test DAG's 1-process run (rel 4e-6)."""
+    on_slurm, _, _ = dag
+    root = checkout(tmp_path / "zero2")
+    seed_inputs(on_slurm, root)
+    config = write_config(root, "zero2", [VARIANT], train={"deepspeed": "workflow/deepspeed/zero2.json"},
+                          resources={"train": TWO_NODES})
+    run = snakemake(root, f"results/train/{VARIANT}/loss.csv", config, *ON_TWO)
+    assert run.returncode == 0, failed(run, root)
+    ran_on_both_nodes(cluster, run.stdout + run.stderr)
+    summary = json.loads((root / f"results/train/{VARIANT}/train_summary.json").read_text())
+    assert summary["config"]["world_size"] == 2 and summary["config"]["deepspeed"].endswith("workflow/deepspeed/zero2.json")
+    one, two = losses(on_slurm / f"results/train/{VARIANT}/loss.csv"), losses(root / f"results/train/{VARIANT}/loss.csv")
+    assert len(one) == len(two) == 4
+    assert two == pytest.approx(one, rel=4e-6)
+
+
+def test_a_two_node_run_longer_than_its_time_limit_continues_over_jobs_to_the_same_result(
+        cluster, dag, two_node_run, tmp_path):
+    """The time-limit chain on two nodes: rank 0 requeues the job, both nodes' torchruns
+    start again and resume from the checkpoint; the loss.csv of the uninterrupted 2-node run."""
+    on_slurm, _, _ = dag
+    _, whole, _ = two_node_run
+    root = checkout(tmp_path / "chain")
+    seed_inputs(on_slurm, root)
+    config = write_config(root, "long", [VARIANT], train={"tokens": TWO_STEPS * 128, "save_steps": 100,
+                                                         "stop_margin_s": 20},
+                          resources={"train": {**TWO_NODES, "runtime": 1}})
+    with ReleaseRequeued():
+        run = snakemake(root, f"results/train/{VARIANT}/loss.csv", config, *ON_TWO, timeout=1200)
+    assert run.returncode == 0, failed(run, root)
+    ran_on_both_nodes(cluster, run.stdout + run.stderr)
+    sessions = [json.loads(line) for line in open(root / f"results/train/{VARIANT}/sessions.jsonl")]
+    assert len(sessions) >= 2 and len({s["slurm_job"] for s in sessions}) == 1, sessions
+    assert [s["status"] for s in sessions] == ["paused: 20 s before the job's time limit"] * (len(sessions) - 1) + ["done"]
+    assert sessions[0]["from_step"] == 0 and sessions[-1]["to_step"] == TWO_STEPS
+    assert all(a["to_step"] == b["from_step"] for a, b in zip(sessions, sessions[1:])), sessions
+    assert (root / f"results/train/{VARIANT}/loss.csv").read_text() == (whole / f"results/train/{VARIANT}/loss.csv").read_text()

@@ -17,15 +17,21 @@ import os
 import shlex
 import subprocess
 
-RDZV_PORT = 29500
+RDZV_PORT_BASE = 29600  # + job id mod 1000: not torchrun's default 29500, and two jobs on a node differ
+
+
+def rdzv_port(job_id: str) -> int:
+    """The rendezvous port of SLURM job `job_id` on its first node."""
+    return RDZV_PORT_BASE + int(job_id) % 1000 if str(job_id).isdigit() else RDZV_PORT_BASE
 
 
 def launch_command(argv: list[str], *, nodes: int = 1, procs_per_node: int = 1, gpus_per_node: int = 0,
                    cpus_per_node: int | None = None, head: str | None = None, job_id: str | None = None,
-                   port: int = RDZV_PORT) -> list[str]:
+                   port: int | None = None) -> list[str]:
     """The command line that runs `argv` (a console script, e.g. ["rrt", "train", ...]) on
     `nodes` x `procs_per_node` ranks. `head` and `job_id` are needed for several nodes;
-    `cpus_per_node` is what each node's srun task may use (srun's default is one CPU)."""
+    `cpus_per_node` is what each node's srun task may use (srun's default is one CPU); `port`
+    (the rendezvous's) defaults to rdzv_port(job_id)."""
     if not argv:
         raise ValueError("nothing to launch: give the command after --")
     if nodes < 1 or procs_per_node < 1 or gpus_per_node < 0:
@@ -45,7 +51,7 @@ def launch_command(argv: list[str], *, nodes: int = 1, procs_per_node: int = 1, 
     if cpus_per_node:
         srun.append(f"--cpus-per-task={cpus_per_node}")
     return srun + ["torchrun", "--nnodes", str(nodes), "--nproc-per-node", str(procs_per_node),
-                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{head}:{port}", "--rdzv-id", str(job_id),
+                   "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{head}:{port or rdzv_port(job_id)}", "--rdzv-id", str(job_id),
                    "--no-python", *argv]
 
 
