@@ -314,6 +314,7 @@ def two_node_run(cluster, dag, tmp_path_factory):
     return one, two, run.stdout + run.stderr
 
 
+@pytest.mark.two_nodes
 def test_two_nodes_through_the_pipeline_log_the_one_process_losses(cluster, two_node_run):
     """One torchrun per node (srun), rendezvous on the first node, 2 ranks with 1 block each:
     the global batch and the losses of 1 process with 2 (rel 4e-6, as the 2-rank parity tests)."""
@@ -332,6 +333,7 @@ def test_two_nodes_through_the_pipeline_log_the_one_process_losses(cluster, two_
     assert [float(r["loss"]) for r in rows2] == pytest.approx([float(r["loss"]) for r in rows1], rel=4e-6)
 
 
+@pytest.mark.two_nodes
 def test_two_nodes_under_deepspeed_zero2_log_the_one_process_losses(cluster, dag, tmp_path):
     """ZeRO-2 across the two nodes (gradients reduce-scattered, each rank updating its half of
     the optimizer state); the losses of the test DAG's 1-process run (rel 4e-6)."""
@@ -350,6 +352,7 @@ def test_two_nodes_under_deepspeed_zero2_log_the_one_process_losses(cluster, dag
     assert two == pytest.approx(one, rel=4e-6)
 
 
+@pytest.mark.two_nodes
 def test_a_two_node_run_longer_than_its_time_limit_continues_over_jobs_to_the_same_result(
         cluster, dag, two_node_run, tmp_path):
     """The time-limit chain on two nodes: rank 0 requeues the job, both nodes' torchruns
