@@ -7,7 +7,6 @@ from pathlib import Path
 
 import datasets
 import pytest
-import torch
 import yaml
 
 from rrt.cli import main
@@ -16,7 +15,7 @@ from rrt.eval.harness_data import MANIFEST, harness_datasets
 from rrt.settings import TASKS
 
 from .conftest import cli_error, make_tiny
-from .test_evaluate import _oracle_model
+from .test_evaluate import _oracle_model, one_torch_thread  # noqa: F401 (autouse fixture)
 from .test_workflow_config import dry_run, test_config  # noqa: F401 (fixture)
 
 # What lm-eval 0.4.13's configs of the 7 stock tasks name: (lm-eval task, dataset id,
@@ -35,14 +34,6 @@ EXPECTED = {
     "openbookqa": ("openbookqa", "allenai/openbookqa", "main", ["train", "validation", "test"],
                    "allenai___openbookqa/main"),
 }
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_the_datasets_are_those_of_lm_evals_task_configs():
