@@ -177,6 +177,9 @@ EXPECT = {
     ".venv/bin/snakemake --cores 2 all": ("done", {}, set()),  # after `make run`: nothing to do
     ".venv/bin/snakemake --profile slurm -n all": ("fresh", {"uptrain": 96, "evaluate": 99}, None),
     ".venv/bin/snakemake --cores 2 -n all --config train='{tokens: 8192}'": ("fresh", {"uptrain": 15}, None),
+    # docs/healing.md: the longer CPU run, four rows
+    ".venv/bin/snakemake --cores 2 all --configfile=config/healing.yaml":
+        ("fresh", {"base_model": 1, "convert": 2, "uptrain": 3, "evaluate": 4, "aggregate": 1}, None),
 }
 # Run for real, not planned: a job that calls `rrt`, so it shows that the rules find it
 # without the venv on PATH; run under umask 022, so its table must come out 0644.

@@ -252,9 +252,37 @@ def test_test_config_is_self_contained(tmp_path, test_config):
 
 
 def test_every_config_validates_on_its_own():
-    """config.yaml, paper.yaml and the test config each validate against the schema alone."""
+    """config.yaml, paper.yaml, healing.yaml and the test config each validate against the schema alone."""
     from snakemake.utils import validate
 
-    for path in ("config/config.yaml", "config/paper.yaml", ".test/config/config.yaml"):
+    for path in ("config/config.yaml", "config/paper.yaml", "config/healing.yaml", ".test/config/config.yaml"):
         config = yaml.safe_load((ROOT / path).read_text())
         validate(config, str(ROOT / "workflow/schemas/config.schema.yaml"))
+
+
+def test_healing_config_plans_its_four_rows(tmp_path):
+    """config/healing.yaml (docs/healing.md) plans the original, the full-size uptrained model
+    and the two recursive rows with pure KD from the full-size model, at its longer budgets."""
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    out = subprocess.run([SNAKEMAKE, "all", "-n", "-p", "--cores", "2", "-s", str(ROOT / "Snakefile"),
+                          "-d", str(tmp_path), "--configfile", str(ROOT / "config/healing.yaml")],
+                         cwd=ROOT, capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    for rule, count in (("base_model", 1), ("convert", 2), ("uptrain", 3), ("evaluate", 4), ("aggregate", 1)):
+        assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
+    assert not any(line.split()[:1] in (["throughput"], ["simulate"], ["reduce"]) for line in text.splitlines())
+    converts = {line.split("--out ")[1].split()[0].rsplit("/", 1)[-1]: line for line in text.splitlines()
+                if "rrt convert" in line}
+    assert "--init stepwise --loops 2 --sharing cycle --rank 0 >" in converts["heal-rec-stepwise-kd"]
+    assert "--init average --loops 2 --sharing cycle --rank 64 >" in converts["heal-relaxed-average-r64-kd"]
+    trains = {line.split("--out ")[1].split()[0].rsplit("/", 1)[-1]: line for line in text.splitlines()
+              if "rrt train" in line}
+    settings = {name: train_settings_in(line) for name, line in trains.items()}
+    assert {name: s["tokens"] for name, s in settings.items()} == {
+        "heal-full-uptrained": 65536, "heal-rec-stepwise-kd": 131072, "heal-relaxed-average-r64-kd": 131072}
+    assert all(s["batch_tokens"] == 256 and s["lr"] == 1e-3 and s["warmup_ratio"] == 0.05
+               and s["precision"] == "bf16" and s["kd"]["weight"] == 1.0 for s in settings.values())
+    assert all("--teacher results/models/base/smollm2" in trains[name]
+               for name in ("heal-rec-stepwise-kd", "heal-relaxed-average-r64-kd"))
+    assert "--teacher" not in trains["heal-full-uptrained"]
