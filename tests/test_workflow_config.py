@@ -159,16 +159,23 @@ def test_post_training_gets_its_parents_budgets_unless_overlap(tmp_path, test_co
     assert code != 0 and "variant 'p': parent_data 'new' needs a parent (- without one)" in text, text[-2000:]
 
 
+def plan_shipped_config(tmp_path, configfile: str, cores: int) -> str:
+    """`snakemake all -n -p` of a config shipped in config/, in a scratch directory with a copy
+    of config/; its output (the dry run must succeed)."""
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    out = subprocess.run([SNAKEMAKE, "all", "-n", "-p", "--cores", str(cores), "-s", str(ROOT / "Snakefile"),
+                          "-d", str(tmp_path), "--configfile", str(ROOT / configfile)],
+                         cwd=ROOT, capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    return text
+
+
 def test_paper_config_builds_its_dag_with_multi_gpu_commands(tmp_path):
     """config/paper.yaml (hub models, 8-GPU uptraining) plans without touching the network:
     uptraining is launched on 8 ranks (`rrt launch`) with DeepSpeed and a time limit, and
     evaluation uses lm-eval's stock tasks."""
-    shutil.copytree(ROOT / "config", tmp_path / "config")
-    out = subprocess.run([SNAKEMAKE, "all", "-n", "-p", "--cores", "8", "-s", str(ROOT / "Snakefile"),
-                          "-d", str(tmp_path), "--configfile", str(ROOT / "config/paper.yaml")],
-                         cwd=ROOT, capture_output=True, text=True)
-    text = out.stdout + out.stderr
-    assert out.returncode == 0, text[-3000:]
+    text = plan_shipped_config(tmp_path, "config/paper.yaml", cores=8)
     for rule, count in (("base_model", 3), ("tokenize", 3), ("uptrain", 96), ("evaluate", 99)):
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
     train = [line for line in text.splitlines() if "rrt train" in line]
@@ -263,12 +270,7 @@ def test_every_config_validates_on_its_own():
 def test_healing_config_plans_its_four_rows(tmp_path):
     """config/healing.yaml (docs/healing.md) plans the original, the full-size uptrained model
     and the two recursive rows with pure KD from the full-size model, at its longer budgets."""
-    shutil.copytree(ROOT / "config", tmp_path / "config")
-    out = subprocess.run([SNAKEMAKE, "all", "-n", "-p", "--cores", "2", "-s", str(ROOT / "Snakefile"),
-                          "-d", str(tmp_path), "--configfile", str(ROOT / "config/healing.yaml")],
-                         cwd=ROOT, capture_output=True, text=True)
-    text = out.stdout + out.stderr
-    assert out.returncode == 0, text[-3000:]
+    text = plan_shipped_config(tmp_path, "config/healing.yaml", cores=2)
     for rule, count in (("base_model", 1), ("convert", 2), ("uptrain", 3), ("evaluate", 4), ("aggregate", 1)):
         assert any(line.split() == [rule, str(count)] for line in text.splitlines()), (rule, text[-3000:])
     assert not any(line.split()[:1] in (["throughput"], ["simulate"], ["reduce"]) for line in text.splitlines())
