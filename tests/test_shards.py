@@ -294,7 +294,7 @@ def test_a_train_set_below_the_largest_budget_is_an_error(tmp_path, capsys):
                              str(tmp_path / "out"), "--block-size", "4", "--shard-dirs", str(tmp_path / "s0"),
                              "--min-train-tokens", "1000"], progress_ok=True)
     assert err == ("rrt tokenize: error: train has 28 tokens in blocks, fewer than the largest budget 1,000: "
-                   "raise data.train_files (it read 1 files)")
+                   "read more train files (data.train_files; it read 1) or lower data.max_train_tokens to at most 28")
 
 
 def test_shard_drops_documents_sharing_an_ngram_with_held_out_text(tmp_path, capsys):

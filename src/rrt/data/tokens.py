@@ -48,7 +48,8 @@ def tokenize_corpus(corpus_dir, tokenizer_dir, shard_dirs, out_dir, block_size: 
             raise ValueError(f"train has {train['stream_tokens']} tokens, less than one block of {block_size}")
         if min_train_tokens is not None and train["tokens"] < min_train_tokens:
             raise ValueError(f"train has {train['tokens']:,} tokens in blocks, fewer than the largest budget "
-                             f"{min_train_tokens:,}: raise data.train_files (it read {train['files']} files)")
+                             f"{min_train_tokens:,}: read more train files (data.train_files; it read {train['files']}) or "
+                             f"lower data.max_train_tokens to at most {train['tokens']:,}")
         for path in sorted(corpus_dir.glob("heldout_*.jsonl")):
             docs = read_heldout(path)
             write_store(docs, tokenizer, tmp / path.stem, heldout_max_tokens, source_file=path.name)
