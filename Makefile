@@ -1,8 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    the whole pipeline on the embedded default (SmolLM2-135M, CPU) + HTML report
 #   make test   the fast test suite (`make test-all` adds the heavy tests, `make test-slow` runs
-#               only them; `make test-slurm` runs the cluster path on a local one-node SLURM, as root;
-#               `make test-slurm-two-nodes` the same cluster's two-node tests)
+#               only them; `make test-slurm` runs the cluster path on a local SLURM of one node
+#               and of two, as root; `make test-slurm-two-nodes` only its two-node tests)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -52,11 +52,12 @@ test-slow: install
 
 # The cluster path on a real SLURM on loopback, one node and two (tests/slurm_cluster.py starts it and
 # stops it by PID): needs root, and Debian's slurm-wlm and munge (installed here if missing).
+# One pytest run, so the one-node and two-node tests share the test pipeline's run (the DAG fixture).
 test-slurm: install slurm-packages
-	$(BIN)/pytest -q -m "slurm and not two_nodes" tests/test_slurm.py
+	$(BIN)/pytest -q -m slurm tests/test_slurm.py
 
-# The two-node tests on the same loopback cluster (partition `two`: two more slurmd daemons on
-# this host): an uptraining, ZeRO-2 and a time-limit chain through `snakemake --profile slurm`.
+# Only the two-node tests (partition `two`: two more slurmd daemons on this host): an uptraining,
+# ZeRO-2 and a time-limit chain through `snakemake --profile slurm` (they run the DAG fixture too).
 test-slurm-two-nodes: install slurm-packages
 	$(BIN)/pytest -q -m "slurm and two_nodes" tests/test_slurm.py
 
