@@ -282,7 +282,7 @@ def test_healing_config_plans_its_four_rows(tmp_path):
               if "rrt train" in line}
     settings = {name: train_settings_in(line) for name, line in trains.items()}
     assert {name: s["tokens"] for name, s in settings.items()} == {
-        "heal-full-uptrained": 65536, "heal-rec-stepwise-kd": 131072, "heal-relaxed-average-r64-kd": 131072}
+        "heal-full-uptrained": 131072, "heal-rec-stepwise-kd": 262144, "heal-relaxed-average-r64-kd": 262144}
     assert all(s["batch_tokens"] == 256 and s["lr"] == 1e-3 and s["warmup_ratio"] == 0.05
                and s["precision"] == "bf16" and s["kd"]["weight"] == 1.0 for s in settings.values())
     assert all("--teacher results/models/base/smollm2" in trains[name]
