@@ -1,7 +1,7 @@
 """The cluster path on a real SLURM (on loopback, `tests/slurm_cluster.py`: this host as one
 node, and two one-CPU nodes on it as partition `two`), through
 the README's command, `snakemake --profile slurm ... --configfile=FILE`, run from a
-checkout's root as a user would. `make test-slurm` (root, slurm-wlm and munge; ~15 min):
+checkout's root as a user would. `make test-slurm` (root, slurm-wlm and munge; ~36 min on 2 cores, docs/cluster.md):
 
 - the test DAG runs as SLURM jobs (ids in Snakemake's output and in every rule's log) and
   gives the same summary table as a local run;
