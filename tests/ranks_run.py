@@ -39,6 +39,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from rrt.train import checkpoints
+    from rrt.train.launch import end_process_group
     from rrt.train.trainer import train
 
     pids = Path(args.out + ".pids")
@@ -56,6 +57,7 @@ def main() -> None:
 
         checkpoints.write_manifest = killed_before_the_manifest
     train(args.model, args.data, args.out, settings_for(args.steps, args.deepspeed), progress=False)
+    end_process_group()  # as `rrt train` does: a rank exiting with gloo's group open can abort
 
 
 def verdict_on_rank(rank: int, init_file: str, cases: list, out: str) -> None:

@@ -62,3 +62,23 @@ def test_cli_runs_the_command_with_its_exit_code(tmp_path):
 def test_cli_bad_input_is_one_line(argv, message):
     out = subprocess.run([RRT, "launch", *argv], capture_output=True, text=True)
     assert out.returncode == 2 and message in out.stderr.strip().splitlines()[-1]
+
+
+def test_end_process_group_closes_an_open_group_and_is_a_no_op_without_one(tmp_path):
+    """`rrt` closes torch.distributed's group before a rank exits (gloo's threads at the
+    interpreter's teardown can abort a finished rank); a second call, or a process that never
+    opened one, does nothing."""
+    import torch.distributed as dist
+
+    from rrt.train.launch import end_process_group
+
+    end_process_group()  # none open: nothing to do, no error
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        assert dist.is_initialized()
+        end_process_group()
+        assert not dist.is_initialized()
+        end_process_group()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

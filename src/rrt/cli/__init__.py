@@ -18,6 +18,7 @@ import sys
 
 from ..errors import Paused, UsageError, first_line
 from ..flags import add_flags, add_settings
+from ..train.launch import end_process_group
 from ..settings import (
     BASE_SOURCES,
     CORPUS_KEYS,
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = getattr(importlib.import_module(f"rrt.cli.{module}"), function)
         handler(args)
     except Paused as e:
+        end_process_group()  # every rank pauses together: the group is idle
         print(f"rrt {args.command}: {e}", file=sys.stderr)
         return e.exit_code
     except UsageError as e:
@@ -329,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rrt {args.command}: error: {type(e).__name__}: {first_line(e)}", file=sys.stderr)
         return 1
+    end_process_group()
     return 0
 
 

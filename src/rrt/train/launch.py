@@ -69,3 +69,17 @@ def _run(argv: list[str]) -> str:
     if r.returncode != 0:
         raise RuntimeError(f"{shlex.join(argv)} failed: {r.stderr.strip() or r.returncode}")
     return r.stdout.strip()
+
+
+def end_process_group() -> None:
+    """Close torch.distributed's default group, if this process opened one (torchrun, DeepSpeed).
+
+    Call it once the work is done, on every rank: a process that exits with the group open
+    lets gloo's worker threads meet the interpreter's teardown, and now and then a rank
+    aborts there ("terminate called without an active exception") after a finished run,
+    failing the job. Not after an error: another rank may still wait in a collective."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")  # never imports torch for commands that did not
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
