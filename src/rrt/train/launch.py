@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 
 RDZV_PORT_BASE = 29600  # + job id mod 1000: not torchrun's default 29500, and two jobs on a node differ
 
@@ -78,8 +79,6 @@ def end_process_group() -> None:
     lets gloo's worker threads meet the interpreter's teardown, and now and then a rank
     aborts there ("terminate called without an active exception") after a finished run,
     failing the job. Not after an error: another rank may still wait in a collective."""
-    import sys
-
     dist = sys.modules.get("torch.distributed")  # never imports torch for commands that did not
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
